@@ -1,0 +1,310 @@
+"""Repository: every read and write of edits and their audit events, one transaction per operation.
+
+Returns plain frozen records, never live ORM objects, so callers cannot lazy-load outside a session.
+The events table is append-only: this module has no code path that updates or deletes an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.db import make_sessionmaker
+from storage.models import ACTIVE, REVOKED, Edit, EditAdapter, EditKey, Event, utcnow
+
+T = TypeVar("T")
+
+
+class EditNotFound(LookupError):
+    pass
+
+
+class IdempotencyKeyTaken(Exception):
+    """Another edit committed under this idempotency key first (e.g. a concurrent replica)."""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    kind: str
+    vector: bytes  # float32, little-endian, `dim` values
+    dim: int
+
+
+@dataclass(frozen=True)
+class NewEdit:
+    id: str
+    prompt: str
+    target: str
+    rephrases: list[str]
+    metadata: dict[str, Any]
+    created_by: str
+    base_model: str
+    base_fingerprint: str
+    layer: int
+    train_steps: int
+    train_loss: float
+    train_seconds: float
+    adapter: bytes
+    adapter_sha256: str
+    keys: list[KeyRow]
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    seq: int
+    id: str
+    status: str
+    prompt: str
+    target: str
+    rephrases: list[str]
+    metadata: dict[str, Any]
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    revoked_by: str | None
+    base_model: str
+    base_fingerprint: str
+    layer: int
+    train_steps: int
+    train_loss: float
+    train_seconds: float
+    idempotency_key: str | None
+    request_hash: str | None
+
+    @classmethod
+    def of(cls, e: Edit) -> EditRecord:
+        return cls(
+            seq=e.seq, id=e.id, status=e.status, prompt=e.prompt, target=e.target,
+            rephrases=list(e.rephrases or []), metadata=dict(e.meta or {}), created_at=e.created_at,
+            created_by=e.created_by, revoked_at=e.revoked_at, revoked_by=e.revoked_by,
+            base_model=e.base_model, base_fingerprint=e.base_fingerprint, layer=e.layer,
+            train_steps=e.train_steps, train_loss=e.train_loss, train_seconds=e.train_seconds,
+            idempotency_key=e.idempotency_key, request_hash=e.request_hash,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    edit_id: str
+    kind: str
+    actor: str
+    at: datetime
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, e: Event) -> EventRecord:
+        return cls(
+            seq=e.seq, edit_id=e.edit_id, kind=e.kind, actor=e.actor, at=e.at, detail=dict(e.detail or {})
+        )
+
+
+@dataclass(frozen=True)
+class EditPayload:
+    """What the engine needs to activate an edit: its weights, keys and provenance."""
+
+    edit: EditRecord
+    adapter: bytes
+    adapter_sha256: str
+    keys: list[KeyRow]
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+    last_seq: int | None = field(default=None)  # cursor for the next page when has_more
+
+
+@dataclass(frozen=True)
+class Supersession:
+    """A newer edit whose key (near-)duplicates an older active edit's key."""
+
+    older_id: str
+    similarity: float
+
+
+class Repository:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = make_sessionmaker(engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # ---- writes: one transaction each, the audit event inside it ---------------------------------
+    def create_edit(self, new: NewEdit, supersedes: Sequence[Supersession] = ()) -> EditRecord:
+        now = utcnow()
+        edit = Edit(
+            id=new.id, status=ACTIVE, prompt=new.prompt, target=new.target, rephrases=list(new.rephrases),
+            meta=dict(new.metadata), created_at=now, created_by=new.created_by, base_model=new.base_model,
+            base_fingerprint=new.base_fingerprint, layer=new.layer, train_steps=new.train_steps,
+            train_loss=new.train_loss, train_seconds=new.train_seconds,
+            idempotency_key=new.idempotency_key, request_hash=new.request_hash,
+        )  # fmt: skip
+        edit.keys = [
+            EditKey(position=i, kind=k.kind, dim=k.dim, vector=k.vector) for i, k in enumerate(new.keys)
+        ]
+        edit.adapter = EditAdapter(weights=new.adapter, sha256=new.adapter_sha256)
+        try:
+            with self.session() as s, s.begin():
+                s.add(edit)
+                s.flush()  # the edit row must exist before events reference it
+                detail = {"steps": new.train_steps, "loss": new.train_loss, "seconds": new.train_seconds}
+                s.add(Event(edit_id=new.id, kind="created", actor=new.created_by, at=now, detail=detail))
+                for sup in supersedes:
+                    s.add(
+                        Event(
+                            edit_id=sup.older_id, kind="superseded", actor=new.created_by, at=now,
+                            detail={"by": new.id, "similarity": sup.similarity},
+                        )
+                    )  # fmt: skip
+                s.flush()
+                return EditRecord.of(edit)
+        except IntegrityError as exc:
+            if new.idempotency_key is not None and self.find_by_idempotency_key(new.idempotency_key):
+                raise IdempotencyKeyTaken(new.idempotency_key) from exc
+            raise
+
+    def revoke(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
+        """Mark revoked + append a `revoked` event. Returns (edit, changed); revoking twice is a no-op."""
+        return self._set_status(edit_id, actor, ACTIVE, REVOKED, "revoked")
+
+    def restore(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
+        return self._set_status(edit_id, actor, REVOKED, ACTIVE, "restored")
+
+    def _set_status(self, edit_id: str, actor: str, old: str, new: str, kind: str) -> tuple[EditRecord, bool]:
+        now = utcnow()
+        values: dict[str, Any] = {"status": new}
+        values.update({"revoked_at": now, "revoked_by": actor} if new == REVOKED else {})
+        with self.session() as s, s.begin():
+            # Conditional UPDATE: of two replicas racing, exactly one changes the row and logs the event.
+            changed = s.execute(
+                update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values)
+            ).rowcount
+            if changed:
+                s.add(Event(edit_id=edit_id, kind=kind, actor=actor, at=now, detail={}))
+            edit = s.scalars(
+                select(Edit).where(Edit.id == edit_id).execution_options(populate_existing=True)
+            ).first()
+            if edit is None:
+                raise EditNotFound(edit_id)
+            return EditRecord.of(edit), bool(changed)
+
+    # ---- reads ------------------------------------------------------------------------------------
+    def get_edit(self, edit_id: str) -> EditRecord | None:
+        with self.session() as s:
+            edit = s.scalars(select(Edit).where(Edit.id == edit_id)).first()
+            return EditRecord.of(edit) if edit else None
+
+    def find_by_idempotency_key(self, key: str) -> EditRecord | None:
+        with self.session() as s:
+            edit = s.scalars(select(Edit).where(Edit.idempotency_key == key)).first()
+            return EditRecord.of(edit) if edit else None
+
+    def list_edits(
+        self, status: str | None = None, limit: int = 50, after: int | None = None
+    ) -> Page[EditRecord]:
+        """Oldest first by `seq`; `after` is the last seq of the previous page."""
+        query = select(Edit).order_by(Edit.seq).limit(limit + 1)
+        if status is not None:
+            query = query.where(Edit.status == status)
+        if after is not None:
+            query = query.where(Edit.seq > after)
+        with self.session() as s:
+            rows = [EditRecord.of(e) for e in s.scalars(query)]
+        return _page(rows, limit)
+
+    def list_events(
+        self, edit_id: str | None = None, limit: int = 100, after: int | None = None
+    ) -> Page[EventRecord]:
+        """Oldest first; `after` is an event seq (replicas follow the log with it)."""
+        query = select(Event).order_by(Event.seq).limit(limit + 1)
+        if edit_id is not None:
+            query = query.where(Event.edit_id == edit_id)
+        if after is not None:
+            query = query.where(Event.seq > after)
+        with self.session() as s:
+            rows = [EventRecord.of(e) for e in s.scalars(query)]
+        return _page(rows, limit)
+
+    def count_active(self) -> int:
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == ACTIVE)) or 0)
+
+    def active_key_counts(self) -> dict[str, int]:
+        """edit id -> number of key rows, for every active edit (readiness: the index must match this)."""
+        query = (
+            select(Edit.id, func.count(EditKey.id))
+            .join(EditKey, EditKey.edit_id == Edit.id)
+            .where(Edit.status == ACTIVE)
+            .group_by(Edit.id)
+        )
+        with self.session() as s:
+            return {edit_id: int(n) for edit_id, n in s.execute(query)}
+
+    def load_payload(self, edit_id: str) -> EditPayload:
+        with self.session() as s:
+            edit = s.scalars(select(Edit).where(Edit.id == edit_id)).first()
+            if edit is None:
+                raise EditNotFound(edit_id)
+            return self._payload(s, edit)
+
+    def active_payloads(self) -> Iterator[EditPayload]:
+        """Every active edit with weights and keys, oldest first (startup rebuild), one at a time."""
+        with self.session() as s:
+            ids = list(s.scalars(select(Edit.id).where(Edit.status == ACTIVE).order_by(Edit.seq)))
+        for edit_id in ids:
+            yield self.load_payload(edit_id)
+
+    def active_keys(self) -> Iterator[tuple[str, list[KeyRow]]]:
+        """(edit id, key rows) for every active edit, oldest first, without the adapter blobs."""
+        query = (
+            select(EditKey.edit_id, EditKey.kind, EditKey.vector, EditKey.dim)
+            .join(Edit, EditKey.edit_id == Edit.id)
+            .where(Edit.status == ACTIVE)
+            .order_by(Edit.seq, EditKey.position)
+        )
+        current: str | None = None
+        rows: list[KeyRow] = []
+        with self.session() as s:
+            for edit_id, kind, vector, dim in s.execute(query):
+                if edit_id != current and current is not None:
+                    yield current, rows
+                    rows = []
+                current = edit_id
+                rows.append(KeyRow(kind=kind, vector=bytes(vector), dim=dim))
+        if current is not None:
+            yield current, rows
+
+    @staticmethod
+    def _payload(s: Session, edit: Edit) -> EditPayload:
+        adapter = s.get(EditAdapter, edit.id)
+        keys = s.scalars(select(EditKey).where(EditKey.edit_id == edit.id).order_by(EditKey.position)).all()
+        if adapter is None:
+            raise EditNotFound(f"{edit.id} has no adapter row")
+        return EditPayload(
+            edit=EditRecord.of(edit),
+            adapter=bytes(adapter.weights),
+            adapter_sha256=adapter.sha256,
+            keys=[KeyRow(kind=k.kind, vector=bytes(k.vector), dim=k.dim) for k in keys],
+        )
+
+
+def _page(rows: list[T], limit: int) -> Page[T]:
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    last = getattr(rows[-1], "seq", None) if rows else None
+    return Page(items=rows, has_more=has_more, last_seq=last if has_more else None)
