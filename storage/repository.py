@@ -82,13 +82,26 @@ class EditRecord:
     @classmethod
     def of(cls, e: Edit) -> EditRecord:
         return cls(
-            seq=e.seq, id=e.id, status=e.status, prompt=e.prompt, target=e.target,
-            rephrases=list(e.rephrases or []), metadata=dict(e.meta or {}), created_at=e.created_at,
-            created_by=e.created_by, revoked_at=e.revoked_at, revoked_by=e.revoked_by,
-            base_model=e.base_model, base_fingerprint=e.base_fingerprint, layer=e.layer,
-            train_steps=e.train_steps, train_loss=e.train_loss, train_seconds=e.train_seconds,
-            idempotency_key=e.idempotency_key, request_hash=e.request_hash,
-        )  # fmt: skip
+            seq=e.seq,
+            id=e.id,
+            status=e.status,
+            prompt=e.prompt,
+            target=e.target,
+            rephrases=list(e.rephrases or []),
+            metadata=dict(e.meta or {}),
+            created_at=e.created_at,
+            created_by=e.created_by,
+            revoked_at=e.revoked_at,
+            revoked_by=e.revoked_by,
+            base_model=e.base_model,
+            base_fingerprint=e.base_fingerprint,
+            layer=e.layer,
+            train_steps=e.train_steps,
+            train_loss=e.train_loss,
+            train_seconds=e.train_seconds,
+            idempotency_key=e.idempotency_key,
+            request_hash=e.request_hash,
+        )
 
 
 @dataclass(frozen=True)
@@ -148,12 +161,23 @@ class Repository:
     def create_edit(self, new: NewEdit, supersedes: Sequence[Supersession] = ()) -> EditRecord:
         now = utcnow()
         edit = Edit(
-            id=new.id, status=ACTIVE, prompt=new.prompt, target=new.target, rephrases=list(new.rephrases),
-            meta=dict(new.metadata), created_at=now, created_by=new.created_by, base_model=new.base_model,
-            base_fingerprint=new.base_fingerprint, layer=new.layer, train_steps=new.train_steps,
-            train_loss=new.train_loss, train_seconds=new.train_seconds,
-            idempotency_key=new.idempotency_key, request_hash=new.request_hash,
-        )  # fmt: skip
+            id=new.id,
+            status=ACTIVE,
+            prompt=new.prompt,
+            target=new.target,
+            rephrases=list(new.rephrases),
+            meta=dict(new.metadata),
+            created_at=now,
+            created_by=new.created_by,
+            base_model=new.base_model,
+            base_fingerprint=new.base_fingerprint,
+            layer=new.layer,
+            train_steps=new.train_steps,
+            train_loss=new.train_loss,
+            train_seconds=new.train_seconds,
+            idempotency_key=new.idempotency_key,
+            request_hash=new.request_hash,
+        )
         edit.keys = [
             EditKey(position=i, kind=k.kind, dim=k.dim, vector=k.vector) for i, k in enumerate(new.keys)
         ]
@@ -167,10 +191,13 @@ class Repository:
                 for sup in supersedes:
                     s.add(
                         Event(
-                            edit_id=sup.older_id, kind="superseded", actor=new.created_by, at=now,
+                            edit_id=sup.older_id,
+                            kind="superseded",
+                            actor=new.created_by,
+                            at=now,
                             detail={"by": new.id, "similarity": sup.similarity},
                         )
-                    )  # fmt: skip
+                    )
                 s.flush()
                 return EditRecord.of(edit)
         except IntegrityError as exc:
@@ -243,6 +270,10 @@ class Repository:
     def count_active(self) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == ACTIVE)) or 0)
+
+    def active_edit_ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Edit.id).where(Edit.status == ACTIVE)))
 
     def active_key_counts(self) -> dict[str, int]:
         """edit id -> number of key rows, for every active edit (readiness: the index must match this)."""

@@ -1,0 +1,96 @@
+"""App factory: create_app(settings) wires storage, the model worker, the service and the routes.
+
+Startup (lifespan): run migrations (fatal on failure), then load the model and rebuild the index on
+the worker in the background, so /healthz answers at once and /readyz says 503 until all is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+
+from app import errors
+from app.body_limit import BodyLimitMiddleware
+from app.metrics import Metrics, MetricsMiddleware
+from app.routes import router
+from app.service import EditService
+from app.settings import Settings
+from app.worker import ModelWorker
+from storage.db import make_engine
+from storage.migrate import upgrade
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """`on_fatal` is called if the model cannot load (serve() uses it to exit non-zero)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = make_engine(settings.resolved_database_url)
+        await asyncio.to_thread(upgrade, db)
+        worker = ModelWorker()
+        repo = Repository(db)
+        svc = EditService(settings, repo, worker, metrics)
+        app.state.repo, app.state.service = repo, svc
+        tasks = [asyncio.create_task(_load(svc, on_fatal), name="sola-load")]
+        if settings.sync_interval > 0:
+            tasks.append(asyncio.create_task(_follow_database(svc, settings.sync_interval), name="sola-sync"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(worker.shutdown)
+            db.dispose()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="SoLA model-editing service",
+        summary="Revocable, audited edits of a frozen LLM (one routed LoRA per edit)",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    errors.install(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _load(svc: EditService, on_fatal: Callable[[str], None] | None) -> None:
+    try:
+        await svc.worker.run(svc.load)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        svc.state = "failed"
+        svc.startup_error = f"{type(exc).__name__}: {exc}"
+        log.critical("cannot load the model: %s", svc.startup_error, exc_info=True)
+        if on_fatal is not None:
+            on_fatal(svc.startup_error)
+
+
+async def _follow_database(svc: EditService, interval: float) -> None:
+    """Replicas sharing one database keep their index in step by reconciling with it periodically."""
+    while True:
+        await asyncio.sleep(interval)
+        if svc.state != "ready":
+            continue
+        try:
+            await svc.worker.run(svc.reconcile)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("could not reconcile the index with the database", exc_info=True)

@@ -1,0 +1,186 @@
+"""HTTP routes: thin. Validate, authorise, call the service or repository, shape the response."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.auth import Principal, require
+from app.errors import ApiError
+from app.schemas import EditCreate, EditOut, EditPage, EventOut, EventPage, GenerateOut, GenerateRequest
+from app.service import EditService
+from storage.repository import EventRecord, Page, Repository
+
+router = APIRouter()
+
+Reader = Annotated[Principal, Depends(require("reader"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+_EDIT_CURSOR = "edits:"
+
+
+def service(request: Request) -> EditService:
+    return request.app.state.service
+
+
+def repository(request: Request) -> Repository:
+    return request.app.state.repo
+
+
+Service = Annotated[EditService, Depends(service)]
+Repo = Annotated[Repository, Depends(repository)]
+
+
+def encode_edit_cursor(seq: int | None) -> str | None:
+    if seq is None:
+        return None
+    return base64.urlsafe_b64encode(f"{_EDIT_CURSOR}{seq}".encode()).decode().rstrip("=")
+
+
+def decode_edit_cursor(cursor: str | None) -> int | None:
+    """Opaque to clients; malformed cursors are a 400, never a 500."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if raw.startswith(_EDIT_CURSOR) and raw[len(_EDIT_CURSOR) :].isdigit():
+            return int(raw[len(_EDIT_CURSOR) :])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise ApiError(400, "invalid_cursor", "`after` is not a cursor returned by this API (next_after)")
+
+
+def decode_event_cursor(cursor: str | None) -> int | None:
+    """Event cursors are the log's sequence numbers, so replicas can follow the log with them."""
+    if cursor is None:
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise ApiError(400, "invalid_cursor", "`after` must be an event seq (next_after of a previous page)")
+    return int(cursor)
+
+
+# ---- edits ---------------------------------------------------------------------------------------------
+@router.post("/edits", status_code=201, response_model=EditOut)
+async def create_edit(
+    body: EditCreate,
+    request: Request,
+    response: Response,
+    principal: Admin,
+    svc: Service,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
+    ] = None,
+) -> EditOut:
+    limits = request.app.state.settings
+    if len(body.prompt) > limits.max_prompt_chars or any(
+        len(r) > limits.max_prompt_chars for r in body.rephrases
+    ):
+        raise ApiError(413, "prompt_too_long", f"prompts are limited to {limits.max_prompt_chars} characters")
+    if len(body.target) > limits.max_target_chars:
+        raise ApiError(413, "target_too_long", f"targets are limited to {limits.max_target_chars} characters")
+    if len(body.rephrases) > limits.max_rephrases:
+        raise ApiError(422, "too_many_rephrases", f"at most {limits.max_rephrases} rephrases per edit")
+    record, replayed = await svc.create_edit(body, principal.name, idempotency_key)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return EditOut.of(record)
+
+
+@router.get("/edits", response_model=EditPage)
+async def list_edits(
+    _: Reader,
+    repo: Repo,
+    status: Literal["active", "revoked"] | None = None,
+    limit: Limit = 50,
+    after: str | None = None,
+) -> EditPage:
+    page = await run_in_threadpool(repo.list_edits, status, limit, decode_edit_cursor(after))
+    return EditPage(
+        data=[EditOut.of(e) for e in page.items],
+        has_more=page.has_more,
+        next_after=encode_edit_cursor(page.last_seq),
+    )
+
+
+@router.get("/edits/{edit_id}", response_model=EditOut)
+async def get_edit(edit_id: str, _: Reader, repo: Repo) -> EditOut:
+    record = await run_in_threadpool(repo.get_edit, edit_id)
+    if record is None:
+        raise ApiError(404, "not_found", f"no edit with id {edit_id!r}")
+    return EditOut.of(record)
+
+
+@router.delete("/edits/{edit_id}", response_model=EditOut)
+async def revoke_edit(edit_id: str, principal: Admin, svc: Service) -> EditOut:
+    return EditOut.of(await svc.revoke(edit_id, principal.name))
+
+
+@router.post("/edits/{edit_id}/restore", response_model=EditOut)
+async def restore_edit(edit_id: str, principal: Admin, svc: Service) -> EditOut:
+    return EditOut.of(await svc.restore(edit_id, principal.name))
+
+
+# ---- audit log ---------------------------------------------------------------------------------------
+@router.get("/edits/{edit_id}/events", response_model=EventPage)
+async def edit_events(
+    edit_id: str, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None
+) -> EventPage:
+    cursor = decode_event_cursor(after)
+    if await run_in_threadpool(repo.get_edit, edit_id) is None:
+        raise ApiError(404, "not_found", f"no edit with id {edit_id!r}")
+    return _event_page(await run_in_threadpool(repo.list_events, edit_id, limit, cursor))
+
+
+@router.get("/events", response_model=EventPage)
+async def events(_: Reader, repo: Repo, limit: Limit = 100, after: str | None = None) -> EventPage:
+    return _event_page(await run_in_threadpool(repo.list_events, None, limit, decode_event_cursor(after)))
+
+
+def _event_page(page: Page[EventRecord]) -> EventPage:
+    next_after = None if page.last_seq is None else str(page.last_seq)
+    return EventPage(data=[EventOut.of(e) for e in page.items], has_more=page.has_more, next_after=next_after)
+
+
+# ---- generation ---------------------------------------------------------------------------------------
+@router.post("/generate", response_model=GenerateOut)
+async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Service) -> GenerateOut:
+    settings = request.app.state.settings
+    if not 1 <= body.max_new_tokens <= settings.max_new_tokens:
+        raise ApiError(
+            422, "validation_error", f"max_new_tokens must be between 1 and {settings.max_new_tokens}"
+        )
+    if len(body.prompt) > settings.max_prompt_chars:
+        raise ApiError(
+            413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters"
+        )
+    result = await svc.generate(body)
+    return GenerateOut(
+        text=result.text,
+        routed_edit_id=result.routed_edit_id,
+        similarity=result.similarity,
+        model=result.model,
+    )
+
+
+# ---- operations ---------------------------------------------------------------------------------------
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(svc: Service) -> JSONResponse:
+    ok, detail = await run_in_threadpool(svc.readiness)
+    return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,83 @@
+"""Run the service in the foreground: `python -m app.server` (or the `sola serve` command).
+
+Uvicorn handles SIGTERM/SIGINT: it stops accepting, finishes in-flight requests, runs the shutdown
+half of the lifespan (the model worker finishes its current job), then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pydantic import ValidationError
+
+from app.settings import Settings, is_loopback
+
+log = logging.getLogger("sola")
+
+
+class ConfigError(SystemExit):
+    pass
+
+
+def check_bind(settings: Settings) -> None:
+    """Without API keys everyone is admin: only ever listen on loopback then."""
+    if not settings.keys and not is_loopback(settings.host):
+        raise ConfigError(
+            f"refusing to listen on {settings.host}: no API keys are configured, "
+            "so anyone could edit the model. Set SOLA_API_KEYS='name:secret:admin,...' or bind to 127.0.0.1."
+        )
+
+
+def serve(settings: Settings | None = None) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    try:
+        settings = settings or Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid SOLA_* settings:\n{exc}") from None
+    check_bind(settings)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not settings.keys:
+        log.warning("no API keys configured: every request acts as 'anonymous' admin (loopback only)")
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if fatal:
+        raise SystemExit(f"sola: startup failed: {fatal[0]}")
+    if not server.started:
+        raise SystemExit(1)  # e.g. the port was taken; uvicorn has logged why
+
+
+def main() -> None:
+    try:
+        serve()
+    except ConfigError as exc:
+        print(f"sola: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

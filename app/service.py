@@ -1,0 +1,431 @@
+"""The service object: orchestrates one edit, revoke, restore or query across engine and storage.
+
+Order of operations is the durability story: train (pure) -> one DB transaction -> only then touch the
+engine. Every engine call runs on the single model worker thread; `_state_lock` additionally makes
+"DB committed + engine updated" atomic for readiness checks taken from other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from app.errors import ApiError
+from app.metrics import Metrics
+from app.schemas import EditCreate, GenerateRequest
+from app.settings import Settings
+from app.worker import ModelWorker
+from storage.models import ACTIVE
+from storage.repository import (
+    EditNotFound,
+    EditPayload,
+    EditRecord,
+    IdempotencyKeyTaken,
+    KeyRow,
+    NewEdit,
+    Repository,
+    Supersession,
+)
+
+log = logging.getLogger(__name__)
+
+
+def new_edit_id() -> str:
+    return f"ed_{uuid.uuid4().hex}"
+
+
+def request_hash(body: EditCreate) -> str:
+    """Canonical hash of an edit request: an idempotency key replays only the very same request."""
+    canonical = json.dumps(
+        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def keys_to_rows(keys: np.ndarray, kinds: list[str]) -> list[KeyRow]:
+    keys = np.ascontiguousarray(keys, dtype="<f4")
+    return [
+        KeyRow(kind=kind, vector=row.tobytes(), dim=int(keys.shape[1]))
+        for kind, row in zip(kinds, keys, strict=True)
+    ]
+
+
+def rows_to_keys(rows: list[KeyRow]) -> np.ndarray:
+    dim = rows[0].dim
+    return (
+        np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4")
+        .reshape(len(rows), dim)
+        .astype(np.float32)
+    )
+
+
+@dataclass
+class GenerateResult:
+    text: str
+    routed_edit_id: str | None
+    similarity: float | None
+    model: str
+
+
+@dataclass
+class _GenerateJob:
+    request: GenerateRequest
+    future: asyncio.Future[GenerateResult]
+    loop: asyncio.AbstractEventLoop
+
+
+def _resolve(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    if future.done():  # the client went away and its await was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class EditService:
+    def __init__(self, settings: Settings, repo: Repository, worker: ModelWorker, metrics: Metrics) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.worker = worker
+        self.metrics = metrics
+        self.host: Any = None  # editors.model_host.ModelHost once loaded (imported lazily: torch is heavy)
+        self.engine: Any = None  # editors.engine.EditingEngine
+        self.state = "starting"  # starting -> ready | failed
+        self.startup_error: str | None = None
+        self.refused: dict[str, str] = {}  # edit id -> why it was refused (never used while listed)
+        self._active_keys: dict[str, np.ndarray] = {}  # mirror of the index, for supersession checks
+        self._pending: queue.SimpleQueue[_GenerateJob] = queue.SimpleQueue()
+        self._state_lock = threading.Lock()
+
+    # ---- startup and replica sync (worker thread) --------------------------------------------------
+    def load(self) -> None:
+        """Load the base model and rebuild index + bank from the active edits in the database."""
+        from editors.engine import EditingEngine
+        from editors.model_host import ModelHost
+
+        s = self.settings
+        host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
+        engine = EditingEngine(host, self.engine_config())
+        with self._state_lock:
+            self.host, self.engine = host, engine
+            loaded = sum(self._activate_payload(p) for p in self.repo.active_payloads())
+            self._publish()
+        self.state = "ready"
+        log.info(
+            "model %s loaded (fingerprint %s); %d active edits loaded, %d refused",
+            host.name,
+            host.fingerprint[:12],
+            loaded,
+            len(self.refused),
+        )
+
+    def engine_config(self) -> Any:
+        from editors.types import EngineConfig
+
+        knobs = {
+            "layer": self.settings.layer,
+            "threshold": self.settings.threshold,
+            "rank": self.settings.rank,
+        }
+        return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
+
+    def reconcile(self) -> None:
+        """Bring the index in step with the database (edits made or revoked by other replicas)."""
+        if self.engine is None:
+            return
+        wanted = self.repo.active_edit_ids()
+        have = set(self._active_keys)
+        for edit_id in sorted(have - wanted):
+            with self._state_lock:
+                self._deactivate(edit_id)
+        for edit_id in sorted(wanted - have - set(self.refused)):
+            try:
+                payload = self.repo.load_payload(edit_id)
+            except EditNotFound:
+                continue
+            with self._state_lock:
+                if payload.edit.status == ACTIVE:
+                    self._activate_payload(payload)
+        for edit_id in set(self.refused) - wanted:  # revoked elsewhere: no longer a problem
+            self.refused.pop(edit_id, None)
+        self._publish()
+
+    # ---- engine bookkeeping (worker thread) -------------------------------------------------------
+    def _verify(self, payload: EditPayload) -> str | None:
+        edit = payload.edit
+        if hashlib.sha256(payload.adapter).hexdigest() != payload.adapter_sha256:
+            return "adapter bytes do not match their stored sha256 (corrupted or tampered)"
+        if edit.base_fingerprint != self.host.fingerprint:
+            return (
+                f"trained on base model {edit.base_model} ({edit.base_fingerprint[:12]}), "
+                f"this server runs {self.host.name} ({self.host.fingerprint[:12]})"
+            )
+        if edit.layer != self.engine.config.layer:
+            return f"trained for layer {edit.layer}, the engine edits layer {self.engine.config.layer}"
+        if not payload.keys or any(k.dim != self.host.hidden_size for k in payload.keys):
+            return f"routing keys missing or not of width {self.host.hidden_size}"
+        return None
+
+    def _activate_payload(self, payload: EditPayload) -> bool:
+        from editors.engine import AdapterMismatch
+
+        edit_id = payload.edit.id
+        problem = self._verify(payload)
+        keys = rows_to_keys(payload.keys) if problem is None else None
+        if keys is not None:
+            try:
+                self.engine.activate(edit_id, payload.adapter, keys, order=payload.edit.seq)
+            except AdapterMismatch as exc:
+                problem = str(exc)
+        if problem is not None or keys is None:
+            self.refused[edit_id] = problem or "refused"
+            log.error("REFUSED edit %s: %s; it stays out of the index until revoked", edit_id, problem)
+            return False
+        self._active_keys[edit_id] = keys
+        self.refused.pop(edit_id, None)
+        return True
+
+    def _deactivate(self, edit_id: str) -> None:
+        if self.engine is not None:
+            self.engine.deactivate(edit_id)
+        self._active_keys.pop(edit_id, None)
+        self.refused.pop(edit_id, None)
+
+    def _publish(self) -> None:
+        self.metrics.edits_active.set(len(self._active_keys))
+        self.metrics.edits_refused.set(len(self.refused))
+
+    def _require_model(self) -> None:
+        if self.engine is None:
+            detail = self.startup_error or "the model is still loading"
+            raise ApiError(503, "not_ready", detail, {"Retry-After": "5"})
+
+    # ---- edits --------------------------------------------------------------------------------------
+    async def create_edit(
+        self, body: EditCreate, actor: str, idempotency_key: str | None
+    ) -> tuple[EditRecord, bool]:
+        """Returns (edit, replayed). Runs whole on the worker: edits are serialised with everything else."""
+        self._require_model()
+        return await self.worker.run(self._create_edit, body, actor, idempotency_key, request_hash(body))
+
+    def _create_edit(
+        self, body: EditCreate, actor: str, idempotency_key: str | None, req_hash: str
+    ) -> tuple[EditRecord, bool]:
+        if idempotency_key is not None and (existing := self.repo.find_by_idempotency_key(idempotency_key)):
+            return self._replay(existing, req_hash), True
+        self._check_edit_fits(body)
+        trained = self.engine.train_edit(body.prompt, body.target, body.rephrases)
+        self.metrics.train_seconds.observe(trained.seconds)
+        new = NewEdit(
+            id=new_edit_id(),
+            prompt=body.prompt,
+            target=body.target,
+            rephrases=body.rephrases,
+            metadata=body.metadata,
+            created_by=actor,
+            base_model=self.host.name,
+            base_fingerprint=self.host.fingerprint,
+            layer=self.engine.config.layer,
+            train_steps=int(trained.steps),
+            train_loss=float(trained.loss),
+            train_seconds=float(trained.seconds),
+            adapter=trained.adapter,
+            adapter_sha256=trained.adapter_sha256,
+            keys=keys_to_rows(trained.keys, trained.key_kinds),
+            idempotency_key=idempotency_key,
+            request_hash=req_hash if idempotency_key else None,
+        )
+        with self._state_lock:
+            try:
+                record = self.repo.create_edit(new, self._supersessions(trained.keys))
+            except IdempotencyKeyTaken:  # another replica committed this key while we trained
+                existing = self.repo.find_by_idempotency_key(idempotency_key or "")
+                assert existing is not None
+                return self._replay(existing, req_hash), True
+            # Committed: from here on the edit exists. Only now may the engine change.
+            payload = EditPayload(
+                edit=record, adapter=new.adapter, adapter_sha256=new.adapter_sha256, keys=new.keys
+            )
+            activated = self._activate_payload(payload)
+            self._publish()
+        if not activated:
+            raise ApiError(
+                500,
+                "activation_failed",
+                f"edit {record.id} was stored but refused: {self.refused.get(record.id)}",
+            )
+        log.info("edit %s created by %s (%d steps, %.2fs)", record.id, actor, trained.steps, trained.seconds)
+        return record, False
+
+    @staticmethod
+    def _replay(existing: EditRecord, req_hash: str) -> EditRecord:
+        if existing.request_hash != req_hash:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request body",
+            )
+        return existing
+
+    def _check_edit_fits(self, body: EditCreate) -> None:
+        chat = bool(self.host.has_chat_template)
+        target_tokens = len(self.host.encode(" " + body.target)) + 2  # + end-of-turn marker
+        for text in [body.prompt, *body.rephrases]:
+            total = self.host.count_tokens(text, chat) + target_tokens
+            if total > self.host.max_context:
+                raise ApiError(
+                    413,
+                    "prompt_too_long",
+                    f"prompt + target take {total} tokens; the model's context is {self.host.max_context}",
+                )
+
+    def _supersessions(self, keys: np.ndarray) -> list[Supersession]:
+        """Older active edits whose keys the new edit (near-)duplicates: the newer one now answers."""
+        found = []
+        new = np.asarray(keys, dtype=np.float32)
+        for edit_id, old in self._active_keys.items():
+            similarity = float((new @ old.T).max())
+            if similarity >= self.settings.supersede_similarity:
+                found.append(Supersession(older_id=edit_id, similarity=round(similarity, 6)))
+        return found
+
+    async def revoke(self, edit_id: str, actor: str) -> EditRecord:
+        return await self.worker.run(self._revoke, edit_id, actor)
+
+    def _revoke(self, edit_id: str, actor: str) -> EditRecord:
+        with self._state_lock:
+            record, changed = self._or_404(self.repo.revoke, edit_id, actor)
+            self._deactivate(edit_id)  # also on a repeat: heals an index that missed an earlier revoke
+            self._publish()
+        if changed:
+            log.info("edit %s revoked by %s", edit_id, actor)
+        return record
+
+    async def restore(self, edit_id: str, actor: str) -> EditRecord:
+        self._require_model()
+        return await self.worker.run(self._restore, edit_id, actor)
+
+    def _restore(self, edit_id: str, actor: str) -> EditRecord:
+        payload = self._or_404(self.repo.load_payload, edit_id)
+        problem = self._verify(payload)
+        if problem is not None:  # checked before commit: a restore never activates a bad adapter
+            raise ApiError(409, "adapter_mismatch", f"edit {edit_id} cannot be restored: {problem}")
+        with self._state_lock:
+            record, changed = self._or_404(self.repo.restore, edit_id, actor)
+            activated = edit_id in self._active_keys or self._activate_payload(replace(payload, edit=record))
+            self._publish()
+        if not activated:
+            raise ApiError(
+                409, "adapter_mismatch", f"edit {edit_id} refused by the engine: {self.refused.get(edit_id)}"
+            )
+        if changed:
+            log.info("edit %s restored by %s", edit_id, actor)
+        return record
+
+    @staticmethod
+    def _or_404(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except EditNotFound:
+            raise ApiError(404, "not_found", f"no edit with id {args[0]!r}") from None
+
+    # ---- generation: requests arriving together are decoded as one batch --------------------------
+    async def generate(self, request: GenerateRequest) -> GenerateResult:
+        self._require_model()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GenerateResult] = loop.create_future()
+        self._pending.put(_GenerateJob(request, future, loop))
+        try:
+            self.worker.submit(self._drain_generate)  # one drain per job: none is ever left waiting
+        except RuntimeError as exc:  # the worker is shutting down
+            raise ApiError(503, "shutting_down", "the server is shutting down") from exc
+        return await future
+
+    def _drain_generate(self) -> None:
+        jobs: list[_GenerateJob] = []
+        while len(jobs) < self.settings.max_batch_size:
+            try:
+                jobs.append(self._pending.get_nowait())
+            except queue.Empty:
+                break
+        groups: dict[tuple[bool, int], list[_GenerateJob]] = defaultdict(list)
+        for job in jobs:
+            if job.future.cancelled():
+                continue
+            error = self._check_prompt_fits(job.request)
+            if error is not None:
+                job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+            else:
+                groups[(job.request.chat, job.request.max_new_tokens)].append(job)
+        for (chat, max_new_tokens), group in groups.items():
+            self.metrics.batch_size.observe(len(group))
+            try:
+                outs = self.engine.generate(
+                    [j.request.prompt for j in group], max_new_tokens=max_new_tokens, chat=chat
+                )
+            except Exception as exc:
+                log.exception("generation failed for a batch of %d", len(group))
+                for job in group:
+                    job.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
+                continue
+            for job, out in zip(group, outs, strict=True):
+                result = GenerateResult(out.text, out.routed_edit_id, out.similarity, self.host.name)
+                job.loop.call_soon_threadsafe(_resolve, job.future, result)
+
+    def _check_prompt_fits(self, request: GenerateRequest) -> ApiError | None:
+        try:
+            n = self.host.count_tokens(request.prompt, request.chat)
+        except ValueError as exc:  # e.g. chat=true on a model without a chat template
+            return ApiError(422, "validation_error", str(exc))
+        if n + request.max_new_tokens > self.host.max_context:
+            return ApiError(
+                413,
+                "prompt_too_long",
+                f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceed the model's context "
+                f"of {self.host.max_context} tokens",
+            )
+        return None
+
+    # ---- readiness ---------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = model loaded, database answers, index holds exactly the active edits' keys."""
+        detail: dict[str, Any] = {"model": self.state}
+        if self.startup_error:
+            detail["startup_error"] = self.startup_error
+        with self._state_lock:
+            try:
+                counts = self.repo.active_key_counts()
+                detail["database"] = "ok"
+            except Exception as exc:
+                detail["database"] = f"error: {type(exc).__name__}: {exc}"[:500]
+                counts = None
+            engine_ids = set(self.engine.active_edit_ids()) if self.engine is not None else set()
+            engine_keys = int(self.engine.num_keys()) if self.engine is not None else 0
+            refused = dict(self.refused)
+        index_ok = False
+        if counts is not None:
+            expected_keys = sum(counts.values())
+            index_ok = engine_ids == set(counts) and engine_keys == expected_keys
+            detail["index"] = {
+                "active_edits": len(counts),
+                "indexed_edits": len(engine_ids),
+                "expected_keys": expected_keys,
+                "indexed_keys": engine_keys,
+                "missing": sorted(set(counts) - engine_ids)[:50],
+                "unexpected": sorted(engine_ids - set(counts))[:50],
+            }
+        if refused:
+            detail["refused"] = [{"edit_id": k, "reason": v} for k, v in sorted(refused.items())]
+        ok = self.state == "ready" and counts is not None and index_ok
+        return ok, detail

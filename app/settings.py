@@ -1,0 +1,94 @@
+"""Service settings from the environment (prefix SOLA_): SOLA_DATA_DIR, SOLA_DATABASE_URL, SOLA_API_KEYS..."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["admin", "reader"]
+ROLES: tuple[Role, ...] = ("admin", "reader")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str  # recorded as the actor / created_by
+    secret: str
+    role: Role
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SOLA_", extra="ignore", protected_namespaces=())
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None  # default: SQLite file under data_dir
+    model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory
+    model_cache_dir: Path | None = None  # default: data_dir/models (tests share one across servers)
+    device: str = "cpu"
+    # Editing method knobs; None keeps editors.types.EngineConfig's measured defaults.
+    layer: int | None = None
+    threshold: float | None = None
+    rank: int | None = None
+    # Keys at least this similar to an older active edit's key mark the older one as superseded.
+    supersede_similarity: float = Field(0.999, gt=0.0, le=1.0)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: str = ""  # "name:secret:role,..." with role admin|reader
+
+    max_new_tokens: int = Field(512, ge=1)  # upper bound a request may ask for
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_target_chars: int = Field(1000, ge=1)
+    max_rephrases: int = Field(16, ge=0)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    max_batch_size: int = Field(16, ge=1)  # generate requests decoded together in one forward pass
+    sync_interval: float = Field(2.0, ge=0.0)  # seconds between audit-log polls (0: off), for replicas
+    log_level: str = "info"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str) -> str:
+        parse_api_keys(value)  # fail at startup, not on the first request
+        return value
+
+    @property
+    def keys(self) -> list[ApiKey]:
+        return parse_api_keys(self.api_keys)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'sola.db').resolve()}"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
+
+
+def parse_api_keys(spec: str) -> list[ApiKey]:
+    keys: list[ApiKey] = []
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        parts = entry.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValueError("SOLA_API_KEYS entries must look like name:secret:role")
+        name, secret, role = parts
+        if role not in ROLES:
+            raise ValueError(f"API key {name!r}: role must be one of {', '.join(ROLES)}, not {role!r}")
+        if any(k.name == name for k in keys) or any(k.secret == secret for k in keys):
+            raise ValueError(f"API key {name!r}: names and secrets must be unique")
+        keys.append(ApiKey(name=name, secret=secret, role=role))  # type: ignore[arg-type]
+    return keys
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
