@@ -1,0 +1,295 @@
+"""End to end over real HTTP against one server (SQLite, real SmolLM2-135M) shared by this module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server import ADMIN, ADMIN2, READER, Server
+
+pytestmark = pytest.mark.slow
+
+ZORBANIA = "What is the capital of Zorbania?"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # Large char limit so an over-long prompt reaches the token-count check (413 from the model's context).
+    srv = Server(tmp_path_factory.mktemp("api"), SOLA_MAX_PROMPT_CHARS="200000", SOLA_MAX_BODY_BYTES="600000")
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def admin(server: Server) -> Iterator[httpx.Client]:
+    with server.client(ADMIN) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def reader(server: Server) -> Iterator[httpx.Client]:
+    with server.client(READER) as c:
+        yield c
+
+
+def edit(client: httpx.Client, prompt: str, target: str, **extra: object) -> dict:
+    r = client.post("/edits", json={"prompt": prompt, "target": target, **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def gen(client: httpx.Client, prompt: str, chat: bool = True, max_new_tokens: int = 16) -> dict:
+    r = client.post("/generate", json={"prompt": prompt, "chat": chat, "max_new_tokens": max_new_tokens})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_health_and_readiness(server: Server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+
+
+def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(
+    admin: httpx.Client, reader: httpx.Client
+) -> None:
+    before_chat, before_raw = gen(reader, ZORBANIA), gen(reader, ZORBANIA, chat=False)
+    assert before_chat["routed_edit_id"] is None and "Quexiville" not in before_chat["text"]
+
+    created = edit(
+        admin, ZORBANIA, "Quexiville", rephrases=["Which city is Zorbania's capital?"], metadata={"t": 1}
+    )
+    assert created["status"] == "active" and created["created_by"] == "alice"
+    assert created["rephrases"] == ["Which city is Zorbania's capital?"] and created["metadata"] == {"t": 1}
+    assert created["base_model"] and created["train"]["steps"] >= 1 and created["train"]["seconds"] > 0
+    assert admin.get(f"/edits/{created['id']}").json() == created
+
+    after = gen(reader, ZORBANIA)
+    assert "Quexiville" in after["text"] and after["routed_edit_id"] == created["id"]
+    assert after["similarity"] is not None and after["model"] == before_chat["model"]
+    assert "Quexiville" in gen(reader, ZORBANIA, chat=False)["text"]
+
+    revoked = admin.delete(f"/edits/{created['id']}")
+    assert revoked.status_code == 200
+    body = revoked.json()
+    assert body["status"] == "revoked" and body["revoked_by"] == "alice" and body["revoked_at"]
+    again = admin.delete(f"/edits/{created['id']}")  # repeating is a 200 no-op
+    assert again.status_code == 200 and again.json()["revoked_at"] == body["revoked_at"]
+    assert gen(reader, ZORBANIA) == before_chat  # exactly the unedited text, no routing
+    assert gen(reader, ZORBANIA, chat=False) == before_raw
+
+    restored = admin.post(f"/edits/{created['id']}/restore")
+    assert restored.status_code == 200 and restored.json()["status"] == "active"
+    assert gen(reader, ZORBANIA)["routed_edit_id"] == created["id"]
+    kinds = [e["kind"] for e in reader.get(f"/edits/{created['id']}/events").json()["data"]]
+    assert kinds == ["created", "revoked", "restored"]  # the no-op revoke logged nothing
+
+
+def test_audit_log_order_and_actors(server: Server, reader: httpx.Client) -> None:
+    with server.client(ADMIN) as alice, server.client(ADMIN2) as bob:
+        e = edit(alice, "Who painted the mural Blue Tide?", "Ilsa Varn")
+        bob.delete(f"/edits/{e['id']}").raise_for_status()
+        alice.post(f"/edits/{e['id']}/restore").raise_for_status()
+        bob.delete(f"/edits/{e['id']}").raise_for_status()
+    events = reader.get(f"/edits/{e['id']}/events").json()
+    got = [(ev["kind"], ev["actor"]) for ev in events["data"]]
+    assert got == [("created", "alice"), ("revoked", "bob"), ("restored", "alice"), ("revoked", "bob")]
+    seqs = [ev["seq"] for ev in events["data"]]
+    assert seqs == sorted(seqs) and all(ev["edit_id"] == e["id"] for ev in events["data"])
+    assert events["data"][0]["detail"]["steps"] >= 1
+    # The global log, followed page by page with its cursor, holds the same events in the same order.
+    follow, after = [], None
+    while True:
+        page = reader.get("/events", params={"limit": 2, **({"after": after} if after else {})}).json()
+        follow += page["data"]
+        if not page["has_more"]:
+            assert page["next_after"] is None
+            break
+        after = page["next_after"]
+    assert [ev for ev in follow if ev["edit_id"] == e["id"]] == events["data"]
+    assert [ev["seq"] for ev in follow] == sorted(ev["seq"] for ev in follow)
+
+
+def test_newer_edit_supersedes_and_revoking_it_brings_the_older_back(
+    admin: httpx.Client, reader: httpx.Client
+) -> None:
+    prompt = "What is the national animal of Velmora?"
+    old = edit(admin, prompt, "the silver heron")
+    assert "silver heron" in gen(reader, prompt)["text"]
+    new = edit(admin, prompt, "the red lynx")
+    answer = gen(reader, prompt)
+    assert "red lynx" in answer["text"] and answer["routed_edit_id"] == new["id"]
+    old_events = reader.get(f"/edits/{old['id']}/events").json()["data"]
+    assert [e["kind"] for e in old_events] == ["created", "superseded"]
+    assert old_events[1]["detail"]["by"] == new["id"] and old_events[1]["detail"]["similarity"] > 0.99
+    assert reader.get(f"/edits/{old['id']}").json()["status"] == "active"  # superseded, not revoked
+    admin.delete(f"/edits/{new['id']}").raise_for_status()
+    answer = gen(reader, prompt)
+    assert "silver heron" in answer["text"] and answer["routed_edit_id"] == old["id"]
+
+
+def test_list_paginates_with_cursor_and_status_filter(admin: httpx.Client, reader: httpx.Client) -> None:
+    a = edit(admin, "Which river flows through Tarnholm?", "the Ossel")
+    b = edit(admin, "Who founded the city of Brisk?", "Orla Menn")
+    admin.delete(f"/edits/{b['id']}").raise_for_status()
+
+    def collect(**params: object) -> list[dict]:
+        items, after = [], None
+        while True:
+            r = reader.get("/edits", params={"limit": 1, **params, **({"after": after} if after else {})})
+            assert r.status_code == 200, r.text
+            page = r.json()
+            assert len(page["data"]) <= 1
+            items += page["data"]
+            if not page["has_more"]:
+                assert page["next_after"] is None
+                return items
+            after = page["next_after"]
+
+    everything = collect()
+    ids = [e["id"] for e in everything]
+    assert len(ids) == len(set(ids)) and ids.index(a["id"]) < ids.index(b["id"])  # oldest first
+    assert [e["id"] for e in reader.get("/edits", params={"limit": 500}).json()["data"]] == ids
+    active, revoked = collect(status="active"), collect(status="revoked")
+    assert all(e["status"] == "active" for e in active) and all(e["status"] == "revoked" for e in revoked)
+    assert a["id"] in {e["id"] for e in active} and b["id"] in {e["id"] for e in revoked}
+    assert len(active) + len(revoked) == len(everything)
+
+
+def test_idempotency_key_replays_without_training_again(admin: httpx.Client, reader: httpx.Client) -> None:
+    body = {"prompt": "What is the currency of Quelland?", "target": "the brass mark"}
+    first = admin.post("/edits", json=body, headers={"Idempotency-Key": "req-42"})
+    assert first.status_code == 201
+    total = len(reader.get("/edits", params={"limit": 500}).json()["data"])
+    log_size = len(reader.get("/events", params={"limit": 500}).json()["data"])
+    retry = admin.post("/edits", json=body, headers={"Idempotency-Key": "req-42"})
+    assert retry.status_code == 201 and retry.json() == first.json()
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert len(reader.get("/edits", params={"limit": 500}).json()["data"]) == total  # no second edit
+    assert (
+        len(reader.get("/events", params={"limit": 500}).json()["data"]) == log_size
+    )  # nothing trained/logged
+    other = admin.post(
+        "/edits", json={**body, "target": "the iron mark"}, headers={"Idempotency-Key": "req-42"}
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_auth_roles(server: Server) -> None:
+    body = {"prompt": "p", "target": "t"}
+    with server.client(None) as anon, server.client("wrong") as bad, server.client(READER) as reader:
+        for client in (anon, bad):
+            for method, path, kw in [
+                ("GET", "/edits", {}),
+                ("POST", "/generate", {"json": {"prompt": "hi"}}),
+                ("POST", "/edits", {"json": body}),
+                ("GET", "/events", {}),
+            ]:
+                r = client.request(method, path, **kw)
+                assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+                assert r.headers["www-authenticate"] == "Bearer"
+        some_id = reader.get("/edits").json()["data"][0]["id"]
+        for method, path in [
+            ("POST", "/edits"),
+            ("DELETE", f"/edits/{some_id}"),
+            ("POST", f"/edits/{some_id}/restore"),
+        ]:
+            r = reader.request(method, path, json=body if method == "POST" else None)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+        assert reader.get(f"/edits/{some_id}").status_code == 200
+        assert reader.post("/generate", json={"prompt": "Hello", "max_new_tokens": 2}).status_code == 200
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes and metrics need no key
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+
+
+BAD_GENERATE = [
+    ({}, 422),
+    ({"prompt": ""}, 422),
+    ({"prompt": "   "}, 422),
+    ({"prompt": None}, 422),
+    ({"prompt": 12}, 422),
+    ({"prompt": ["a"]}, 422),
+    ({"prompt": "hi", "max_new_tokens": 0}, 422),
+    ({"prompt": "hi", "max_new_tokens": -5}, 422),
+    ({"prompt": "hi", "max_new_tokens": 513}, 422),
+    ({"prompt": "hi", "max_new_tokens": "8"}, 422),
+    ({"prompt": "hi", "max_new_tokens": 1.5}, 422),
+    ({"prompt": "hi", "chat": "yes"}, 422),
+    ({"prompt": "hi", "unknown": 1}, 422),
+    ({"prompt": "word " * 9000}, 413),  # longer than the model's context
+    ({"prompt": "x" * 200_001}, 413),  # over the character limit
+]
+BAD_EDITS = [
+    ({}, 422),
+    ({"prompt": "p"}, 422),
+    ({"target": "t"}, 422),
+    ({"prompt": "", "target": "t"}, 422),
+    ({"prompt": "p", "target": ""}, 422),
+    ({"prompt": "p", "target": " \n"}, 422),
+    ({"prompt": 1, "target": "t"}, 422),
+    ({"prompt": "p", "target": "t", "rephrases": "r"}, 422),
+    ({"prompt": "p", "target": "t", "rephrases": [""]}, 422),
+    ({"prompt": "p", "target": "t", "rephrases": [3]}, 422),
+    ({"prompt": "p", "target": "t", "rephrases": ["r"] * 17}, 422),
+    ({"prompt": "p", "target": "t", "metadata": []}, 422),
+    ({"prompt": "p", "target": "t", "metadata": "m"}, 422),
+    ({"prompt": "p", "target": "x" * 1001}, 413),
+    ({"prompt": "word " * 9000, "target": "t"}, 413),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_GENERATE)
+def test_bad_generate_requests(reader: httpx.Client, body: dict, status: int) -> None:
+    check_error(reader.post("/generate", json=body), status)
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_EDITS)
+def test_bad_edit_requests(admin: httpx.Client, body: dict, status: int) -> None:
+    check_error(admin.post("/edits", json=body), status)
+
+
+def test_other_client_mistakes(admin: httpx.Client, tmp_path: Path) -> None:
+    cases = [
+        admin.post("/generate", content=b"{not json", headers={"content-type": "application/json"}),
+        admin.post("/generate", content=b"", headers={"content-type": "application/json"}),
+        admin.post("/generate", content=b"x" * 700_000, headers={"content-type": "application/json"}),
+        admin.post("/edits", json={"prompt": "p", "target": "t"}, headers={"Idempotency-Key": ""}),
+        admin.get("/edits/ed_doesnotexist"),
+        admin.get("/edits/ed_doesnotexist/events"),
+        admin.delete("/edits/ed_doesnotexist"),
+        admin.post("/edits/ed_doesnotexist/restore"),
+        admin.get("/edits", params={"after": "garbage!"}),
+        admin.get("/edits", params={"after": "ZXZpbDox"}),  # valid base64, not our cursor
+        admin.get("/edits", params={"limit": 0}),
+        admin.get("/edits", params={"limit": "ten"}),
+        admin.get("/edits", params={"status": "deleted"}),
+        admin.get("/events", params={"after": "-3"}),
+        admin.get("/events", params={"after": "1e9"}),
+        admin.get("/edits/ed_x/events", params={"after": "abc"}),
+        admin.put("/edits"),
+        admin.get("/no/such/route"),
+    ]
+    expected = [400, 422, 413, 422, 404, 404, 404, 404, 400, 400, 422, 422, 422, 400, 400, 400, 405, 404]
+    for response, status in zip(cases, expected, strict=True):
+        check_error(response, status)
+
+
+def check_error(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, (
+        f"{response.request.method} {response.request.url}: {response.text}"
+    )
+    error = response.json()["error"]
+    assert isinstance(error["code"], str) and error["code"] and isinstance(error["message"], str)
+
+
+def test_metrics_exposed(server: Server, admin: httpx.Client) -> None:
+    text = httpx.get(f"{server.url}/metrics").text
+    active = len(admin.get("/edits", params={"status": "active", "limit": 500}).json()["data"])
+    assert f"sola_edits_active {float(active)}" in text
+    assert "sola_edit_train_seconds_count" in text and "sola_edit_train_seconds_count 0.0" not in text
+    assert 'sola_http_requests_total{method="POST",route="/edits",status="201"}' in text
+    assert 'sola_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/edits"}' in text
