@@ -6,8 +6,10 @@ half of the lifespan (the model worker finishes its current job), then exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from pydantic import ValidationError
 
@@ -32,6 +34,15 @@ def check_bind(settings: Settings) -> None:
 def serve(settings: Settings | None = None) -> None:
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises SIGTERM after its graceful shutdown (exit status -15); a requested,
+            # completed stop is a success here, so forget the signal and exit 0.
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
     from app.main import create_app
 
     try:
@@ -47,7 +58,7 @@ def serve(settings: Settings | None = None) -> None:
     if not settings.keys:
         log.warning("no API keys configured: every request acts as 'anonymous' admin (loopback only)")
     fatal: list[str] = []
-    server: uvicorn.Server | None = None
+    server: Server | None = None
 
     def on_fatal(message: str) -> None:
         fatal.append(message)
@@ -63,7 +74,7 @@ def serve(settings: Settings | None = None) -> None:
         access_log=False,
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     if fatal:
         raise SystemExit(f"sola: startup failed: {fatal[0]}")

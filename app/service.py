@@ -115,6 +115,10 @@ class EditService:
         from editors.model_host import ModelHost
 
         s = self.settings
+        if s.torch_threads:
+            import torch
+
+            torch.set_num_threads(s.torch_threads)
         host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
         engine = EditingEngine(host, self.engine_config())
         with self._state_lock:
@@ -185,7 +189,9 @@ class EditService:
         keys = rows_to_keys(payload.keys) if problem is None else None
         if keys is not None:
             try:
-                self.engine.activate(edit_id, payload.adapter, keys, order=payload.edit.seq)
+                self.engine.activate(
+                    edit_id, payload.adapter, keys, order=payload.edit.seq, key_kinds=[k.kind for k in payload.keys]
+                )
             except AdapterMismatch as exc:
                 problem = str(exc)
         if problem is not None or keys is None:

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory
     model_cache_dir: Path | None = None  # default: data_dir/models (tests share one across servers)
     device: str = "cpu"
+    # Intra-op CPU threads for torch (None: torch's default, one per core). On a shared or small
+    # machine 1 avoids oversubscription, which can make every forward pass several times slower.
+    torch_threads: int | None = Field(None, ge=1)
     # Editing method knobs; None keeps editors.types.EngineConfig's measured defaults.
     layer: int | None = None
     threshold: float | None = None

@@ -41,6 +41,8 @@ class Server:
             "SOLA_HOST": "127.0.0.1",
             "SOLA_PORT": str(self.port),
             "SOLA_API_KEYS": API_KEYS,
+            # One torch thread per server: no oversubscription when tests share 2 cores with other work.
+            "SOLA_TORCH_THREADS": os.environ.get("SOLA_TEST_TORCH_THREADS", "1"),
             **env,
         }
         self.url = f"http://127.0.0.1:{self.port}"
