@@ -15,16 +15,22 @@ import numpy as np
 import torch
 
 from editors.adapter_io import adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
+from editors.calibration import CALIBRATION_PROMPTS
 from editors.lora_bank import BankedLoRALinear, LoRABank
 from editors.model_host import ModelHost
-from editors.routed_layer import CaptureSession, RoutedLayer, RoutingSession, Session, StopForward
+from editors.routed_layer import CaptureSession, KeySpace, RoutedLayer, RoutingSession, Session, StopForward
 from editors.training import EditExample, train_lora
 from editors.types import EngineConfig, Generation, Score, TrainedEdit
-from router.key_index import KeyIndex, normalise
+from router.key_index import KeyIndex
 
 
 class AdapterMismatch(ValueError):
     """An adapter that was trained for another base model, layer or rank: refused, never used."""
+
+
+def space_of(key_kind: str) -> str:
+    """Key kinds are "chat", "raw", "rephrase-chat:0", ...: each lives in its prompt format's space."""
+    return "chat" if "chat" in key_kind else "raw"
 
 
 class EditingEngine:
@@ -40,14 +46,21 @@ class EditingEngine:
         down = original.mlp.down_proj
         param = next(host.model.parameters())
         self.bank = LoRABank(down.in_features, down.out_features, self.config.rank, param.dtype, param.device)
-        self.index = KeyIndex(host.hidden_size, kind=index_kind)
         proj = BankedLoRALinear(down, self.bank)
         original.mlp.down_proj = proj
-        self.routed = RoutedLayer(
-            original, proj, self.index, self.config.threshold, self.config.search_k, self.config.tie_margin
-        )
+        self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
         layers[self.config.layer] = self.routed
+        thresholds = {"chat": self.config.threshold, "raw": self.config.raw_threshold}
+        for space in ("chat", "raw") if host.has_chat_template else ("raw",):
+            center = self._calibration_center(chat=space == "chat")
+            index = KeyIndex(host.hidden_size, kind=index_kind, center=center)
+            self.routed.spaces[space] = KeySpace(index, thresholds[space])
         self._orders = itertools.count(1)
+
+    def _calibration_center(self, chat: bool) -> np.ndarray:
+        """Mean edited-layer input at the last token of fixed generic prompts (see editors/calibration.py)."""
+        examples = [EditExample(self._prompt_ids(p, chat), []) for p in CALIBRATION_PROMPTS]
+        return self._key_states(examples).mean(axis=0)
 
     # ---- sessions -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -67,6 +80,9 @@ class EditingEngine:
         text = target if chat or target[:1].isspace() else " " + target
         return self.host.encode(text)
 
+    def _space(self, chat: bool) -> str:
+        return "chat" if chat else "raw"
+
     def _formats(self) -> list[bool]:
         return [True, False] if self.host.has_chat_template else [False]
 
@@ -81,23 +97,40 @@ class EditingEngine:
             for chat in self._formats():
                 target_ids = self._target_ids(target, chat) + (eot if chat else [])
                 examples.append(EditExample(self._prompt_ids(text, chat), target_ids))
-                kinds.append(("chat" if chat else "raw") if i == 0 else f"rephrase-{'chat' if chat else 'raw'}:{i - 1}")
+                kinds.append(
+                    ("chat" if chat else "raw") if i == 0 else f"rephrase-{'chat' if chat else 'raw'}:{i - 1}"
+                )
         hidden, kwargs = self._capture(examples)
         key_pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples])
-        keys = normalise(hidden[torch.arange(len(examples)), key_pos].float().numpy())
+        keys = hidden[torch.arange(len(examples)), key_pos].float().numpy()
         key_seconds = time.perf_counter() - start
         result = train_lora(
-            self.host.model, self.routed, self.config, hidden, kwargs, examples, self.bank.in_features,
+            self.host.model,
+            self.routed,
+            self.config,
+            hidden,
+            kwargs,
+            examples,
+            self.bank.in_features,
             self.bank.out_features,
         )
         adapter = serialize_adapter(
-            result.lora_A, result.lora_B, layer=self.config.layer, alpha=self.config.alpha,
+            result.lora_A,
+            result.lora_B,
+            layer=self.config.layer,
+            alpha=self.config.alpha,
             fingerprint=self.host.fingerprint,
         )
         total = time.perf_counter() - start
         return TrainedEdit(
-            keys=keys, key_kinds=kinds, adapter=adapter, adapter_sha256=adapter_sha256(adapter),
-            steps=result.steps, loss=result.loss, seconds=total, key_seconds=key_seconds,
+            keys=keys,
+            key_kinds=kinds,
+            adapter=adapter,
+            adapter_sha256=adapter_sha256(adapter),
+            steps=result.steps,
+            loss=result.loss,
+            seconds=total,
+            key_seconds=key_seconds,
             train_seconds=total - key_seconds,
         )
 
@@ -111,34 +144,60 @@ class EditingEngine:
         assert session.hidden_states is not None
         return session.hidden_states, session.kwargs
 
-    def activate(self, edit_id: str, adapter: bytes, keys: np.ndarray, order: int | None = None) -> None:
+    def _key_states(self, examples: Sequence[EditExample]) -> np.ndarray:
+        hidden, _ = self._capture(examples)
+        pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples])
+        return hidden[torch.arange(len(examples)), pos].float().numpy()
+
+    def activate(
+        self,
+        edit_id: str,
+        adapter: bytes,
+        keys: np.ndarray,
+        order: int | None = None,
+        key_kinds: Sequence[str] | None = None,
+    ) -> None:
+        """Bank the weights and index the keys (raw hidden states from train_edit, one kind per row)."""
         if edit_id in self.bank:
             return
         parsed = deserialize_adapter(adapter)
         if parsed.fingerprint != self.host.fingerprint:
-            raise AdapterMismatch(f"edit {edit_id} was trained on another base model ({parsed.fingerprint[:12]})")
+            raise AdapterMismatch(
+                f"edit {edit_id} was trained on another base model ({parsed.fingerprint[:12]})"
+            )
         if parsed.layer != self.config.layer or parsed.rank != self.config.rank:
             raise AdapterMismatch(
                 f"edit {edit_id} targets layer {parsed.layer} rank {parsed.rank}; "
                 f"engine is layer {self.config.layer} rank {self.config.rank}"
             )
         keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
+        if key_kinds is None or len(key_kinds) != len(keys):
+            raise ValueError(
+                f"edit {edit_id}: key_kinds must name the prompt format of each of the {len(keys)} keys"
+            )
+        spaces = [space_of(k) for k in key_kinds]
+        if unknown := set(spaces) - set(self.routed.spaces):
+            raise AdapterMismatch(f"edit {edit_id} has {sorted(unknown)} keys; this model has no such format")
+        order = order if order is not None else next(self._orders)
         self.bank.add(edit_id, parsed.lora_A, parsed.lora_B, parsed.scale)
         try:
-            self.index.add(edit_id, keys, order if order is not None else next(self._orders))
+            for name, key_space in self.routed.spaces.items():
+                rows = [i for i, s in enumerate(spaces) if s == name]
+                if rows:
+                    key_space.index.add(edit_id, keys[rows], order)
         except Exception:
-            self.bank.remove(edit_id)
+            self.deactivate(edit_id)
             raise
 
     def deactivate(self, edit_id: str) -> bool:
-        removed = self.index.remove(edit_id)
-        return self.bank.remove(edit_id) or removed
+        removed = [space.index.remove(edit_id) for space in self.routed.spaces.values()]
+        return self.bank.remove(edit_id) or any(removed)
 
     def active_edit_ids(self) -> set[str]:
-        return self.index.edit_ids()
+        return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))
 
     def num_keys(self) -> int:
-        return len(self.index)
+        return sum(len(space.index) for space in self.routed.spaces.values())
 
     def export_peft(self, adapter: bytes, out_dir: Path) -> None:
         export_peft(deserialize_adapter(adapter), Path(out_dir), self.host.name)
@@ -156,72 +215,94 @@ class EditingEngine:
         return ids.to(self.host.device), mask.to(self.host.device)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False
+    ) -> list[Generation]:
         """Batched greedy decoding; each row routed by its own last prompt token, decided once at prefill."""
         seqs = [self._prompt_ids(p, chat) for p in prompts]
-        input_ids, attention_mask = self._pad(seqs, left=True)  # left padding: every row's last token is at -1
+        input_ids, attention_mask = self._pad(
+            seqs, left=True
+        )  # left padding: every row's last token is at -1
         stop = self.host.end_of_turn_ids()
-        session = RoutingSession()
+        session = RoutingSession(space=self._space(chat))
         with self._session(session):
             out = self.host.model.generate(
-                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                do_sample=False, temperature=None, top_p=None, top_k=None,
-                eos_token_id=stop, pad_token_id=self.host.tokenizer.pad_token_id,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                eos_token_id=stop,
+                pad_token_id=self.host.tokenizer.pad_token_id,
             )
         assert session.routes is not None
         results = []
         for row, route in enumerate(session.routes):
-            tokens = out[row, input_ids.shape[1]:].tolist()
+            tokens = out[row, input_ids.shape[1] :].tolist()
             cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
             tokens = tokens[:cut]
             fired = route.edit_id is not None
-            results.append(Generation(
-                text=self.host.tokenizer.decode(tokens, skip_special_tokens=True),
-                routed_edit_id=route.edit_id,
-                similarity=route.similarity if fired else None,
-                token_ids=tokens,
-            ))
+            results.append(
+                Generation(
+                    text=self.host.tokenizer.decode(tokens, skip_special_tokens=True),
+                    routed_edit_id=route.edit_id,
+                    similarity=route.similarity if fired else None,
+                    token_ids=tokens,
+                )
+            )
         return results
 
     @torch.no_grad()
-    def score(self, prompts: Sequence[str], targets: Sequence[str], chat: bool = False,
-              use_edits: bool = True) -> list[Score]:
+    def score(
+        self, prompts: Sequence[str], targets: Sequence[str], chat: bool = False, use_edits: bool = True
+    ) -> list[Score]:
         """Teacher-forced argmax and log-probability of each target after its prompt."""
         prompt_ids = [self._prompt_ids(p, chat) for p in prompts]
         target_ids = [self._target_ids(t, chat) for t in targets]
-        input_ids, attention_mask = self._pad([p + t for p, t in zip(prompt_ids, target_ids, strict=True)], left=False)
-        session = RoutingSession(positions=torch.tensor([len(p) - 1 for p in prompt_ids])) if use_edits else None
+        input_ids, attention_mask = self._pad(
+            [p + t for p, t in zip(prompt_ids, target_ids, strict=True)], left=False
+        )
+        positions = torch.tensor([len(p) - 1 for p in prompt_ids])
+        session = RoutingSession(self._space(chat), positions) if use_edits else None
         with self._session(session):
-            logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = self.host.model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits
         scores = []
         for row, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
             span = logits[row, len(p) - 1 : len(p) - 1 + len(t)].float()
             logprobs = torch.log_softmax(span, dim=-1)
             route = session.routes[row] if session and session.routes else None
             fired = route is not None and route.edit_id is not None
-            scores.append(Score(
-                target_ids=t,
-                predicted_ids=span.argmax(-1).tolist(),
-                target_logprob=float(logprobs[torch.arange(len(t)), torch.tensor(t)].sum()),
-                routed_edit_id=route.edit_id if fired else None,
-                similarity=route.similarity if fired else None,
-            ))
+            scores.append(
+                Score(
+                    target_ids=t,
+                    predicted_ids=span.argmax(-1).tolist(),
+                    target_logprob=float(logprobs[torch.arange(len(t)), torch.tensor(t)].sum()),
+                    routed_edit_id=route.edit_id if fired else None,
+                    similarity=route.similarity if fired else None,
+                )
+            )
         return scores
 
     @torch.no_grad()
-    def prompt_logits(self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True) -> list[torch.Tensor]:
+    def prompt_logits(
+        self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True
+    ) -> list[torch.Tensor]:
         seqs = [self._prompt_ids(p, chat) for p in prompts]
         input_ids, attention_mask = self._pad(seqs, left=False)
-        session = RoutingSession(positions=torch.tensor([len(s) - 1 for s in seqs])) if use_edits else None
+        positions = torch.tensor([len(s) - 1 for s in seqs])
+        session = RoutingSession(self._space(chat), positions) if use_edits else None
         with self._session(session):
-            logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            logits = self.host.model(
+                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+            ).logits
         return [logits[row, : len(s)].float().clone() for row, s in enumerate(seqs)]
 
     def routes_for(self, prompts: Sequence[str], chat: bool = False) -> list[tuple[str | None, float | None]]:
         """Routing decisions only (edit id, best similarity), from a partial forward up to the edited layer."""
         examples = [EditExample(self._prompt_ids(p, chat), []) for p in prompts]
-        hidden, _ = self._capture(examples)
-        pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples])
-        routes = self.index.search(hidden[torch.arange(len(examples)), pos].float().numpy(), self.config.threshold,
-                                   k=self.config.search_k, tie_margin=self.config.tie_margin)
+        routes = self.routed.search(self._key_states(examples), self._space(chat))
         return [(r.edit_id, r.similarity) for r in routes]

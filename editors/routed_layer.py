@@ -22,9 +22,18 @@ class StopForward(Exception):
 
 
 @dataclass
+class KeySpace:
+    """The keys of one prompt format (chat turn or raw completion) and the similarity they need to fire."""
+
+    index: KeyIndex
+    threshold: float
+
+
+@dataclass
 class RoutingSession:
     """One batch's routing: decided at prefill from each row's state at `positions`, kept for decode steps."""
 
+    space: str  # which key space the batch's prompts belong to: "chat" or "raw"
     positions: torch.Tensor | None = None  # [B] token index whose state is the row's key; None = last token
     routes: list[Route] | None = None
     plan: RowPlan | None = None
@@ -47,13 +56,18 @@ Session = RoutingSession | CaptureSession | TrainSession
 
 
 class RoutedLayer(nn.Module):
-    def __init__(self, layer: nn.Module, proj: BankedLoRALinear, index: KeyIndex, threshold: float,
-                 search_k: int, tie_margin: float):
+    def __init__(
+        self,
+        layer: nn.Module,
+        proj: BankedLoRALinear,
+        spaces: dict[str, KeySpace],
+        search_k: int,
+        tie_margin: float,
+    ):
         super().__init__()
         self.layer = layer
         self.proj = proj
-        self.index = index
-        self.threshold = threshold
+        self.spaces = spaces
         self.search_k = search_k
         self.tie_margin = tie_margin
         self.session: Session | None = None
@@ -69,26 +83,33 @@ class RoutedLayer(nn.Module):
         if isinstance(session, TrainSession):
             return self._run(session.plan, hidden_states, args, kwargs)
         if session.routes is None:
-            session.routes, session.plan = self.route(hidden_states, session.positions)
+            session.routes, session.plan = self.route(hidden_states, session.positions, session.space)
         return self._run(session.plan, hidden_states, args, kwargs)
 
-    def _run(self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+    def _run(
+        self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict
+    ) -> Any:
         self.proj.plan = plan
         try:
             return self.layer(hidden_states, *args, **kwargs)
         finally:
             self.proj.plan = None
 
-    def route(self, hidden_states: torch.Tensor, positions: torch.Tensor | None) -> tuple[list[Route], RowPlan | None]:
-        batch = hidden_states.shape[0]
-        if positions is None:
-            keys = hidden_states[:, -1, :]
-        else:
-            keys = hidden_states[torch.arange(batch), positions]
-        routes = self.index.search(
-            keys.detach().float().cpu().numpy(), self.threshold, k=self.search_k, tie_margin=self.tie_margin
+    def search(self, queries: np.ndarray, space: str) -> list[Route]:
+        key_space = self.spaces[space]
+        return key_space.index.search(
+            queries, key_space.threshold, k=self.search_k, tie_margin=self.tie_margin
         )
-        routed = [(row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None]
+
+    def route(
+        self, hidden_states: torch.Tensor, positions: torch.Tensor | None, space: str
+    ) -> tuple[list[Route], RowPlan | None]:
+        batch = hidden_states.shape[0]
+        keys = hidden_states[:, -1, :] if positions is None else hidden_states[torch.arange(batch), positions]
+        routes = self.search(keys.detach().float().cpu().numpy(), space)
+        routed = [
+            (row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None
+        ]
         if not routed:
             return routes, None
         rows, slots = np.array(routed, dtype=np.int64).T

@@ -12,7 +12,8 @@ class EngineConfig:
     """Knobs of the editing method. Defaults were chosen by measurement (see docs/benchmarks.md)."""
 
     layer: int = 26  # the edited layer: keys are the residual stream entering it, LoRA sits in its MLP
-    threshold: float = 0.965  # cosine similarity a query key needs to fire an edit
+    threshold: float = 0.65  # centred cosine a chat-formatted query needs to fire an edit
+    raw_threshold: float = 0.60  # the same for raw completion prompts (their own key space)
     tie_margin: float = 1e-3  # keys this close to the best hit count as the same fact: the newest edit wins
     rank: int = 4
     alpha: float = 8.0
@@ -26,7 +27,7 @@ class EngineConfig:
 class TrainedEdit:
     """Everything one edit needs to be stored and activated; nothing is active yet."""
 
-    keys: np.ndarray  # float32 [n_keys, hidden], L2-normalised
+    keys: np.ndarray  # float32 [n_keys, hidden]: raw edited-layer inputs; the router centres and normalises
     key_kinds: list[str]  # one label per key row, e.g. "chat", "raw", "rephrase-chat:0"
     adapter: bytes  # safetensors bytes (lora_A, lora_B + metadata)
     adapter_sha256: str

@@ -1,7 +1,8 @@
 """Semantic key index: cosine nearest-key search over every active edit's keys (FAISS).
 
-Keys are L2-normalised, so inner product = cosine. The index is ID-mapped: each key row gets a stable
-int64 id, so removing an edit never renumbers the others.
+Keys live in a routing space: the raw hidden state minus a `center` (the mean state of generic prompts,
+which removes the direction every state shares), then L2-normalised, so inner product = cosine. The
+index is ID-mapped: each key row gets a stable int64 id, so removing an edit never renumbers the others.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def normalise(keys: np.ndarray) -> np.ndarray:
 class KeyIndex:
     dim: int
     kind: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for very many keys)
+    center: np.ndarray | None = None  # subtracted from keys and queries before normalising
     _index: faiss.IndexIDMap2 = field(init=False, repr=False)
     _owner: dict[int, str] = field(default_factory=dict, init=False, repr=False)  # key id -> edit id
     _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> recency
@@ -54,10 +56,15 @@ class KeyIndex:
     def edit_ids(self) -> set[str]:
         return set(self._key_ids)
 
+    def to_space(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        return normalise(vectors if self.center is None else vectors - self.center)
+
     def add(self, edit_id: str, keys: np.ndarray, order: int) -> None:
+        """`keys` are raw hidden states [n, dim]; they are moved into the routing space here."""
         if edit_id in self._key_ids:
             raise KeyError(f"edit {edit_id} already has keys in the index")
-        keys = normalise(keys)
+        keys = self.to_space(keys)
         if keys.shape[1] != self.dim:
             raise ValueError(f"key dimension {keys.shape[1]} != index dimension {self.dim}")
         ids = np.arange(self._next_id, self._next_id + len(keys), dtype=np.int64)
@@ -78,13 +85,15 @@ class KeyIndex:
         del self._order[edit_id]
         return True
 
-    def search(self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3) -> list[Route]:
+    def search(
+        self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3
+    ) -> list[Route]:
         """Per query: the edit whose key is nearest, if within `threshold`.
 
         Keys within `tie_margin` of the best hit are the same fact edited more than once: the newest
         active edit among them wins, so revoking it hands the query back to the older one.
         """
-        queries = normalise(queries)
+        queries = self.to_space(queries)
         if len(self) == 0:
             return [Route(None, None) for _ in range(len(queries))]
         sims, ids = self._index.search(queries, min(k, len(self)))
@@ -94,6 +103,10 @@ class KeyIndex:
             if row_ids[0] < 0 or best < threshold:
                 routes.append(Route(None, best if row_ids[0] >= 0 else None))
                 continue
-            tied = [self._owner[int(i)] for s, i in zip(row_sims, row_ids, strict=True) if i >= 0 and s >= best - tie_margin]
+            tied = [
+                self._owner[int(i)]
+                for s, i in zip(row_sims, row_ids, strict=True)
+                if i >= 0 and s >= best - tie_margin
+            ]
             routes.append(Route(max(tied, key=self._order.__getitem__), best))
         return routes
