@@ -74,14 +74,10 @@ async def create_edit(
     response: Response,
     principal: Admin,
     svc: Service,
-    idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
-    ] = None,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> EditOut:
     limits = request.app.state.settings
-    if len(body.prompt) > limits.max_prompt_chars or any(
-        len(r) > limits.max_prompt_chars for r in body.rephrases
-    ):
+    if len(body.prompt) > limits.max_prompt_chars or any(len(r) > limits.max_prompt_chars for r in body.rephrases):
         raise ApiError(413, "prompt_too_long", f"prompts are limited to {limits.max_prompt_chars} characters")
     if len(body.target) > limits.max_target_chars:
         raise ApiError(413, "target_too_long", f"targets are limited to {limits.max_target_chars} characters")
@@ -129,9 +125,7 @@ async def restore_edit(edit_id: str, principal: Admin, svc: Service) -> EditOut:
 
 # ---- audit log ---------------------------------------------------------------------------------------
 @router.get("/edits/{edit_id}/events", response_model=EventPage)
-async def edit_events(
-    edit_id: str, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None
-) -> EventPage:
+async def edit_events(edit_id: str, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None) -> EventPage:
     cursor = decode_event_cursor(after)
     if await run_in_threadpool(repo.get_edit, edit_id) is None:
         raise ApiError(404, "not_found", f"no edit with id {edit_id!r}")
@@ -153,13 +147,9 @@ def _event_page(page: Page[EventRecord]) -> EventPage:
 async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Service) -> GenerateOut:
     settings = request.app.state.settings
     if not 1 <= body.max_new_tokens <= settings.max_new_tokens:
-        raise ApiError(
-            422, "validation_error", f"max_new_tokens must be between 1 and {settings.max_new_tokens}"
-        )
+        raise ApiError(422, "validation_error", f"max_new_tokens must be between 1 and {settings.max_new_tokens}")
     if len(body.prompt) > settings.max_prompt_chars:
-        raise ApiError(
-            413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters"
-        )
+        raise ApiError(413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters")
     result = await svc.generate(body)
     return GenerateOut(
         text=result.text,

@@ -46,27 +46,20 @@ def new_edit_id() -> str:
 
 def request_hash(body: EditCreate) -> str:
     """Canonical hash of an edit request: an idempotency key replays only the very same request."""
-    canonical = json.dumps(
-        body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def keys_to_rows(keys: np.ndarray, kinds: list[str]) -> list[KeyRow]:
     keys = np.ascontiguousarray(keys, dtype="<f4")
     return [
-        KeyRow(kind=kind, vector=row.tobytes(), dim=int(keys.shape[1]))
-        for kind, row in zip(kinds, keys, strict=True)
+        KeyRow(kind=kind, vector=row.tobytes(), dim=int(keys.shape[1])) for kind, row in zip(kinds, keys, strict=True)
     ]
 
 
 def rows_to_keys(rows: list[KeyRow]) -> np.ndarray:
     dim = rows[0].dim
-    return (
-        np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4")
-        .reshape(len(rows), dim)
-        .astype(np.float32)
-    )
+    return np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
 
 
 @dataclass
@@ -104,7 +97,7 @@ class EditService:
         self.state = "starting"  # starting -> ready | failed
         self.startup_error: str | None = None
         self.refused: dict[str, str] = {}  # edit id -> why it was refused (never used while listed)
-        self._active_keys: dict[str, np.ndarray] = {}  # mirror of the index, for supersession checks
+        self._active: set[str] = set()  # edit ids this process put into the engine
         self._pending: queue.SimpleQueue[_GenerateJob] = queue.SimpleQueue()
         self._state_lock = threading.Lock()
 
@@ -149,7 +142,7 @@ class EditService:
         if self.engine is None:
             return
         wanted = self.repo.active_edit_ids()
-        have = set(self._active_keys)
+        have = set(self._active)
         for edit_id in sorted(have - wanted):
             with self._state_lock:
                 self._deactivate(edit_id)
@@ -182,34 +175,31 @@ class EditService:
         return None
 
     def _activate_payload(self, payload: EditPayload) -> bool:
-        from editors.engine import AdapterMismatch
 
         edit_id = payload.edit.id
         problem = self._verify(payload)
-        keys = rows_to_keys(payload.keys) if problem is None else None
-        if keys is not None:
+        if problem is None:
+            keys, kinds = rows_to_keys(payload.keys), [k.kind for k in payload.keys]
             try:
-                self.engine.activate(
-                    edit_id, payload.adapter, keys, order=payload.edit.seq, key_kinds=[k.kind for k in payload.keys]
-                )
-            except AdapterMismatch as exc:
+                self.engine.activate(edit_id, payload.adapter, keys, order=payload.edit.seq, key_kinds=kinds)
+            except ValueError as exc:  # AdapterMismatch, or keys the engine cannot place
                 problem = str(exc)
-        if problem is not None or keys is None:
-            self.refused[edit_id] = problem or "refused"
+        if problem is not None:
+            self.refused[edit_id] = problem
             log.error("REFUSED edit %s: %s; it stays out of the index until revoked", edit_id, problem)
             return False
-        self._active_keys[edit_id] = keys
+        self._active.add(edit_id)
         self.refused.pop(edit_id, None)
         return True
 
     def _deactivate(self, edit_id: str) -> None:
         if self.engine is not None:
             self.engine.deactivate(edit_id)
-        self._active_keys.pop(edit_id, None)
+        self._active.discard(edit_id)
         self.refused.pop(edit_id, None)
 
     def _publish(self) -> None:
-        self.metrics.edits_active.set(len(self._active_keys))
+        self.metrics.edits_active.set(len(self._active))
         self.metrics.edits_refused.set(len(self.refused))
 
     def _require_model(self) -> None:
@@ -218,9 +208,7 @@ class EditService:
             raise ApiError(503, "not_ready", detail, {"Retry-After": "5"})
 
     # ---- edits --------------------------------------------------------------------------------------
-    async def create_edit(
-        self, body: EditCreate, actor: str, idempotency_key: str | None
-    ) -> tuple[EditRecord, bool]:
+    async def create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> tuple[EditRecord, bool]:
         """Returns (edit, replayed). Runs whole on the worker: edits are serialised with everything else."""
         self._require_model()
         return await self.worker.run(self._create_edit, body, actor, idempotency_key, request_hash(body))
@@ -231,6 +219,7 @@ class EditService:
         if idempotency_key is not None and (existing := self.repo.find_by_idempotency_key(idempotency_key)):
             return self._replay(existing, req_hash), True
         self._check_edit_fits(body)
+        superseded = self._supersessions(body.prompt)  # asked before the new edit exists
         trained = self.engine.train_edit(body.prompt, body.target, body.rephrases)
         self.metrics.train_seconds.observe(trained.seconds)
         new = NewEdit(
@@ -254,15 +243,13 @@ class EditService:
         )
         with self._state_lock:
             try:
-                record = self.repo.create_edit(new, self._supersessions(trained.keys))
+                record = self.repo.create_edit(new, superseded)
             except IdempotencyKeyTaken:  # another replica committed this key while we trained
                 existing = self.repo.find_by_idempotency_key(idempotency_key or "")
                 assert existing is not None
                 return self._replay(existing, req_hash), True
             # Committed: from here on the edit exists. Only now may the engine change.
-            payload = EditPayload(
-                edit=record, adapter=new.adapter, adapter_sha256=new.adapter_sha256, keys=new.keys
-            )
+            payload = EditPayload(edit=record, adapter=new.adapter, adapter_sha256=new.adapter_sha256, keys=new.keys)
             activated = self._activate_payload(payload)
             self._publish()
         if not activated:
@@ -296,15 +283,15 @@ class EditService:
                     f"prompt + target take {total} tokens; the model's context is {self.host.max_context}",
                 )
 
-    def _supersessions(self, keys: np.ndarray) -> list[Supersession]:
-        """Older active edits whose keys the new edit (near-)duplicates: the newer one now answers."""
-        found = []
-        new = np.asarray(keys, dtype=np.float32)
-        for edit_id, old in self._active_keys.items():
-            similarity = float((new @ old.T).max())
-            if similarity >= self.settings.supersede_similarity:
-                found.append(Supersession(older_id=edit_id, similarity=round(similarity, 6)))
-        return found
+    def _supersessions(self, prompt: str) -> list[Supersession]:
+        """The active edit answering this very prompt now, if its key is (near-)identical to the new edit's:
+        the new edit takes over (newest wins ties); the older one answers again if the newer is revoked."""
+        best: dict[str, float] = {}
+        for chat in [True, False] if self.host.has_chat_template else [False]:
+            (edit_id, similarity), *_ = self.engine.routes_for([prompt], chat=chat)
+            if edit_id is not None and similarity is not None and similarity >= self.settings.supersede_similarity:
+                best[edit_id] = max(float(similarity), best.get(edit_id, -1.0))
+        return [Supersession(older_id=k, similarity=round(v, 6)) for k, v in best.items()]
 
     async def revoke(self, edit_id: str, actor: str) -> EditRecord:
         return await self.worker.run(self._revoke, edit_id, actor)
@@ -329,7 +316,7 @@ class EditService:
             raise ApiError(409, "adapter_mismatch", f"edit {edit_id} cannot be restored: {problem}")
         with self._state_lock:
             record, changed = self._or_404(self.repo.restore, edit_id, actor)
-            activated = edit_id in self._active_keys or self._activate_payload(replace(payload, edit=record))
+            activated = edit_id in self._active or self._activate_payload(replace(payload, edit=record))
             self._publish()
         if not activated:
             raise ApiError(
@@ -377,9 +364,7 @@ class EditService:
         for (chat, max_new_tokens), group in groups.items():
             self.metrics.batch_size.observe(len(group))
             try:
-                outs = self.engine.generate(
-                    [j.request.prompt for j in group], max_new_tokens=max_new_tokens, chat=chat
-                )
+                outs = self.engine.generate([j.request.prompt for j in group], max_new_tokens=max_new_tokens, chat=chat)
             except Exception as exc:
                 log.exception("generation failed for a batch of %d", len(group))
                 for job in group:

@@ -54,15 +54,11 @@ def test_health_and_readiness(server: Server) -> None:
     assert ready.status_code == 200 and ready.json()["database"] == "ok"
 
 
-def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(
-    admin: httpx.Client, reader: httpx.Client
-) -> None:
+def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(admin: httpx.Client, reader: httpx.Client) -> None:
     before_chat, before_raw = gen(reader, ZORBANIA), gen(reader, ZORBANIA, chat=False)
     assert before_chat["routed_edit_id"] is None and "Quexiville" not in before_chat["text"]
 
-    created = edit(
-        admin, ZORBANIA, "Quexiville", rephrases=["Which city is Zorbania's capital?"], metadata={"t": 1}
-    )
+    created = edit(admin, ZORBANIA, "Quexiville", rephrases=["Which city is Zorbania's capital?"], metadata={"t": 1})
     assert created["status"] == "active" and created["created_by"] == "alice"
     assert created["rephrases"] == ["Which city is Zorbania's capital?"] and created["metadata"] == {"t": 1}
     assert created["base_model"] and created["train"]["steps"] >= 1 and created["train"]["seconds"] > 0
@@ -114,9 +110,7 @@ def test_audit_log_order_and_actors(server: Server, reader: httpx.Client) -> Non
     assert [ev["seq"] for ev in follow] == sorted(ev["seq"] for ev in follow)
 
 
-def test_newer_edit_supersedes_and_revoking_it_brings_the_older_back(
-    admin: httpx.Client, reader: httpx.Client
-) -> None:
+def test_newer_edit_supersedes_and_revoking_it_brings_the_older_back(admin: httpx.Client, reader: httpx.Client) -> None:
     prompt = "What is the national animal of Velmora?"
     old = edit(admin, prompt, "the silver heron")
     assert "silver heron" in gen(reader, prompt)["text"]
@@ -170,12 +164,8 @@ def test_idempotency_key_replays_without_training_again(admin: httpx.Client, rea
     assert retry.status_code == 201 and retry.json() == first.json()
     assert retry.headers.get("Idempotent-Replayed") == "true"
     assert len(reader.get("/edits", params={"limit": 500}).json()["data"]) == total  # no second edit
-    assert (
-        len(reader.get("/events", params={"limit": 500}).json()["data"]) == log_size
-    )  # nothing trained/logged
-    other = admin.post(
-        "/edits", json={**body, "target": "the iron mark"}, headers={"Idempotency-Key": "req-42"}
-    )
+    assert len(reader.get("/events", params={"limit": 500}).json()["data"]) == log_size  # nothing trained/logged
+    other = admin.post("/edits", json={**body, "target": "the iron mark"}, headers={"Idempotency-Key": "req-42"})
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
 
 
@@ -279,9 +269,7 @@ def test_other_client_mistakes(admin: httpx.Client, tmp_path: Path) -> None:
 
 
 def check_error(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, (
-        f"{response.request.method} {response.request.url}: {response.text}"
-    )
+    assert response.status_code == status, f"{response.request.method} {response.request.url}: {response.text}"
     error = response.json()["error"]
     assert isinstance(error["code"], str) and error["code"] and isinstance(error["message"], str)
 

@@ -51,13 +51,8 @@ def assert_db_consistent(db: Path) -> None:
             "SELECT e.id, a.weights, a.sha256 FROM edits e LEFT JOIN edit_adapters a ON a.edit_id = e.id"
         ):
             assert weights is not None and hashlib.sha256(weights).hexdigest() == sha, edit_id
-            assert (
-                con.execute("SELECT count(*) FROM edit_keys WHERE edit_id = ?", (edit_id,)).fetchone()[0] >= 1
-            )
-            kinds = [
-                k
-                for (k,) in con.execute("SELECT kind FROM events WHERE edit_id = ? ORDER BY seq", (edit_id,))
-            ]
+            assert con.execute("SELECT count(*) FROM edit_keys WHERE edit_id = ?", (edit_id,)).fetchone()[0] >= 1
+            kinds = [k for (k,) in con.execute("SELECT kind FROM events WHERE edit_id = ? ORDER BY seq", (edit_id,))]
             assert kinds[:1] == ["created"], (edit_id, kinds)
     finally:
         con.close()
@@ -142,9 +137,7 @@ def test_tampered_or_foreign_edits_are_refused_at_startup(make_server: Callable[
 
     con = sqlite3.connect(server.data_dir / "sola.db")
     with con:
-        weights = con.execute(
-            "SELECT weights FROM edit_adapters WHERE edit_id = ?", (tampered["id"],)
-        ).fetchone()[0]
+        weights = con.execute("SELECT weights FROM edit_adapters WHERE edit_id = ?", (tampered["id"],)).fetchone()[0]
         flipped = weights[:-1] + bytes([weights[-1] ^ 0xFF])
         con.execute("UPDATE edit_adapters SET weights = ? WHERE edit_id = ?", (flipped, tampered["id"]))
         con.execute("UPDATE edits SET base_fingerprint = ? WHERE id = ?", ("0" * 64, foreign["id"]))
@@ -166,7 +159,5 @@ def test_tampered_or_foreign_edits_are_refused_at_startup(make_server: Callable[
         for bad in (tampered, foreign):
             admin.delete(f"/edits/{bad['id']}").raise_for_status()
         assert httpx.get(f"{server.url}/readyz").status_code == 200  # the operator revoked them: ready again
-        assert (
-            admin.post(f"/edits/{foreign['id']}/restore").status_code == 409
-        )  # still refused, still revoked
+        assert admin.post(f"/edits/{foreign['id']}/restore").status_code == 409  # still refused, still revoked
         assert admin.get(f"/edits/{foreign['id']}").json()["status"] == "revoked"

@@ -53,12 +53,22 @@ def new_edit(prompt: str = "What is the capital of Zorbania?", **kw: object) -> 
     adapter = kw.pop("adapter", uuid.uuid4().bytes * 8)
     assert isinstance(adapter, bytes)
     fields: dict[str, object] = dict(
-        id=f"ed_{uuid.uuid4().hex}", prompt=prompt, target="Quexiville", rephrases=["Zorbania's capital?"],
-        metadata={"ticket": "T-1"}, created_by="alice", base_model="SmolLM2-135M-Instruct",
-        base_fingerprint="f" * 64, layer=26, train_steps=12, train_loss=0.01, train_seconds=0.9,
-        adapter=adapter, adapter_sha256=hashlib.sha256(adapter).hexdigest(),
+        id=f"ed_{uuid.uuid4().hex}",
+        prompt=prompt,
+        target="Quexiville",
+        rephrases=["Zorbania's capital?"],
+        metadata={"ticket": "T-1"},
+        created_by="alice",
+        base_model="SmolLM2-135M-Instruct",
+        base_fingerprint="f" * 64,
+        layer=26,
+        train_steps=12,
+        train_loss=0.01,
+        train_seconds=0.9,
+        adapter=adapter,
+        adapter_sha256=hashlib.sha256(adapter).hexdigest(),
         keys=[KeyRow("chat", vec(1.0, 0.0, 0.5), 3), KeyRow("raw", vec(0.0, 1.0, 0.25), 3)],
-    )  # fmt: skip
+    )
     fields.update(kw)
     return NewEdit(**fields)  # type: ignore[arg-type]
 
