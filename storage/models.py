@@ -100,9 +100,7 @@ class Edit(Base):
     keys: Mapped[list[EditKey]] = relationship(
         back_populates="edit", order_by="EditKey.position", cascade="all, delete-orphan", lazy="raise"
     )
-    adapter: Mapped[EditAdapter] = relationship(
-        back_populates="edit", cascade="all, delete-orphan", lazy="raise"
-    )
+    adapter: Mapped[EditAdapter] = relationship(back_populates="edit", cascade="all, delete-orphan", lazy="raise")
 
     __table_args__ = (Index("ix_edits_status_seq", "status", "seq"),)
 

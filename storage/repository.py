@@ -115,9 +115,7 @@ class EventRecord:
 
     @classmethod
     def of(cls, e: Event) -> EventRecord:
-        return cls(
-            seq=e.seq, edit_id=e.edit_id, kind=e.kind, actor=e.actor, at=e.at, detail=dict(e.detail or {})
-        )
+        return cls(seq=e.seq, edit_id=e.edit_id, kind=e.kind, actor=e.actor, at=e.at, detail=dict(e.detail or {}))
 
 
 @dataclass(frozen=True)
@@ -178,9 +176,7 @@ class Repository:
             idempotency_key=new.idempotency_key,
             request_hash=new.request_hash,
         )
-        edit.keys = [
-            EditKey(position=i, kind=k.kind, dim=k.dim, vector=k.vector) for i, k in enumerate(new.keys)
-        ]
+        edit.keys = [EditKey(position=i, kind=k.kind, dim=k.dim, vector=k.vector) for i, k in enumerate(new.keys)]
         edit.adapter = EditAdapter(weights=new.adapter, sha256=new.adapter_sha256)
         try:
             with self.session() as s, s.begin():
@@ -218,14 +214,10 @@ class Repository:
         values.update({"revoked_at": now, "revoked_by": actor} if new == REVOKED else {})
         with self.session() as s, s.begin():
             # Conditional UPDATE: of two replicas racing, exactly one changes the row and logs the event.
-            changed = s.execute(
-                update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values)
-            ).rowcount
+            changed = s.execute(update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values)).rowcount
             if changed:
                 s.add(Event(edit_id=edit_id, kind=kind, actor=actor, at=now, detail={}))
-            edit = s.scalars(
-                select(Edit).where(Edit.id == edit_id).execution_options(populate_existing=True)
-            ).first()
+            edit = s.scalars(select(Edit).where(Edit.id == edit_id).execution_options(populate_existing=True)).first()
             if edit is None:
                 raise EditNotFound(edit_id)
             return EditRecord.of(edit), bool(changed)
@@ -241,9 +233,7 @@ class Repository:
             edit = s.scalars(select(Edit).where(Edit.idempotency_key == key)).first()
             return EditRecord.of(edit) if edit else None
 
-    def list_edits(
-        self, status: str | None = None, limit: int = 50, after: int | None = None
-    ) -> Page[EditRecord]:
+    def list_edits(self, status: str | None = None, limit: int = 50, after: int | None = None) -> Page[EditRecord]:
         """Oldest first by `seq`; `after` is the last seq of the previous page."""
         query = select(Edit).order_by(Edit.seq).limit(limit + 1)
         if status is not None:
@@ -254,9 +244,7 @@ class Repository:
             rows = [EditRecord.of(e) for e in s.scalars(query)]
         return _page(rows, limit)
 
-    def list_events(
-        self, edit_id: str | None = None, limit: int = 100, after: int | None = None
-    ) -> Page[EventRecord]:
+    def list_events(self, edit_id: str | None = None, limit: int = 100, after: int | None = None) -> Page[EventRecord]:
         """Oldest first; `after` is an event seq (replicas follow the log with it)."""
         query = select(Event).order_by(Event.seq).limit(limit + 1)
         if edit_id is not None:

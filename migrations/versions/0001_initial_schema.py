@@ -75,9 +75,7 @@ def upgrade() -> None:
         sa.Column("edit_id", sa.String(length=40), nullable=False),
         sa.Column("weights", sa.LargeBinary(), nullable=False),
         sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["edit_id"], ["edits.id"], name="fk_edit_adapters_edit_id_edits", ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["edit_id"], ["edits.id"], name="fk_edit_adapters_edit_id_edits", ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("edit_id", name="pk_edit_adapters"),
     )
 
@@ -89,9 +87,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("dim", sa.Integer(), nullable=False),
         sa.Column("vector", sa.LargeBinary(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["edit_id"], ["edits.id"], name="fk_edit_keys_edit_id_edits", ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["edit_id"], ["edits.id"], name="fk_edit_keys_edit_id_edits", ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("id", name="pk_edit_keys"),
         sa.UniqueConstraint("edit_id", "position", name="uq_edit_keys_edit_id_position"),
     )
@@ -105,9 +101,7 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(length=200), nullable=False),
         sa.Column("at", UTC_TS, nullable=False),
         sa.Column("detail", JSON, nullable=False),
-        sa.ForeignKeyConstraint(
-            ["edit_id"], ["edits.id"], name="fk_events_edit_id_edits", ondelete="RESTRICT"
-        ),
+        sa.ForeignKeyConstraint(["edit_id"], ["edits.id"], name="fk_events_edit_id_edits", ondelete="RESTRICT"),
         sa.PrimaryKeyConstraint("seq", name="pk_events"),
     )
     op.create_index("ix_events_edit_id", "events", ["edit_id"])
