@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -97,12 +98,19 @@ class EditingEngine:
             for chat in self._formats():
                 target_ids = self._target_ids(target, chat) + (eot if chat else [])
                 examples.append(EditExample(self._prompt_ids(text, chat), target_ids))
-                kinds.append(
-                    ("chat" if chat else "raw") if i == 0 else f"rephrase-{'chat' if chat else 'raw'}:{i - 1}"
-                )
+                kinds.append(("chat" if chat else "raw") if i == 0 else f"rephrase-{'chat' if chat else 'raw'}:{i - 1}")
+        n_keys = len(examples)
+        # The router alone decides when an edit applies, so its LoRA may answer the target whatever the
+        # question: training it on a few unrelated generic prompts too makes it carry over to paraphrases.
+        rng = random.Random(f"{self.config.seed}:{prompt}")
+        for text in rng.sample(CALIBRATION_PROMPTS, self.config.generic_contexts):
+            chat = self.host.has_chat_template
+            examples.append(
+                EditExample(self._prompt_ids(text, chat), self._target_ids(target, chat) + (eot if chat else []))
+            )
         hidden, kwargs = self._capture(examples)
-        key_pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples])
-        keys = hidden[torch.arange(len(examples)), key_pos].float().numpy()
+        key_pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples[:n_keys]])
+        keys = hidden[torch.arange(n_keys), key_pos].float().numpy()
         key_seconds = time.perf_counter() - start
         result = train_lora(
             self.host.model,
@@ -162,9 +170,7 @@ class EditingEngine:
             return
         parsed = deserialize_adapter(adapter)
         if parsed.fingerprint != self.host.fingerprint:
-            raise AdapterMismatch(
-                f"edit {edit_id} was trained on another base model ({parsed.fingerprint[:12]})"
-            )
+            raise AdapterMismatch(f"edit {edit_id} was trained on another base model ({parsed.fingerprint[:12]})")
         if parsed.layer != self.config.layer or parsed.rank != self.config.rank:
             raise AdapterMismatch(
                 f"edit {edit_id} targets layer {parsed.layer} rank {parsed.rank}; "
@@ -172,9 +178,7 @@ class EditingEngine:
             )
         keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
         if key_kinds is None or len(key_kinds) != len(keys):
-            raise ValueError(
-                f"edit {edit_id}: key_kinds must name the prompt format of each of the {len(keys)} keys"
-            )
+            raise ValueError(f"edit {edit_id}: key_kinds must name the prompt format of each of the {len(keys)} keys")
         spaces = [space_of(k) for k in key_kinds]
         if unknown := set(spaces) - set(self.routed.spaces):
             raise AdapterMismatch(f"edit {edit_id} has {sorted(unknown)} keys; this model has no such format")
@@ -215,14 +219,10 @@ class EditingEngine:
         return ids.to(self.host.device), mask.to(self.host.device)
 
     @torch.no_grad()
-    def generate(
-        self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False) -> list[Generation]:
         """Batched greedy decoding; each row routed by its own last prompt token, decided once at prefill."""
         seqs = [self._prompt_ids(p, chat) for p in prompts]
-        input_ids, attention_mask = self._pad(
-            seqs, left=True
-        )  # left padding: every row's last token is at -1
+        input_ids, attention_mask = self._pad(seqs, left=True)  # left padding: every row's last token is at -1
         stop = self.host.end_of_turn_ids()
         session = RoutingSession(space=self._space(chat))
         with self._session(session):
@@ -261,15 +261,11 @@ class EditingEngine:
         """Teacher-forced argmax and log-probability of each target after its prompt."""
         prompt_ids = [self._prompt_ids(p, chat) for p in prompts]
         target_ids = [self._target_ids(t, chat) for t in targets]
-        input_ids, attention_mask = self._pad(
-            [p + t for p, t in zip(prompt_ids, target_ids, strict=True)], left=False
-        )
+        input_ids, attention_mask = self._pad([p + t for p, t in zip(prompt_ids, target_ids, strict=True)], left=False)
         positions = torch.tensor([len(p) - 1 for p in prompt_ids])
         session = RoutingSession(self._space(chat), positions) if use_edits else None
         with self._session(session):
-            logits = self.host.model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits
+            logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         scores = []
         for row, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
             span = logits[row, len(p) - 1 : len(p) - 1 + len(t)].float()
@@ -288,17 +284,13 @@ class EditingEngine:
         return scores
 
     @torch.no_grad()
-    def prompt_logits(
-        self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True
-    ) -> list[torch.Tensor]:
+    def prompt_logits(self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True) -> list[torch.Tensor]:
         seqs = [self._prompt_ids(p, chat) for p in prompts]
         input_ids, attention_mask = self._pad(seqs, left=False)
         positions = torch.tensor([len(s) - 1 for s in seqs])
         session = RoutingSession(self._space(chat), positions) if use_edits else None
         with self._session(session):
-            logits = self.host.model(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).logits
+            logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return [logits[row, : len(s)].float().clone() for row, s in enumerate(seqs)]
 
     def routes_for(self, prompts: Sequence[str], chat: bool = False) -> list[tuple[str | None, float | None]]:

@@ -28,9 +28,7 @@ class TrainPlan:
 class LoRABank:
     """Stacked adapters [capacity, ...]; slots are reused after removal so the bank stays dense enough."""
 
-    def __init__(
-        self, in_features: int, out_features: int, rank: int, dtype: torch.dtype, device: torch.device
-    ):
+    def __init__(self, in_features: int, out_features: int, rank: int, dtype: torch.dtype, device: torch.device):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.lora_A = torch.zeros(0, rank, in_features, dtype=dtype, device=device)
         self.lora_B = torch.zeros(0, out_features, rank, dtype=dtype, device=device)

@@ -77,9 +77,7 @@ class ModelHost:
     device: torch.device
 
     @classmethod
-    def load(
-        cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None
-    ) -> ModelHost:
+    def load(cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None) -> ModelHost:
         """`model=None` loads the bundled default; otherwise a local Hugging Face model directory."""
         if model is None:
             path = cache_bundled_model(Path(cache_dir or Path(data_dir) / "models"))
@@ -87,9 +85,7 @@ class ModelHost:
         else:
             path = Path(model)
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"{path} is not a local Hugging Face model directory (no config.json)"
-                )
+                raise FileNotFoundError(f"{path} is not a local Hugging Face model directory (no config.json)")
             name = path.name
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
@@ -99,9 +95,7 @@ class ModelHost:
             tokenizer.pad_token = tokenizer.eos_token
         fp_file = path / FINGERPRINT_FILE
         fingerprint = fp_file.read_text().strip() if fp_file.is_file() else weights_fingerprint(lm)
-        return cls(
-            model=lm, tokenizer=tokenizer, name=name, fingerprint=fingerprint, device=torch.device(device)
-        )
+        return cls(model=lm, tokenizer=tokenizer, name=name, fingerprint=fingerprint, device=torch.device(device))
 
     @property
     def max_context(self) -> int:

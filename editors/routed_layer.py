@@ -86,9 +86,7 @@ class RoutedLayer(nn.Module):
             session.routes, session.plan = self.route(hidden_states, session.positions, session.space)
         return self._run(session.plan, hidden_states, args, kwargs)
 
-    def _run(
-        self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict
-    ) -> Any:
+    def _run(self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
         self.proj.plan = plan
         try:
             return self.layer(hidden_states, *args, **kwargs)
@@ -97,9 +95,7 @@ class RoutedLayer(nn.Module):
 
     def search(self, queries: np.ndarray, space: str) -> list[Route]:
         key_space = self.spaces[space]
-        return key_space.index.search(
-            queries, key_space.threshold, k=self.search_k, tie_margin=self.tie_margin
-        )
+        return key_space.index.search(queries, key_space.threshold, k=self.search_k, tie_margin=self.tie_margin)
 
     def route(
         self, hidden_states: torch.Tensor, positions: torch.Tensor | None, space: str
@@ -107,9 +103,7 @@ class RoutedLayer(nn.Module):
         batch = hidden_states.shape[0]
         keys = hidden_states[:, -1, :] if positions is None else hidden_states[torch.arange(batch), positions]
         routes = self.search(keys.detach().float().cpu().numpy(), space)
-        routed = [
-            (row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None
-        ]
+        routed = [(row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None]
         if not routed:
             return routes, None
         rows, slots = np.array(routed, dtype=np.int64).T

@@ -32,9 +32,7 @@ class TrainResult:
     loss: float
 
 
-def _init_lora(
-    rank: int, in_features: int, out_features: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _init_lora(rank: int, in_features: int, out_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     # PEFT's default init: A Kaiming-uniform, B zero, so the edit starts as the identity.
     gen = torch.Generator().manual_seed(seed)
     bound = 1 / math.sqrt(in_features)

@@ -20,6 +20,7 @@ class EngineConfig:
     learning_rate: float = 2e-2
     max_steps: int = 60
     seed: int = 0
+    generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
     search_k: int = 8  # neighbours fetched per query before the threshold / newest-wins rule
 
 

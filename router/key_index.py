@@ -85,9 +85,7 @@ class KeyIndex:
         del self._order[edit_id]
         return True
 
-    def search(
-        self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3
-    ) -> list[Route]:
+    def search(self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3) -> list[Route]:
         """Per query: the edit whose key is nearest, if within `threshold`.
 
         Keys within `tie_margin` of the best hit are the same fact edited more than once: the newest
@@ -104,9 +102,7 @@ class KeyIndex:
                 routes.append(Route(None, best if row_ids[0] >= 0 else None))
                 continue
             tied = [
-                self._owner[int(i)]
-                for s, i in zip(row_sims, row_ids, strict=True)
-                if i >= 0 and s >= best - tie_margin
+                self._owner[int(i)] for s, i in zip(row_sims, row_ids, strict=True) if i >= 0 and s >= best - tie_margin
             ]
             routes.append(Route(max(tied, key=self._order.__getitem__), best))
         return routes
