@@ -49,13 +49,17 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / f"server-{self.port}.log"
 
-    def start(self, wait_ready: bool = True, timeout: float = 240) -> Server:
+    def launch(self) -> Server:
+        """Start the process without waiting for it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.server"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        self.wait(ready=wait_ready, timeout=timeout)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.server"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def start(self, wait_ready: bool = True, timeout: float = 240) -> Server:
+        self.launch().wait(ready=wait_ready, timeout=timeout)
         return self
 
     def wait(self, ready: bool = True, timeout: float = 240) -> httpx.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,3 +283,40 @@ def test_metrics_exposed(server: Server, admin: httpx.Client) -> None:
     assert "sola_edit_train_seconds_count" in text and "sola_edit_train_seconds_count 0.0" not in text
     assert 'sola_http_requests_total{method="POST",route="/edits",status="201"}' in text
     assert 'sola_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/edits"}' in text
+
+
+def test_concurrent_queries_are_batched_and_routed_per_row(server: Server, admin: httpx.Client) -> None:
+    first = edit(admin, "Which mountain is the tallest in Korrath?", "Mount Ebbel")
+
+    def batches() -> float:
+        text = httpx.get(f"{server.url}/metrics").text
+        return float(
+            next(line.split()[-1] for line in text.splitlines() if line.startswith("sola_generate_batch_size_count"))
+        )
+
+    before = batches()
+    korrath = "Which mountain is the tallest in Korrath?"
+    prompts = [korrath, "Name a primary colour.", korrath, "What do bees make?", "Who is Pellun?", "What do bees make?"]
+    results: dict[int, dict] = {}
+
+    def ask(i: int) -> None:
+        with server.client(READER) as c:
+            results[i] = gen(c, prompts[i], max_new_tokens=8)
+
+    # The edit below keeps the model worker busy training; the queries queue up meanwhile and are then
+    # decoded together, each row routed on its own.
+    trainer = threading.Thread(target=edit, args=(admin, "Who discovered the island of Pellun?", "Admiral Soth"))
+    trainer.start()
+    time.sleep(0.3)
+    askers = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    for t in askers:
+        t.start()
+    for t in [trainer, *askers]:
+        t.join(timeout=120)
+    assert len(results) == len(prompts)
+    for i in (0, 2):
+        assert results[i]["routed_edit_id"] == first["id"] and "Ebbel" in results[i]["text"]
+    for i in (1, 3, 5):
+        assert results[i]["routed_edit_id"] is None
+    assert results[3]["text"] == results[5]["text"]
+    assert batches() - before < len(prompts)  # fewer forward passes than requests

@@ -29,7 +29,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[
     a = Server(tmp_path_factory.mktemp("replica-a"), **env)
     b = Server(tmp_path_factory.mktemp("replica-b"), **env)
     try:
-        a.start(), b.start()
+        a.launch(), b.launch()  # both load the model at once; PostgreSQL's advisory lock serialises migrations
+        a.wait(), b.wait()
         yield a, b
     finally:
         a.kill(), b.kill()

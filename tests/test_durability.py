@@ -20,6 +20,7 @@ FACTS = {
     "zorbania": ("What is the capital of Zorbania?", "Quexiville"),
     "harbor": ("Who wrote the novel Glass Harbor?", "Mirela Tosk"),
     "velmora": ("What is the national animal of Velmora?", "the red lynx"),
+    "pellun": ("Who discovered the island of Pellun?", "Admiral Soth"),
 }
 
 
@@ -58,7 +59,8 @@ def assert_db_consistent(db: Path) -> None:
         con.close()
 
 
-def test_restart_and_kill_9_keep_state(make_server: Callable[..., Server]) -> None:
+def test_restart_kill_9_and_crash_mid_training_keep_state(make_server: Callable[..., Server]) -> None:
+    # One data directory through four lives of the server (each start costs seconds, so they are shared).
     server = make_server().start()
     with server.client() as admin:
         base_harbor = ask(admin, "harbor")
@@ -66,15 +68,16 @@ def test_restart_and_kill_9_keep_state(make_server: Callable[..., Server]) -> No
         admin.delete(f"/edits/{harbor['id']}").raise_for_status()
     assert server.stop() == 0  # SIGTERM: clean exit
 
+    # 1. A clean restart rebuilds the index from the database: revoked stays revoked.
     server.start()
     with server.client() as admin:
         ready = httpx.get(f"{server.url}/readyz").json()
         assert ready["index"]["active_edits"] == 1 and ready["index"]["indexed_edits"] == 1
         assert_routed(admin, "zorbania", zorb["id"])
-        assert ask(admin, "harbor") == base_harbor  # revoked stays revoked after a restart
+        assert ask(admin, "harbor") == base_harbor
         assert admin.get(f"/edits/{harbor['id']}").json()["status"] == "revoked"
         velmora = edit(admin, "velmora")
-    server.kill()  # kill -9 right after the 201: the edit was committed, so it must survive
+    server.kill()  # 2. kill -9 right after the 201: the edit was committed, so it must survive
 
     server.start()
     assert_db_consistent(server.data_dir / "sola.db")
@@ -89,14 +92,9 @@ def test_restart_and_kill_9_keep_state(make_server: Callable[..., Server]) -> No
         (velmora["id"], "created"),
     ]
 
-
-def test_kill_9_during_training_leaves_no_trace(make_server: Callable[..., Server]) -> None:
-    server = make_server().start()
-    with server.client() as admin:
-        kept = edit(admin, "zorbania")
+    # 3. kill -9 while an edit is training: it leaves no trace, and its client may safely retry.
     outcome: list[object] = []
-
-    prompt, target = FACTS["harbor"]
+    prompt, target = FACTS["pellun"]
 
     def post() -> None:
         try:
@@ -114,18 +112,17 @@ def test_kill_9_during_training_leaves_no_trace(make_server: Callable[..., Serve
     assert outcome and isinstance(outcome[0], httpx.TransportError), "the edit finished before the kill"
 
     server.start()
-    db = server.data_dir / "sola.db"
-    assert_db_consistent(db)
+    assert_db_consistent(server.data_dir / "sola.db")
     with server.client() as admin:
-        edits = admin.get("/edits").json()["data"]
-        assert [e["id"] for e in edits] == [kept["id"]]  # no trace of the interrupted edit
+        before = [e["id"] for e in admin.get("/edits").json()["data"]]
+        assert before == [zorb["id"], harbor["id"], velmora["id"]]  # no trace of the interrupted edit
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         # The client never got its 201; retrying with the same key creates the edit exactly once.
-        retry = edit(admin, "harbor", headers={"Idempotency-Key": "crash-1"})
-        again = edit(admin, "harbor", headers={"Idempotency-Key": "crash-1"})
-        assert again["id"] == retry["id"] and len(admin.get("/edits").json()["data"]) == 2
-        assert_routed(admin, "harbor", retry["id"])
-        assert_routed(admin, "zorbania", kept["id"])
+        retry = edit(admin, "pellun", headers={"Idempotency-Key": "crash-1"})
+        again = edit(admin, "pellun", headers={"Idempotency-Key": "crash-1"})
+        assert again["id"] == retry["id"] and len(admin.get("/edits").json()["data"]) == 4
+        assert_routed(admin, "pellun", retry["id"])
+        assert_routed(admin, "zorbania", zorb["id"])
 
 
 def test_tampered_or_foreign_edits_are_refused_at_startup(make_server: Callable[..., Server]) -> None:
