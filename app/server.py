@@ -48,7 +48,9 @@ def serve(settings: Settings | None = None) -> None:
     try:
         settings = settings or Settings()
     except ValidationError as exc:
-        raise ConfigError(f"invalid SOLA_* settings:\n{exc}") from None
+        # Never echo the input: SOLA_API_KEYS holds secrets.
+        problems = "; ".join(f"SOLA_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid settings: {problems}") from None
     check_bind(settings)
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -71,7 +73,7 @@ def serve(settings: Settings | None = None) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
-        access_log=False,
+        access_log=settings.access_log,
         timeout_graceful_shutdown=30,
     )
     server = Server(config)

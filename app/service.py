@@ -392,9 +392,14 @@ class EditService:
         detail: dict[str, Any] = {"model": self.state}
         if self.startup_error:
             detail["startup_error"] = self.startup_error
-        with self._state_lock:
+        # The lock makes "database committed + engine updated" one step for this check. It is held only
+        # briefly after training, but for a whole rebuild at startup: never let a probe hang on it.
+        if not self._state_lock.acquire(timeout=2.0):
+            detail["index"] = "busy: the model worker is applying changes"
+            return False, detail
+        try:
             try:
-                counts = self.repo.active_key_counts()
+                counts: dict[str, int] | None = self.repo.active_key_counts()
                 detail["database"] = "ok"
             except Exception as exc:
                 detail["database"] = f"error: {type(exc).__name__}: {exc}"[:500]
@@ -402,6 +407,8 @@ class EditService:
             engine_ids = set(self.engine.active_edit_ids()) if self.engine is not None else set()
             engine_keys = int(self.engine.num_keys()) if self.engine is not None else 0
             refused = dict(self.refused)
+        finally:
+            self._state_lock.release()
         index_ok = False
         if counts is not None:
             expected_keys = sum(counts.values())

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1)  # generate requests decoded together in one forward pass
     sync_interval: float = Field(2.0, ge=0.0)  # seconds between audit-log polls (0: off), for replicas
     log_level: str = "info"
+    access_log: bool = True
 
     @field_validator("api_keys")
     @classmethod

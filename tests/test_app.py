@@ -65,6 +65,15 @@ def test_server_without_keys_refuses_a_public_bind(tmp_path: Path) -> None:
     assert "refusing to listen on 0.0.0.0" in proc.stderr and "SOLA_API_KEYS" in proc.stderr
 
 
+def test_bad_settings_exit_with_a_message_that_keeps_secrets(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "SOLA_API_KEYS": "alice:topsecret", "SOLA_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.server"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "SOLA_API_KEYS" in proc.stderr and "name:secret:role" in proc.stderr
+    assert "topsecret" not in proc.stderr
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """An app whose model cannot load: everything that needs no model must still behave."""
