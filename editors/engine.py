@@ -6,6 +6,7 @@ Not thread-safe: the service drives it from a single model worker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import random
 import time
@@ -59,9 +60,22 @@ class EditingEngine:
         self._orders = itertools.count(1)
 
     def _calibration_center(self, chat: bool) -> np.ndarray:
-        """Mean edited-layer input at the last token of fixed generic prompts (see editors/calibration.py)."""
+        """Mean edited-layer input at the last token of fixed generic prompts (see editors/calibration.py).
+
+        Deterministic for a given model, layer and prompt set, so it is cached beside the bundled weights.
+        """
+        tag = hashlib.sha256("\n".join(CALIBRATION_PROMPTS).encode()).hexdigest()[:12]
+        name = f"sola-center-{self.host.fingerprint[:12]}-L{self.config.layer}-{'chat' if chat else 'raw'}-{tag}.npy"
+        cached = self.host.artifact_dir / name if self.host.artifact_dir else None
+        if cached is not None and cached.is_file():
+            return np.load(cached)
         examples = [EditExample(self._prompt_ids(p, chat), []) for p in CALIBRATION_PROMPTS]
-        return self._key_states(examples).mean(axis=0)
+        center = self._key_states(examples).mean(axis=0)
+        if cached is not None:
+            partial = cached.with_suffix(".partial.npy")
+            np.save(partial, center)
+            partial.replace(cached)  # atomic: concurrent starts never read half a file
+        return center
 
     # ---- sessions -------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -75,6 +75,7 @@ class ModelHost:
     name: str
     fingerprint: str
     device: torch.device
+    artifact_dir: Path | None = None  # a writable cache beside the weights (only for the bundled model)
 
     @classmethod
     def load(cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None) -> ModelHost:
@@ -82,11 +83,13 @@ class ModelHost:
         if model is None:
             path = cache_bundled_model(Path(cache_dir or Path(data_dir) / "models"))
             name = DEFAULT_MODEL_NAME
+            artifact_dir: Path | None = path
         else:
             path = Path(model)
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"{path} is not a local Hugging Face model directory (no config.json)")
             name = path.name
+            artifact_dir = None  # never write into somebody else's model directory
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
         lm.eval()
@@ -95,7 +98,14 @@ class ModelHost:
             tokenizer.pad_token = tokenizer.eos_token
         fp_file = path / FINGERPRINT_FILE
         fingerprint = fp_file.read_text().strip() if fp_file.is_file() else weights_fingerprint(lm)
-        return cls(model=lm, tokenizer=tokenizer, name=name, fingerprint=fingerprint, device=torch.device(device))
+        return cls(
+            model=lm,
+            tokenizer=tokenizer,
+            name=name,
+            fingerprint=fingerprint,
+            device=torch.device(device),
+            artifact_dir=artifact_dir,
+        )
 
     @property
     def max_context(self) -> int:

@@ -17,7 +17,7 @@ class EngineConfig:
     tie_margin: float = 1e-3  # keys this close to the best hit count as the same fact: the newest edit wins
     rank: int = 4
     alpha: float = 8.0
-    learning_rate: float = 2e-2
+    learning_rate: float = 5e-2
     max_steps: int = 60
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
