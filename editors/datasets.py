@@ -1,0 +1,189 @@
+"""Model-editing benchmark files (ZsRE, CounterFact, KnowEdit, WISE hallucination) as one record type.
+
+Each format names its fields differently; `load_records` normalises all of them into `EditRecord`.
+A record that lacks a field the format requires raises `DatasetError` naming the record and the field;
+a record whose prompt or target is blank (a few upstream records are) is skipped and reported; a blank
+paraphrase or locality answer only removes that record from the metric it would measure.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMATS = ("zsre", "counterfact", "knowedit", "hallucination")
+
+
+class DatasetError(ValueError):
+    """A benchmark file that cannot be read as the requested format."""
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    prompt: str
+    target: str
+    rephrase: str | None = None  # generalization prompt (None: the format has none)
+    locality_prompt: str | None = None  # an unrelated prompt whose prediction must not change
+    locality_answer: str | None = None  # its reference continuation (teacher-forced)
+
+
+def _first_string(value: Any) -> str | None:
+    """KnowEdit stores answers as a string, a list, or a list of lists: take the first string."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    return value if isinstance(value, str) else None
+
+
+class _Unusable(Exception):
+    """A well-formed record that cannot be an edit (e.g. a blank target in the upstream data): skipped."""
+
+
+class _Reader:
+    """Field access on one raw record; a malformed field fails with the record index and field name."""
+
+    def __init__(self, raw: Any, index: int):
+        if not isinstance(raw, dict):
+            raise DatasetError(f"record {index}: expected a JSON object, got {type(raw).__name__}")
+        self.raw, self.index = raw, index
+
+    def _get(self, names: tuple[str, ...], required: bool) -> str | None:
+        """The first of `names` present (blank: ""); absent: None, or an error when required."""
+        for name in names:
+            if self.raw.get(name) is not None:
+                value = _first_string(self.raw[name])
+                if value is None:
+                    raise DatasetError(f"record {self.index}: field {name!r} must be a string")
+                return value
+        if required:
+            raise DatasetError(f"record {self.index}: missing field {' or '.join(repr(n) for n in names)}")
+        return None
+
+    def edit(self, *names: str) -> str:
+        """A field the edit itself needs (prompt, target): a blank one makes the record unusable."""
+        value = self._get(names, required=True) or ""
+        if not value.strip():
+            raise _Unusable(f"record {self.index}: field {names[0]!r} is blank")
+        return value
+
+    def probe(self, *names: str, required: bool = True) -> str | None:
+        """A test prompt or answer: blank means this record cannot measure that metric (None)."""
+        value = self._get(names, required)
+        return value if value and value.strip() else None
+
+
+def _locality(prompt: str | None, answer: str | None) -> dict[str, str | None]:
+    if prompt is None or answer is None:
+        return {"locality_prompt": None, "locality_answer": None}
+    return {"locality_prompt": prompt, "locality_answer": answer}
+
+
+def _zsre(r: _Reader) -> EditRecord:
+    return EditRecord(
+        prompt=r.edit("src"),
+        target=r.edit("alt"),
+        rephrase=r.probe("rephrase"),
+        **_locality(r.probe("loc"), r.probe("loc_ans")),
+    )
+
+
+def _counterfact(r: _Reader) -> EditRecord:
+    return EditRecord(
+        prompt=r.edit("prompt"),
+        target=r.edit("target_new"),
+        rephrase=r.probe("rephrase_prompt"),
+        **_locality(r.probe("locality_prompt"), r.probe("locality_ground_truth")),
+    )
+
+
+def _hallucination(r: _Reader) -> EditRecord:
+    return EditRecord(
+        prompt=r.edit("prompt"),
+        target=r.edit("target_new"),
+        rephrase=None,  # WISE's hallucination set has no paraphrases
+        **_locality(r.probe("locality_prompt"), r.probe("locality_ground_truth")),
+    )
+
+
+def _knowedit(r: _Reader) -> EditRecord:
+    # Field fallbacks follow EasyEdit's KnoweditDataset (WikiBio uses text/labels, some splits lack rephrases).
+    locality = r.raw.get("locality")
+    if not isinstance(locality, dict):
+        raise DatasetError(f"record {r.index}: missing field 'locality'")
+    cases = locality.get("Relation_Specificity") or locality.get("Forgetfulness")
+    if not isinstance(cases, list) or not cases:
+        raise DatasetError(f"record {r.index}: missing field 'locality.Relation_Specificity'")
+    case = cases[0]
+    if not isinstance(case, dict):
+        raise DatasetError(f"record {r.index}: 'locality.Relation_Specificity[0]' must be an object")
+    loc = _Reader(case, r.index)
+    try:
+        loc_prompt, loc_answer = loc.probe("prompt"), loc.probe("ground_truth")
+    except DatasetError as exc:
+        raise DatasetError(str(exc).replace("field '", "field 'locality.Relation_Specificity[0].")) from None
+    return EditRecord(
+        prompt=r.edit("prompt", "text"),
+        target=r.edit("target_new", "labels"),
+        rephrase=r.probe("rephrase_prompt", "rephrase", required=False),
+        **_locality(loc_prompt, loc_answer),
+    )
+
+
+PARSERS: dict[str, Callable[[_Reader], EditRecord]] = {
+    "zsre": _zsre,
+    "counterfact": _counterfact,
+    "knowedit": _knowedit,
+    "hallucination": _hallucination,
+}
+
+
+@dataclass
+class Loaded:
+    records: list[EditRecord]
+    skipped: list[str]  # why each unusable record was left out ("record 534: field 'alt' is blank")
+
+
+def parse_records(raw: Any, fmt: str, n: int | None = None) -> Loaded:
+    """Normalise decoded JSON (a list of records) into the first `n` usable EditRecords.
+
+    A malformed record (missing field, wrong type) raises DatasetError; a well-formed record that cannot
+    be an edit (blank prompt or target, as a few upstream records have) is skipped and reported.
+    """
+    if fmt not in PARSERS:
+        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not isinstance(raw, list):
+        raise DatasetError(f"expected a JSON list of records, got {type(raw).__name__}")
+    loaded = Loaded([], [])
+    for i, item in enumerate(raw):
+        if n is not None and len(loaded.records) >= n:
+            break
+        try:
+            loaded.records.append(PARSERS[fmt](_Reader(item, i)))
+        except _Unusable as exc:
+            loaded.skipped.append(str(exc))
+    return loaded
+
+
+def load_records(path: Path | str, fmt: str, n: int | None = None) -> Loaded:
+    """Read a benchmark file (a JSON list, or JSON Lines for *.jsonl): its first `n` usable records."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".jsonl":
+            raw = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    try:
+        loaded = parse_records(raw, fmt, n)
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    if n is not None and len(loaded.records) < n:
+        raise DatasetError(f"{path}: asked for {n} records but the file has only {len(loaded.records)} usable ones")
+    return loaded

@@ -1,0 +1,181 @@
+"""Benchmark loaders on tiny inline records of each format (field names as in the upstream files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from editors.datasets import DatasetError, EditRecord, load_records, parse_records
+
+ZSRE = {
+    "subject": "UniFirst",
+    "src": "What is the product made by UniFirst?",
+    "pred": "uniform",
+    "rephrase": "What will be the product of UniFirst?",
+    "alt": "unmanned aircraft",
+    "answers": ["uniform"],
+    "loc": "nq question: john goodman's character in the big lebowski",
+    "loc_ans": "Walter Sobchak",
+    "cond": "uniform >> unmanned aircraft || What is the product made by UniFirst?",
+}
+COUNTERFACT = {
+    "case_id": 2,
+    "prompt": "Toko Yasuda, the",
+    "target_new": "piano",
+    "subject": "Toko Yasuda",
+    "ground_truth": "guitar",
+    "rephrase_prompt": "Toko Yasuda is incredible at",
+    "locality_prompt": "John Lennon performs on the",
+    "locality_ground_truth": "guitar",
+}
+HALLUCINATION = {
+    "prompt": "This is a Wikipedia passage about frank a. mclain. Frank A. McLain (1890-1962) was a lawyer.",
+    "target_new": "He was reelected to the Fifty-sixth Congress.",
+    "subject": "frank a. mclain",
+    "locality_prompt": "Academic Coach, Graduate School",
+    "locality_ground_truth": "and College of Professional Studies.",
+}
+KNOWEDIT = {
+    "subject": "Epaspidoceras",
+    "prompt": "Which family does Epaspidoceras belong to?",
+    "target_new": "Noctuidae",
+    "ground_truth": ["Aspidoceratidae"],
+    "rephrase": "What family are Epaspidoceras?",
+    "portability": {"Reasoning": [{"prompt": "p", "ground_truth": [["x"]]}]},
+    "locality": {
+        "Relation_Specificity": [
+            {"prompt": "The taxon rank of Epaspidoceras is", "ground_truth": [["genus", "genera"]]},
+            {"prompt": "second case is ignored", "ground_truth": "x"},
+        ]
+    },
+}
+
+
+def test_zsre() -> None:
+    assert parse_records([ZSRE], "zsre").records == [
+        EditRecord(
+            prompt="What is the product made by UniFirst?",
+            target="unmanned aircraft",
+            rephrase="What will be the product of UniFirst?",
+            locality_prompt="nq question: john goodman's character in the big lebowski",
+            locality_answer="Walter Sobchak",
+        )
+    ]
+
+
+def test_counterfact() -> None:
+    assert parse_records([COUNTERFACT], "counterfact").records == [
+        EditRecord("Toko Yasuda, the", "piano", "Toko Yasuda is incredible at", "John Lennon performs on the", "guitar")
+    ]
+
+
+def test_hallucination_has_no_rephrase() -> None:
+    (record,) = parse_records([HALLUCINATION], "hallucination").records
+    assert record.rephrase is None
+    assert record.target == "He was reelected to the Fifty-sixth Congress."
+    assert record.locality_answer == "and College of Professional Studies."
+
+
+def test_knowedit_takes_first_locality_case_and_first_string() -> None:
+    (record,) = parse_records([KNOWEDIT], "knowedit").records
+    assert record == EditRecord(
+        prompt="Which family does Epaspidoceras belong to?",
+        target="Noctuidae",
+        rephrase="What family are Epaspidoceras?",
+        locality_prompt="The taxon rank of Epaspidoceras is",
+        locality_answer="genus",
+    )
+
+
+def test_knowedit_variants_flat_answer_rephrase_prompt_or_none() -> None:
+    flat = {**KNOWEDIT, "locality": {"Relation_Specificity": [{"prompt": "P", "ground_truth": ["a", "b"]}]}}
+    assert parse_records([flat], "knowedit").records[0].locality_answer == "a"
+    plain = {**KNOWEDIT, "locality": {"Relation_Specificity": [{"prompt": "P", "ground_truth": "ans"}]}}
+    assert parse_records([plain], "knowedit").records[0].locality_answer == "ans"
+    without = {k: v for k, v in KNOWEDIT.items() if k != "rephrase"}
+    assert parse_records([without], "knowedit").records[0].rephrase is None
+    renamed = {**without, "rephrase_prompt": "Epaspidoceras is in which family?"}
+    assert parse_records([renamed], "knowedit").records[0].rephrase == "Epaspidoceras is in which family?"
+
+
+def test_missing_field_names_record_index_and_field() -> None:
+    broken = {k: v for k, v in ZSRE.items() if k != "alt"}
+    with pytest.raises(DatasetError, match=r"record 2: missing field 'alt'"):
+        parse_records([ZSRE, ZSRE, broken], "zsre")
+    no_loc = {**COUNTERFACT}
+    del no_loc["locality_ground_truth"]
+    with pytest.raises(DatasetError, match=r"record 0: missing field 'locality_ground_truth'"):
+        parse_records([no_loc], "counterfact")
+    no_spec = {**KNOWEDIT, "locality": {}}
+    with pytest.raises(DatasetError, match=r"record 0: missing field 'locality.Relation_Specificity'"):
+        parse_records([no_spec], "knowedit")
+
+
+def test_blank_target_skips_the_record_and_blank_probes_drop_only_their_metric() -> None:
+    loaded = parse_records([ZSRE, {**ZSRE, "alt": "  "}, {**ZSRE, "rephrase": ""}, ZSRE], "zsre", n=3)
+    assert loaded.skipped == ["record 1: field 'alt' is blank"]
+    assert len(loaded.records) == 3  # the first 3 usable records: 0, 2, 3
+    assert loaded.records[1].rephrase is None and loaded.records[1].target == "unmanned aircraft"
+    (record,) = parse_records([{**HALLUCINATION, "locality_ground_truth": ""}], "hallucination").records
+    assert record.locality_prompt is None and record.locality_answer is None
+
+
+def test_wrong_types_are_reported() -> None:
+    with pytest.raises(DatasetError, match=r"record 0: field 'alt' must be a string"):
+        parse_records([{**ZSRE, "alt": 3}], "zsre")
+    bad_loc = {**KNOWEDIT, "locality": {"Relation_Specificity": [{"prompt": "P", "ground_truth": [[1]]}]}}
+    with pytest.raises(DatasetError, match=r"record 0: field 'locality.Relation_Specificity\[0\].ground_truth'"):
+        parse_records([bad_loc], "knowedit")
+    with pytest.raises(DatasetError, match=r"record 1: expected a JSON object"):
+        parse_records([ZSRE, "oops"], "zsre")
+    with pytest.raises(DatasetError, match="expected a JSON list"):
+        parse_records({"src": "x"}, "zsre")
+    with pytest.raises(DatasetError, match="unknown format"):
+        parse_records([ZSRE], "squad")
+
+
+def test_only_the_first_n_records_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "zsre.json"
+    broken = {k: v for k, v in ZSRE.items() if k != "src"}
+    path.write_text(json.dumps([ZSRE, ZSRE, broken]))
+    assert len(load_records(path, "zsre", n=2).records) == 2
+    with pytest.raises(DatasetError, match=r"zsre.json: record 2: missing field 'src'"):
+        load_records(path, "zsre")
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_records(tmp_path / "absent.json", "zsre")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        load_records(bad, "zsre")
+    short = tmp_path / "short.json"
+    short.write_text(json.dumps([ZSRE]))
+    with pytest.raises(DatasetError, match="asked for 5 records but the file has only 1 usable ones"):
+        load_records(short, "zsre", n=5)
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "cf.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [COUNTERFACT, COUNTERFACT]) + "\n")
+    assert [r.target for r in load_records(path, "counterfact").records] == ["piano", "piano"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("zsre/zsre_mend_train_1k.json", "zsre"),
+        ("counterfact/counterfact_train.json", "counterfact"),
+        ("hallucination/hallucination_train.json", "hallucination"),
+    ],
+)
+def test_shared_benchmark_files_load(name: str, fmt: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / name
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    loaded = load_records(path, fmt)
+    assert len(loaded.records) >= 300 and len(loaded.skipped) <= 5
+    assert sum(r.locality_prompt is not None for r in loaded.records) >= 0.95 * len(loaded.records)
