@@ -1,0 +1,323 @@
+"""`sola eval`: lifelong sequential editing on a benchmark file, then the literature's metrics plus rollback.
+
+The first N records become N edits applied one after another (all stay active), then everything is
+measured on the final model. Afterwards a seeded random fraction of the edits is revoked, to check that
+their prompts get the unedited model's logits back bit for bit and that the other edits still work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from editors import metrics
+from editors.datasets import EditRecord, load_records
+from editors.engine import EditingEngine
+from editors.model_host import ModelHost
+from editors.types import EngineConfig, Score
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# Question-style benchmarks are asked as a chat turn; completion-style ones as raw text.
+DEFAULT_CHAT = {"zsre": True, "counterfact": False, "knowedit": False, "hallucination": False}
+EXACT_EXTRA_TOKENS = 4  # greedy generation budget beyond the target's own length
+
+
+def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def map_batched(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], size: int, desc: str) -> list[R]:
+    """Apply a batched engine call over `items`, with a progress bar."""
+    out: list[R] = []
+    with tqdm(total=len(items), desc=desc, unit="row", file=sys.stderr, leave=False) as bar:
+        for chunk in batched(items, size):
+            out.extend(fn(chunk))
+            bar.update(len(chunk))
+    return out
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@dataclasses.dataclass
+class Measurer:
+    """Batched scoring / generation / logits on one engine in one prompt format."""
+
+    engine: EditingEngine
+    chat: bool
+    batch_size: int = 16
+
+    def score(self, prompts: Sequence[str], targets: Sequence[str], use_edits: bool, desc: str) -> list[Score]:
+        pairs = list(zip(prompts, targets, strict=True))
+        return map_batched(
+            lambda rows: self.engine.score(
+                [p for p, _ in rows], [t for _, t in rows], chat=self.chat, use_edits=use_edits
+            ),
+            pairs,
+            self.batch_size,
+            desc,
+        )
+
+    def exact(
+        self, prompts: Sequence[str], targets: Sequence[str], target_lengths: Sequence[int], desc: str
+    ) -> list[bool]:
+        """Does greedy generation contain the target? Budget: the longest target in the batch + a few tokens."""
+        rows = list(zip(prompts, targets, target_lengths, strict=True))
+
+        def run(chunk: Sequence[tuple[str, str, int]]) -> list[bool]:
+            budget = max(n for _, _, n in chunk) + EXACT_EXTRA_TOKENS
+            gens = self.engine.generate([p for p, _, _ in chunk], max_new_tokens=budget, chat=self.chat)
+            return [metrics.contains_target(g.text, t) for g, (_, t, _) in zip(gens, chunk, strict=True)]
+
+        return map_batched(run, rows, self.batch_size, desc)
+
+    def logits_equal_base(self, prompts: Sequence[str], desc: str) -> list[bool]:
+        """Per prompt: are the prompt logits with edits bit-identical to the unedited model's?"""
+
+        def run(chunk: Sequence[str]) -> list[bool]:
+            edited = self.engine.prompt_logits(chunk, chat=self.chat, use_edits=True)
+            base = self.engine.prompt_logits(chunk, chat=self.chat, use_edits=False)
+            return [torch.equal(a, b) for a, b in zip(edited, base, strict=True)]
+
+        # Prompt logits are [prompt_len, vocab] float32 per row: keep the batches small.
+        return map_batched(run, prompts, max(1, self.batch_size // 2), desc)
+
+
+def _mean_accuracy(scores: Sequence[Score]) -> float | None:
+    return metrics.mean(metrics.token_accuracy(s.predicted_ids, s.target_ids) for s in scores)
+
+
+def _mean_perplexity(scores: Sequence[Score]) -> float | None:
+    return metrics.mean(metrics.perplexity(s.target_logprob, len(s.target_ids)) for s in scores if s.target_ids)
+
+
+def _fraction(flags: Sequence[bool]) -> float | None:
+    return metrics.mean(float(f) for f in flags)
+
+
+def apply_edits(engine: EditingEngine, records: Sequence[EditRecord], ids: Sequence[str]) -> dict[str, list[float]]:
+    """Train and activate every record in order (lifelong: all stay active). Returns per-edit timings.
+
+    Paraphrases are NOT given to training: they are the held-out generalization test.
+    """
+    timings: dict[str, list[float]] = {"edit": [], "key": [], "train": [], "activate": [], "steps": []}
+    for order, (edit_id, record) in enumerate(
+        tqdm(list(zip(ids, records, strict=True)), desc="editing", unit="edit", file=sys.stderr), start=1
+    ):
+        start = time.perf_counter()
+        trained = engine.train_edit(record.prompt, record.target)
+        activate_start = time.perf_counter()
+        engine.activate(edit_id, trained.adapter, trained.keys, order=order, key_kinds=trained.key_kinds)
+        end = time.perf_counter()
+        timings["edit"].append(end - start)
+        timings["key"].append(trained.key_seconds)
+        timings["train"].append(trained.train_seconds)
+        timings["activate"].append(end - activate_start)
+        timings["steps"].append(float(trained.steps))
+    return timings
+
+
+def measure(
+    m: Measurer, records: Sequence[EditRecord], ids: Sequence[str], with_perplexity: bool
+) -> dict[str, float | None]:
+    """Reliability, generalization, locality, exact match and routing on the current (edited) model."""
+    prompts, targets = [r.prompt for r in records], [r.target for r in records]
+    rel = m.score(prompts, targets, use_edits=True, desc="reliability")
+    target_lengths = [len(s.target_ids) for s in rel]
+    out: dict[str, float | None] = {
+        "reliability": _mean_accuracy(rel),
+        "reliability_exact": _fraction(m.exact(prompts, targets, target_lengths, "reliability exact")),
+    }
+
+    with_rephrase = [i for i, r in enumerate(records) if r.rephrase is not None]
+    rephrases = [records[i].rephrase or "" for i in with_rephrase]
+    gen = m.score(rephrases, [targets[i] for i in with_rephrase], use_edits=True, desc="generalization")
+    gen_exact = m.exact(
+        rephrases,
+        [targets[i] for i in with_rephrase],
+        [target_lengths[i] for i in with_rephrase],
+        "generalization exact",
+    )
+    out["generalization"] = _mean_accuracy(gen)
+    out["generalization_exact"] = _fraction(gen_exact)
+
+    with_loc = [r for r in records if r.locality_prompt is not None and r.locality_answer is not None]
+    loc_prompts = [r.locality_prompt or "" for r in with_loc]
+    loc_answers = [r.locality_answer or "" for r in with_loc]
+    loc_edited = m.score(loc_prompts, loc_answers, use_edits=True, desc="locality")
+    loc_base = m.score(loc_prompts, loc_answers, use_edits=False, desc="locality (unedited)")
+    out["locality"] = metrics.mean(
+        metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(loc_base, loc_edited, strict=True)
+    )
+
+    # Routing: every edit prompt and paraphrase should go to its own edit; locality prompts to none.
+    gen_ids = [ids[i] for i in with_rephrase]
+    routed = [s.routed_edit_id for s in rel] + [s.routed_edit_id for s in gen]
+    out["routing_precision"] = metrics.routing_precision(routed, list(ids) + gen_ids)
+    out["edit_routed_rate"] = metrics.routed_to_own_rate([s.routed_edit_id for s in rel], ids)
+    out["rephrase_routed_rate"] = metrics.routed_to_own_rate([s.routed_edit_id for s in gen], gen_ids)
+    out["locality_routed_rate"] = metrics.routed_rate([s.routed_edit_id for s in loc_edited])
+
+    if with_perplexity:
+        before = m.score(prompts, targets, use_edits=False, desc="perplexity (unedited)")
+        out["ppl_before"] = _mean_perplexity(before)
+        out["ppl_after"] = _mean_perplexity(rel)
+    return out
+
+
+def rollback(
+    m: Measurer, records: Sequence[EditRecord], ids: Sequence[str], fraction: float, seed: int
+) -> dict[str, float | None]:
+    """Revoke a seeded random `fraction` of the edits; check exact rollback and the kept edits' reliability."""
+    n_revoke = round(fraction * len(records))
+    revoked = sorted(random.Random(seed).sample(range(len(records)), n_revoke))
+    kept = sorted(set(range(len(records))) - set(revoked))
+    revoked_prompts = [records[i].prompt for i in revoked]
+    # Sanity check that rollback is not trivially true: were these prompts' logits changed while active?
+    changed_before = [not same for same in m.logits_equal_base(revoked_prompts, "logits before revoke")]
+    for i in revoked:
+        if not m.engine.deactivate(ids[i]):
+            raise RuntimeError(f"edit {ids[i]} was not active")
+    exact = m.logits_equal_base(revoked_prompts, "logits after revoke")
+    kept_scores = m.score(
+        [records[i].prompt for i in kept], [records[i].target for i in kept], use_edits=True, desc="retention"
+    )
+    return {
+        "n_revoked": n_revoke,
+        "revoked_changed_before": _fraction(changed_before),
+        "rollback_exact": _fraction(exact),
+        "retention_after_rollback": _mean_accuracy(kept_scores),
+    }
+
+
+def engine_config(layer: int | None, threshold: float | None, chat: bool) -> EngineConfig:
+    """Defaults from EngineConfig; --threshold overrides the threshold of the prompt format being measured."""
+    changes: dict[str, Any] = {}
+    if layer is not None:
+        changes["layer"] = layer
+    if threshold is not None:
+        changes["threshold" if chat else "raw_threshold"] = threshold
+    return dataclasses.replace(EngineConfig(), **changes)
+
+
+def run_eval(
+    dataset: Path,
+    fmt: str,
+    n: int,
+    revoke_fraction: float = 0.2,
+    seed: int = 0,
+    data_dir: Path = Path("var"),
+    out: Path | None = Path("results.json"),
+    chat: bool | None = None,
+    layer: int | None = None,
+    threshold: float | None = None,
+    model: str | None = None,
+    batch_size: int = 16,
+    host: ModelHost | None = None,
+) -> dict[str, Any]:
+    """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
+
+    `chat=None` picks the benchmark's natural prompt format (DEFAULT_CHAT). `host` lets tests reuse a
+    loaded model (it must not already carry an engine). Raises editors.datasets.DatasetError on bad files.
+    """
+    if not 0.0 <= revoke_fraction <= 1.0:
+        raise ValueError(f"revoke fraction {revoke_fraction} outside [0, 1]")
+    loaded = load_records(dataset, fmt, n)  # fail on a bad file before loading the model
+    records = loaded.records
+    for reason in loaded.skipped:
+        print(f"skipped unusable {reason}", file=sys.stderr)
+    chat = DEFAULT_CHAT[fmt] if chat is None else chat
+    started = time.perf_counter()
+    host = host or ModelHost.load(model, data_dir)
+    engine = EditingEngine(host, engine_config(layer, threshold, chat))
+    ids = [f"e{i:06d}" for i in range(len(records))]
+
+    timings = apply_edits(engine, records, ids)
+    m = Measurer(engine, chat, batch_size)
+    quality = measure(m, records, ids, with_perplexity=fmt == "hallucination")
+    after_rollback = rollback(m, records, ids, revoke_fraction, seed)
+
+    config = engine.config
+    results: dict[str, Any] = {
+        **quality,
+        **after_rollback,
+        "edit_seconds_median": metrics.median(timings["edit"]),
+        "edit_seconds_p90": metrics.percentile(timings["edit"], 90),
+        "key_seconds_median": metrics.median(timings["key"]),
+        "train_seconds_median": metrics.median(timings["train"]),
+        "activate_seconds_median": metrics.median(timings["activate"]),
+        "train_steps_median": metrics.median(timings["steps"]),
+        "peak_rss_mb": peak_rss_mb(),
+        "eval_seconds": time.perf_counter() - started,
+        "n": len(records),
+        "n_skipped": len(loaded.skipped),
+        "model": host.name,
+        "layer": config.layer,
+        "threshold": config.threshold if chat else config.raw_threshold,
+        "chat": chat,
+        "dataset": str(dataset),
+        "format": fmt,
+        "revoke_fraction": revoke_fraction,
+        "seed": seed,
+        "engine_config": dataclasses.asdict(config),
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+# Rows of the printed table: (results key, label). Rates print as percentages.
+TABLE_ROWS = [
+    ("reliability", "Reliability (token acc.)"),
+    ("generalization", "Generalization (token acc.)"),
+    ("locality", "Locality (unchanged)"),
+    ("reliability_exact", "Reliability, exact"),
+    ("generalization_exact", "Generalization, exact"),
+    ("routing_precision", "Routing precision"),
+    ("edit_routed_rate", "Edit prompts routed to own edit"),
+    ("rephrase_routed_rate", "Paraphrases routed to own edit"),
+    ("locality_routed_rate", "Locality prompts routed (lower is better)"),
+    ("rollback_exact", "Rollback bit-exact"),
+    ("revoked_changed_before", "Revoked prompts changed while active"),
+    ("retention_after_rollback", "Retention after rollback"),
+]
+PLAIN_ROWS = [
+    ("ppl_before", "Target perplexity, unedited", "{:.2f}"),
+    ("ppl_after", "Target perplexity, edited", "{:.2f}"),
+    ("edit_seconds_median", "Edit seconds, median", "{:.2f}"),
+    ("edit_seconds_p90", "Edit seconds, p90", "{:.2f}"),
+    ("train_steps_median", "Training steps, median", "{:.0f}"),
+    ("peak_rss_mb", "Peak RSS (MB)", "{:.0f}"),
+]
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    head = (
+        f"{results['format']} · n={results['n']} · {results['model']} · layer {results['layer']} · "
+        f"threshold {results['threshold']} · {'chat' if results['chat'] else 'raw'} prompts"
+    )
+    lines = [head, "", "| metric | value |", "| --- | ---: |"]
+    for key, label in TABLE_ROWS:
+        if key in results:
+            value = results[key]
+            lines.append(f"| {label} | {'n/a' if value is None else f'{100 * value:.1f}%'} |")
+    for key, label, fmt in PLAIN_ROWS:
+        if key in results:
+            value = results[key]
+            lines.append(f"| {label} | {'n/a' if value is None else fmt.format(value)} |")
+    return "\n".join(lines)
