@@ -228,11 +228,13 @@ def run_eval(
     model: str | None = None,
     batch_size: int = 16,
     host: ModelHost | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
 
     `chat=None` picks the benchmark's natural prompt format (DEFAULT_CHAT). `host` lets tests reuse a
-    loaded model (it must not already carry an engine). Raises editors.datasets.DatasetError on bad files.
+    loaded model (it must not already carry an engine). `threads` sets torch's intra-op threads (on a
+    shared machine 1 avoids oversubscription). Raises editors.datasets.DatasetError on bad files.
     """
     if not 0.0 <= revoke_fraction <= 1.0:
         raise ValueError(f"revoke fraction {revoke_fraction} outside [0, 1]")
@@ -241,6 +243,8 @@ def run_eval(
     for reason in loaded.skipped:
         print(f"skipped unusable {reason}", file=sys.stderr)
     chat = DEFAULT_CHAT[fmt] if chat is None else chat
+    if threads:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     host = host or ModelHost.load(model, data_dir)
     engine = EditingEngine(host, engine_config(layer, threshold, chat))
@@ -273,6 +277,7 @@ def run_eval(
         "format": fmt,
         "revoke_fraction": revoke_fraction,
         "seed": seed,
+        "torch_threads": torch.get_num_threads(),
         "engine_config": dataclasses.asdict(config),
     }
     if out is not None:

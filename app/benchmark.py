@@ -1,0 +1,637 @@
+"""`sola bench`: generation latency vs active edits, routing time vs keys, edit latency, HTTP throughput.
+
+Every figure is measured in one run on this machine and written to <out>/bench.json and <out>/bench.png.
+Generation latency compares the edited engine with an unedited one (a second engine with no edits)
+on the same prompts, interleaved repetition by repetition so load drift hits both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import importlib.util
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from editors import metrics
+from editors.adapter_io import serialize_adapter
+from editors.datasets import EditRecord, load_records
+from editors.engine import EditingEngine, space_of
+from editors.model_host import ModelHost
+from editors.types import EngineConfig
+from router.key_index import KeyIndex
+
+DEFAULT_DATASET = Path("../shared/data/zsre/zsre_mend_train_1k.json")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BenchOptions:
+    out_dir: Path = Path("bench-out")
+    data_dir: Path = Path("var")
+    model: str | None = None
+    dataset: Path = DEFAULT_DATASET  # ZsRE-format records: real edits and their prompts
+    edit_counts: Sequence[int] = (0, 100, 1_000, 10_000)
+    real_edits: int = 32  # trained edits; active edits beyond this are random keys + random adapters
+    routing_sizes: Sequence[int] = (1_000, 10_000, 100_000, 1_000_000)
+    max_new_tokens: int = 16
+    repeats: int = 5
+    # Raw completion prompts by default: an edited chat answer ends its turn right after the target while
+    # the base model keeps talking, so chat runs would compare different lengths (ms/step still shows it).
+    chat: bool = False
+    http: bool = True
+    http_clients: Sequence[int] = (1, 4, 16)
+    http_seconds: float = 10.0  # per concurrency level
+    http_edits: int = 4  # edits created through the API before the load test
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchOptions:
+        """A smoke run of every section in a few minutes."""
+        small = {
+            "edit_counts": (0, 10, 100),
+            "real_edits": 4,
+            "routing_sizes": (1_000, 10_000),
+            "max_new_tokens": 8,
+            "repeats": 2,
+            "http_clients": (1, 4),
+            "http_seconds": 3.0,
+            "http_edits": 1,
+        }
+        return cls(**{**small, **overrides})
+
+
+# ---- section 1: edits and generation latency ------------------------------------------------------------
+
+
+@dataclass
+class RealEdit:
+    edit_id: str
+    record: EditRecord
+    keys: np.ndarray  # raw routing keys, one row per kind
+    key_kinds: list[str]
+
+
+@dataclass
+class EditTimings:
+    key: list[float] = field(default_factory=list)
+    train: list[float] = field(default_factory=list)
+    commit: list[float] = field(default_factory=list)
+    activate: list[float] = field(default_factory=list)
+    steps: list[float] = field(default_factory=list)
+
+
+class EditCommitter:
+    """Stores each edit row in a fresh SQLite database through the service's own repository (timed commit)."""
+
+    def __init__(self, path: Path, host: ModelHost, layer: int):
+        from app.service import keys_to_rows
+        from storage.db import make_engine, sqlite_url
+        from storage.migrate import upgrade
+        from storage.repository import NewEdit, Repository
+
+        self._new_edit, self._keys_to_rows = NewEdit, keys_to_rows
+        self.db = make_engine(sqlite_url(path))
+        upgrade(self.db)
+        self.repo = Repository(self.db)
+        self.host, self.layer = host, layer
+
+    def commit(self, edit_id: str, record: EditRecord, trained: Any) -> float:
+        new = self._new_edit(
+            id=edit_id,
+            prompt=record.prompt,
+            target=record.target,
+            rephrases=[],
+            metadata={},
+            created_by="bench",
+            base_model=self.host.name,
+            base_fingerprint=self.host.fingerprint,
+            layer=self.layer,
+            train_steps=int(trained.steps),
+            train_loss=float(trained.loss),
+            train_seconds=float(trained.seconds),
+            adapter=trained.adapter,
+            adapter_sha256=trained.adapter_sha256,
+            keys=self._keys_to_rows(trained.keys, trained.key_kinds),
+        )
+        start = time.perf_counter()
+        self.repo.create_edit(new)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def add_real_edits(
+    engine: EditingEngine, records: Sequence[EditRecord], first: int, committer: EditCommitter, timings: EditTimings
+) -> list[RealEdit]:
+    """Train each edit, commit its row, then activate it: the service's order of operations."""
+    added: list[RealEdit] = []
+    for i, record in enumerate(tqdm(records, desc="real edits", unit="edit", file=sys.stderr), start=first):
+        edit_id = f"real{i:05d}"
+        trained = engine.train_edit(record.prompt, record.target)
+        timings.key.append(trained.key_seconds)
+        timings.train.append(trained.train_seconds)
+        timings.steps.append(float(trained.steps))
+        timings.commit.append(committer.commit(edit_id, record, trained))
+        start = time.perf_counter()
+        engine.activate(edit_id, trained.adapter, trained.keys, key_kinds=trained.key_kinds)
+        timings.activate.append(time.perf_counter() - start)
+        added.append(RealEdit(edit_id, record, trained.keys, trained.key_kinds))
+    return added
+
+
+class RandomEdits:
+    """Filler edits with adapters of the real shapes and random keys that no real prompt will hit.
+
+    A random key is placed at the router's centre plus a random direction of the typical real key offset,
+    so in the routing space (centred, normalised) it is a random unit vector, like real keys are.
+    """
+
+    def __init__(self, engine: EditingEngine, seed: int):
+        self.engine = engine
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        # The router's per-format centres (read-only use of the engine's key spaces).
+        self.centers = {name: space.index.center for name, space in engine.routed.spaces.items()}
+        self.radius = 1.0
+        self.count = 0
+
+    def calibrate(self, real: Sequence[RealEdit]) -> None:
+        """Typical distance of a real key from its format's centre."""
+        offsets = [
+            float(np.linalg.norm(key - center))
+            for edit in real
+            for key, kind in zip(edit.keys, edit.key_kinds, strict=True)
+            if (center := self.centers.get(space_of(kind))) is not None
+        ]
+        if offsets:
+            self.radius = float(np.median(offsets))
+
+    def _key(self, space: str) -> np.ndarray:
+        direction = self.rng.standard_normal(self.engine.host.hidden_size).astype(np.float32)
+        direction /= np.linalg.norm(direction)
+        center = self.centers[space]
+        return (direction * self.radius + (0 if center is None else center)).astype(np.float32)
+
+    def add(self, n: int) -> None:
+        bank, config = self.engine.bank, self.engine.config
+        for _ in tqdm(range(n), desc="random edits", unit="edit", file=sys.stderr, leave=False):
+            lora_A = torch.randn(config.rank, bank.in_features, generator=self.gen) * 0.01
+            lora_B = torch.randn(bank.out_features, config.rank, generator=self.gen) * 0.01
+            adapter = serialize_adapter(
+                lora_A, lora_B, layer=config.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
+            )
+            spaces = list(self.centers)
+            keys = np.stack([self._key(s) for s in spaces])
+            self.engine.activate(f"rand{self.count:06d}", adapter, keys, key_kinds=spaces)
+            self.count += 1
+
+
+def timed_generate(engine: EditingEngine, prompts: Sequence[str], max_new_tokens: int, chat: bool) -> dict[str, Any]:
+    start = time.perf_counter()
+    gens = engine.generate(prompts, max_new_tokens=max_new_tokens, chat=chat)
+    seconds = time.perf_counter() - start
+    longest = max(len(g.token_ids) for g in gens)
+    steps = longest + (1 if longest < max_new_tokens else 0)  # a row that stopped spent one step on its stop token
+    return {"seconds": seconds, "steps": steps, "routed": [g.routed_edit_id for g in gens]}
+
+
+def latency_point(
+    edited: EditingEngine,
+    unedited: EditingEngine,
+    prompts: Sequence[str],
+    expected: Sequence[str | None],
+    opts: BenchOptions,
+) -> dict[str, Any]:
+    """Interleaved edited/unedited generation of the same batch; medians of wall time and time per step."""
+    for engine in (edited, unedited):  # warm-up
+        timed_generate(engine, prompts, opts.max_new_tokens, opts.chat)
+    runs: dict[str, list[dict[str, Any]]] = {"edited": [], "unedited": []}
+    for _ in range(opts.repeats):
+        runs["edited"].append(timed_generate(edited, prompts, opts.max_new_tokens, opts.chat))
+        runs["unedited"].append(timed_generate(unedited, prompts, opts.max_new_tokens, opts.chat))
+    point: dict[str, Any] = {"batch": len(prompts)}
+    for name, rs in runs.items():
+        point[f"{name}_ms"] = 1000 * (metrics.median([r["seconds"] for r in rs]) or 0.0)
+        point[f"{name}_ms_per_step"] = 1000 * (metrics.median([r["seconds"] / r["steps"] for r in rs]) or 0.0)
+        point[f"{name}_steps"] = metrics.median([float(r["steps"]) for r in rs])
+    point["ratio"] = point["edited_ms"] / point["unedited_ms"]
+    point["ratio_per_step"] = point["edited_ms_per_step"] / point["unedited_ms_per_step"]
+    routed = runs["edited"][-1]["routed"]
+    point["rows_routed_as_expected"] = sum(int(r == e) for r, e in zip(routed, expected, strict=True)) / len(routed)
+    point["distinct_edits"] = len({r for r in routed if r is not None})
+    return point
+
+
+def bench_generation(opts: BenchOptions, records: Sequence[EditRecord]) -> tuple[dict[str, Any], EditTimings]:
+    """Latency at each active-edit count (ascending): real edits first, random filler beyond the cap."""
+    host = ModelHost.load(opts.model, opts.data_dir)
+    base_host = ModelHost.load(opts.model, opts.data_dir)  # a second copy of the weights: the unedited engine
+    edited, unedited = EditingEngine(host, EngineConfig()), EditingEngine(base_host, EngineConfig())
+    timings = EditTimings()
+    real: list[RealEdit] = []
+    filler = RandomEdits(edited, opts.seed)
+    points: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        committer = EditCommitter(Path(tmp) / "bench.db", host, edited.config.layer)
+        try:
+            for count in sorted(opts.edit_counts):
+                want_real = min(count, opts.real_edits, len(records))
+                if want_real > len(real):
+                    added = add_real_edits(edited, records[len(real) : want_real], len(real), committer, timings)
+                    real += added
+                    filler.calibrate(real)
+                filler.add(count - len(edited.active_edit_ids()))
+                points += latency_points(edited, unedited, real, records, opts)
+        finally:
+            committer.close()
+    summary = {
+        "points": points,
+        "real_edits": len(real),
+        "max_new_tokens": opts.max_new_tokens,
+        "chat": opts.chat,
+        "model": host.name,
+        "hidden_size": host.hidden_size,
+        "layer": edited.config.layer,
+    }
+    return summary, timings
+
+
+def latency_points(
+    edited: EditingEngine,
+    unedited: EditingEngine,
+    real: Sequence[RealEdit],
+    records: Sequence[EditRecord],
+    opts: BenchOptions,
+) -> list[dict[str, Any]]:
+    """Batch 1 (one real edit's prompt) and batch 8 (each row a different real edit, cycling if fewer)."""
+    if real:
+        batches = [real[:1], [real[i % len(real)] for i in range(8)]]
+        cases = [([e.record.prompt for e in b], [e.edit_id for e in b]) for b in batches]
+    else:  # no edits yet: the same prompts, nothing to route to
+        cases = [([records[0].prompt], [None]), ([r.prompt for r in records[:8]], [None] * 8)]
+    points = []
+    for prompts, expected in cases:
+        point = latency_point(edited, unedited, prompts, expected, opts)
+        point["active_edits"] = len(edited.active_edit_ids())
+        point["keys"] = edited.num_keys()
+        points.append(point)
+        print(
+            f"  {point['active_edits']:>6} edits, batch {point['batch']}: edited {point['edited_ms']:.0f} ms, "
+            f"unedited {point['unedited_ms']:.0f} ms (x{point['ratio']:.2f})",
+            file=sys.stderr,
+        )
+    return points
+
+
+# ---- section 2: routing time vs number of keys ----------------------------------------------------------
+
+
+def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.65, k: int = 8) -> list[dict[str, Any]]:
+    """Median search time through the router's own KeyIndex (flat, exact) as keys grow; one index, refilled.
+
+    Keys are added in groups of 1,000 per pseudo-edit: search cost depends on the total number of keys only.
+    """
+    rng = np.random.default_rng(opts.seed)
+    index = KeyIndex(dim, kind="flat", center=None)
+    queries = rng.standard_normal((64, dim)).astype(np.float32)
+    group, points = 1_000, []
+    for size in sorted(opts.routing_sizes):
+        with tqdm(total=size - len(index), desc=f"keys to {size:,}", unit="key", file=sys.stderr, leave=False) as bar:
+            while len(index) < size:
+                n = min(group, size - len(index))
+                index.add(f"g{len(index)}", rng.standard_normal((n, dim)).astype(np.float32), order=len(index))
+                bar.update(n)
+        repeats = max(5, min(200, int(2e7 / size)))  # fewer repeats where one search is slow
+        single = [_timed(lambda i=i: index.search(queries[i % 64], threshold, k)) for i in range(repeats)]
+        batch = [_timed(lambda: index.search(queries[:8], threshold, k)) for _ in range(max(3, repeats // 4))]
+        point = {
+            "keys": size,
+            "batch1_ms": 1000 * (metrics.median(single) or 0.0),
+            "batch8_ms_per_query": 1000 * (metrics.median(batch) or 0.0) / 8,
+            "index_mb": size * dim * 4 / 2**20,
+        }
+        points.append(point)
+        print(f"  {size:>9,} keys: {point['batch1_ms']:.3f} ms per query", file=sys.stderr)
+    return points
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---- section 3: HTTP throughput -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m app.server` on a free loopback port with a throwaway data directory (no API keys)."""
+
+    def __init__(self, opts: BenchOptions, data_dir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "SOLA_HOST": "127.0.0.1",
+            "SOLA_PORT": str(self.port),
+            "SOLA_DATA_DIR": str(data_dir),
+            "SOLA_MODEL_CACHE_DIR": str(Path(opts.data_dir).resolve() / "models"),
+            "SOLA_API_KEYS": "",
+            "SOLA_ACCESS_LOG": "false",
+            "SOLA_LOG_LEVEL": "warning",
+        }
+        if opts.model:
+            env["SOLA_MODEL"] = str(Path(opts.model).resolve())
+        if opts.threads:
+            env["SOLA_TORCH_THREADS"] = str(opts.threads)
+        self.log = (data_dir / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.server"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with status {self.proc.returncode} (log: {self.log.name})")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout:.0f} s (log: {self.log.name})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+async def _load_level(
+    url: str, prompts: Sequence[str], clients: int, seconds: float, max_new_tokens: int, chat: bool
+) -> dict[str, Any]:
+    """`clients` concurrent loops of POST /generate for `seconds`; one warm-up request each first."""
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(worker: int, client_: httpx.AsyncClient, deadline: float | None) -> None:
+        nonlocal errors
+        i = worker
+        while True:
+            body = {"prompt": prompts[i % len(prompts)], "max_new_tokens": max_new_tokens, "chat": chat}
+            start = time.perf_counter()
+            response = await client_.post(f"{url}/generate", json=body)
+            if deadline is None:
+                return
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+            i += clients
+            if time.perf_counter() >= deadline:
+                return
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+        await asyncio.gather(*(client(w, http, None) for w in range(clients)))
+        start = time.perf_counter()
+        await asyncio.gather(*(client(w, http, start + seconds) for w in range(clients)))
+        wall = time.perf_counter() - start
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "rps": len(latencies) / wall,
+        "p50_ms": 1000 * (metrics.percentile(latencies, 50) or 0.0),
+        "p99_ms": 1000 * (metrics.percentile(latencies, 99) or 0.0),
+    }
+
+
+def bench_http(opts: BenchOptions, records: Sequence[EditRecord]) -> dict[str, Any]:
+    """Requests per second and latency percentiles of POST /generate against a real server subprocess."""
+    if importlib.util.find_spec("app.server") is None:
+        return {"skipped": "app.server is not available"}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(opts, Path(tmp))
+        try:
+            server.wait_ready()
+            edited = records[: opts.http_edits]
+            for r in edited:  # a few real edits so that some requests are routed
+                response = httpx.post(f"{server.url}/edits", json={"prompt": r.prompt, "target": r.target}, timeout=600)
+                response.raise_for_status()
+            # Half the prompts hit an edit, half are unrelated (the next records' prompts).
+            prompts = [r.prompt for r in edited] + [
+                r.prompt for r in records[opts.http_edits : 2 * opts.http_edits + 4]
+            ]
+            levels = [
+                asyncio.run(_load_level(server.url, prompts, c, opts.http_seconds, opts.max_new_tokens, opts.chat))
+                for c in opts.http_clients
+            ]
+        finally:
+            server.stop()
+    for level in levels:
+        print(
+            f"  {level['clients']:>2} clients: {level['rps']:.2f} req/s, p50 {level['p50_ms']:.0f} ms", file=sys.stderr
+        )
+    return {"levels": levels, "edits": len(edited), "max_new_tokens": opts.max_new_tokens, "chat": opts.chat}
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+
+
+def summarise_edits(t: EditTimings) -> dict[str, Any]:
+    parts = {"key": t.key, "train": t.train, "commit": t.commit, "activate": t.activate}
+    out: dict[str, Any] = {"n": len(t.key), "steps_median": metrics.median(t.steps)}
+    for name, values in parts.items():
+        out[f"{name}_ms_median"] = 1000 * v if (v := metrics.median(values)) is not None else None
+        out[f"{name}_ms_p90"] = 1000 * v if (v := metrics.percentile(values, 90)) is not None else None
+    return out
+
+
+def environment(opts: BenchOptions) -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_average_at_start": os.getloadavg()[0],
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(opts).items()},
+    }
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    g = results["generation"]
+    fmt = "chat" if g["chat"] else "raw"
+    gen = Table(title=f"Generation latency, edited vs unedited (up to {g['max_new_tokens']} new tokens, {fmt} prompts)")
+    for col in (
+        "active edits",
+        "batch",
+        "edited ms",
+        "unedited ms",
+        "ratio",
+        "steps e/u",
+        "ms/step ratio",
+        "routed ok",
+    ):
+        gen.add_column(col, justify="right")
+    for p in results["generation"]["points"]:
+        gen.add_row(
+            f"{p['active_edits']:,}",
+            str(p["batch"]),
+            f"{p['edited_ms']:.0f}",
+            f"{p['unedited_ms']:.0f}",
+            f"{p['ratio']:.2f}",
+            f"{p['edited_steps']:.0f}/{p['unedited_steps']:.0f}",
+            f"{p['ratio_per_step']:.2f}",
+            f"{100 * p['rows_routed_as_expected']:.0f}%",
+        )
+    console.print(gen)
+
+    routing = Table(title="Routing: KeyIndex search time vs keys")
+    for col in ("keys", "batch 1 ms/query", "batch 8 ms/query", "index MB"):
+        routing.add_column(col, justify="right")
+    for p in results["routing"]:
+        routing.add_row(
+            f"{p['keys']:,}", f"{p['batch1_ms']:.3f}", f"{p['batch8_ms_per_query']:.3f}", f"{p['index_mb']:.0f}"
+        )
+    console.print(routing)
+
+    e = results["edit_latency"]
+    edits = Table(title=f"Edit latency ({e['n']} real edits, median steps {e['steps_median']})")
+    for col in ("phase", "median ms", "p90 ms"):
+        edits.add_column(col, justify="right")
+    for phase in ("key", "train", "commit", "activate"):
+        median_ms, p90_ms = e[f"{phase}_ms_median"], e[f"{phase}_ms_p90"]
+        edits.add_row(phase, f"{median_ms:.1f}" if median_ms is not None else "-", f"{p90_ms:.1f}" if p90_ms else "-")
+    console.print(edits)
+
+    http = results.get("http", {})
+    if "levels" in http:
+        table = Table(title=f"HTTP POST /generate ({http['edits']} edits active, {http['max_new_tokens']} new tokens)")
+        for col in ("clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"):
+            table.add_column(col, justify="right")
+        for lv in http["levels"]:
+            table.add_row(
+                str(lv["clients"]),
+                str(lv["requests"]),
+                f"{lv['rps']:.2f}",
+                f"{lv['p50_ms']:.0f}",
+                f"{lv['p99_ms']:.0f}",
+                str(lv["errors"]),
+            )
+        console.print(table)
+    elif http:
+        console.print(f"HTTP: skipped ({http.get('skipped')})")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    ax = axes[0][0]
+    points = results["generation"]["points"]
+    for batch, style in ((1, "o"), (8, "s")):
+        rows = [p for p in points if p["batch"] == batch]
+        xs = [max(p["active_edits"], 1) for p in rows]
+        ax.plot(xs, [p["edited_ms"] for p in rows], f"-{style}", label=f"edited, batch {batch}")
+        ax.plot(xs, [p["unedited_ms"] for p in rows], f"--{style}", label=f"unedited, batch {batch}")
+    ax.set(xscale="log", xlabel="active edits (0 drawn at 1)", ylabel="ms per generate call", title="Generation")
+    ax.legend()
+
+    ax = axes[0][1]
+    routing = results["routing"]
+    ax.plot([p["keys"] for p in routing], [p["batch1_ms"] for p in routing], "-o", label="batch 1")
+    ax.plot([p["keys"] for p in routing], [p["batch8_ms_per_query"] for p in routing], "-s", label="batch 8, per query")
+    ax.set(xscale="log", yscale="log", xlabel="keys in index", ylabel="ms per query", title="Routing (flat index)")
+    ax.legend()
+
+    ax = axes[1][0]
+    e = results["edit_latency"]
+    phases = ["key", "train", "commit", "activate"]
+    ax.bar(phases, [e[f"{p}_ms_median"] or 0.0 for p in phases])
+    ax.set(yscale="log", ylabel="median ms", title=f"Edit latency split ({e['n']} edits)")
+
+    ax = axes[1][1]
+    levels = results.get("http", {}).get("levels", [])
+    if levels:
+        clients = [lv["clients"] for lv in levels]
+        ax.plot(clients, [lv["rps"] for lv in levels], "-o", color="tab:blue")
+        ax.set(xlabel="concurrent clients", ylabel="requests / s", title="HTTP POST /generate")
+        twin = ax.twinx()
+        twin.plot(clients, [lv["p50_ms"] for lv in levels], "--s", color="tab:orange", label="p50 ms")
+        twin.plot(clients, [lv["p99_ms"] for lv in levels], ":^", color="tab:red", label="p99 ms")
+        twin.set_ylabel("latency ms")
+        twin.legend(loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "HTTP not measured", ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Run every section, print rich tables, write <out>/bench.json and <out>/bench.png; returns the results."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    needed = max(opts.real_edits, opts.http_edits * 2 + 4, 8)
+    records = load_records(opts.dataset, "zsre", needed).records
+    started = time.perf_counter()
+    results: dict[str, Any] = {"environment": environment(opts)}
+    print("generation latency", file=sys.stderr)
+    results["generation"], timings = bench_generation(opts, records)
+    results["edit_latency"] = summarise_edits(timings)
+    gc.collect()  # drop both engines before the big routing index and the server
+    print("routing", file=sys.stderr)
+    results["routing"] = bench_routing(opts, dim=results["generation"]["hidden_size"])
+    gc.collect()
+    if opts.http:
+        print("HTTP", file=sys.stderr)
+        results["http"] = bench_http(opts, records)
+    results["seconds"] = time.perf_counter() - started
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    (opts.out_dir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, opts.out_dir / "bench.png")
+    print_tables(results)
+    print(f"wrote {opts.out_dir / 'bench.json'} and {opts.out_dir / 'bench.png'}", file=sys.stderr)
+    return results
