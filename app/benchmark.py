@@ -49,7 +49,7 @@ class BenchOptions:
     model: str | None = None
     dataset: Path = DEFAULT_DATASET  # ZsRE-format records: real edits and their prompts
     edit_counts: Sequence[int] = (0, 100, 1_000, 10_000)
-    real_edits: int = 32  # trained edits; active edits beyond this are random keys + random adapters
+    real_edits: int = 1_000  # trained edits; active edits beyond this are random keys + random adapters
     routing_sizes: Sequence[int] = (1_000, 10_000, 100_000, 1_000_000)
     max_new_tokens: int = 16
     repeats: int = 5
@@ -62,6 +62,12 @@ class BenchOptions:
     http_edits: int = 4  # edits created through the API before the load test
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     seed: int = 0
+
+    @classmethod
+    def make(cls, quick: bool = False, **overrides: Any) -> BenchOptions:
+        """Full or quick defaults; overrides that are None keep the default (convenient for CLI options)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.quick(**given) if quick else cls(**given)
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchOptions:
@@ -306,7 +312,7 @@ def latency_points(
 # ---- section 2: routing time vs number of keys ----------------------------------------------------------
 
 
-def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.65, k: int = 8) -> list[dict[str, Any]]:
+def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.70, k: int = 8) -> list[dict[str, Any]]:
     """Median search time through the router's own KeyIndex (flat, exact) as keys grow; one index, refilled.
 
     Keys are added in groups of 1,000 per pseudo-edit: search cost depends on the total number of keys only.

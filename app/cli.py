@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
+
+
+class Format(StrEnum):
+    zsre = "zsre"
+    counterfact = "counterfact"
+    knowedit = "knowedit"
+    hallucination = "hallucination"
 
 
 @cli.callback()
@@ -18,6 +29,90 @@ def serve() -> None:
     from app.server import serve as run_server
 
     run_server()
+
+
+@cli.command("eval")
+def evaluate(
+    dataset: Annotated[Path, typer.Option(help="Benchmark file (JSON list of records).")],
+    format: Annotated[Format, typer.Option("--format", help="Record format of the file.")],
+    n: Annotated[
+        int, typer.Option(min=1, help="Apply the first N records as sequential edits (blank targets are skipped).")
+    ] = 1000,
+    revoke_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Fraction of edits revoked for the rollback metrics.")
+    ] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed for choosing the revoked edits.")] = 0,
+    data_dir: Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")] = Path("var"),
+    out: Annotated[Path, typer.Option(help="Where to write the results JSON.")] = Path("results.json"),
+    chat: Annotated[
+        bool | None, typer.Option("--chat/--raw", help="Prompt format (default: the benchmark's natural one).")
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="Edited layer (default: the engine's).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Routing threshold for the measured format.")] = None,
+    model: Annotated[str | None, typer.Option(help="Local Hugging Face model directory (default: bundled).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per scoring batch.")] = 16,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")] = None,
+) -> None:
+    """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
+    from editors.datasets import DatasetError
+    from editors.evaluation import markdown_table, run_eval
+
+    if not dataset.is_file():
+        raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")
+    try:
+        results = run_eval(
+            dataset,
+            format.value,
+            n,
+            revoke_fraction=revoke_fraction,
+            seed=seed,
+            data_dir=data_dir,
+            out=out,
+            chat=chat,
+            layer=layer,
+            threshold=threshold,
+            model=model,
+            batch_size=batch_size,
+            threads=threads,
+        )
+    except DatasetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(markdown_table(results))
+    typer.echo(f"\nwrote {out}")
+
+
+@cli.command()
+def bench(
+    out_dir: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-out"),
+    data_dir: Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")] = Path("var"),
+    dataset: Annotated[Path | None, typer.Option(help="ZsRE-format file for the real edits.")] = None,
+    model: Annotated[str | None, typer.Option(help="Local Hugging Face model directory (default: bundled).")] = None,
+    real_edits: Annotated[
+        int | None, typer.Option(min=1, help="Trained edits; larger edit counts are filled with random ones.")
+    ] = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="Timed repetitions per latency point.")] = None,
+    http: Annotated[bool, typer.Option("--http/--no-http", help="Run the HTTP load test.")] = True,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")] = None,
+    quick: Annotated[bool, typer.Option(help="Small smoke run of every section (a few minutes).")] = False,
+) -> None:
+    """Latency (edited vs unedited, 0 to 10k edits), routing time vs keys, edit latency split, HTTP throughput."""
+    from app.benchmark import BenchOptions, run_bench
+
+    opts = BenchOptions.make(
+        quick,
+        out_dir=out_dir,
+        data_dir=data_dir,
+        dataset=dataset,
+        model=model,
+        real_edits=real_edits,
+        repeats=repeats,
+        http=http,
+        threads=threads,
+    )
+    if not opts.dataset.is_file():
+        raise typer.BadParameter(f"no such file: {opts.dataset}", param_hint="--dataset")
+    run_bench(opts)
 
 
 def main() -> None:

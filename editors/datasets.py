@@ -146,19 +146,18 @@ class Loaded:
 
 
 def parse_records(raw: Any, fmt: str, n: int | None = None) -> Loaded:
-    """Normalise decoded JSON (a list of records) into the first `n` usable EditRecords.
+    """Normalise the first `n` records of decoded JSON (a list of records) into EditRecords.
 
     A malformed record (missing field, wrong type) raises DatasetError; a well-formed record that cannot
-    be an edit (blank prompt or target, as a few upstream records have) is skipped and reported.
+    be an edit (blank prompt or target, as a few upstream records have) is skipped and reported, so the
+    first `n` records can give fewer than `n` edits (the literature's "first N records" protocol).
     """
     if fmt not in PARSERS:
         raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not isinstance(raw, list):
         raise DatasetError(f"expected a JSON list of records, got {type(raw).__name__}")
     loaded = Loaded([], [])
-    for i, item in enumerate(raw):
-        if n is not None and len(loaded.records) >= n:
-            break
+    for i, item in enumerate(raw if n is None else raw[:n]):
         try:
             loaded.records.append(PARSERS[fmt](_Reader(item, i)))
         except _Unusable as exc:
@@ -167,7 +166,7 @@ def parse_records(raw: Any, fmt: str, n: int | None = None) -> Loaded:
 
 
 def load_records(path: Path | str, fmt: str, n: int | None = None) -> Loaded:
-    """Read a benchmark file (a JSON list, or JSON Lines for *.jsonl): its first `n` usable records."""
+    """Read a benchmark file (a JSON list, or JSON Lines for *.jsonl): its first `n` records."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -180,10 +179,9 @@ def load_records(path: Path | str, fmt: str, n: int | None = None) -> Loaded:
             raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path} is not valid JSON: {exc}") from None
+    if n is not None and isinstance(raw, list) and len(raw) < n:
+        raise DatasetError(f"{path}: asked for {n} records but the file has only {len(raw)}")
     try:
-        loaded = parse_records(raw, fmt, n)
+        return parse_records(raw, fmt, n)
     except DatasetError as exc:
         raise DatasetError(f"{path}: {exc}") from None
-    if n is not None and len(loaded.records) < n:
-        raise DatasetError(f"{path}: asked for {n} records but the file has only {len(loaded.records)} usable ones")
-    return loaded

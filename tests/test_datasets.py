@@ -114,9 +114,10 @@ def test_missing_field_names_record_index_and_field() -> None:
 
 
 def test_blank_target_skips_the_record_and_blank_probes_drop_only_their_metric() -> None:
-    loaded = parse_records([ZSRE, {**ZSRE, "alt": "  "}, {**ZSRE, "rephrase": ""}, ZSRE], "zsre", n=3)
+    raw = [ZSRE, {**ZSRE, "alt": "  "}, {**ZSRE, "rephrase": ""}, ZSRE, {**ZSRE, "alt": ""}]
+    loaded = parse_records(raw, "zsre", n=4)
     assert loaded.skipped == ["record 1: field 'alt' is blank"]
-    assert len(loaded.records) == 3  # the first 3 usable records: 0, 2, 3
+    assert len(loaded.records) == 3  # of the first 4 records, the usable ones: 0, 2, 3
     assert loaded.records[1].rephrase is None and loaded.records[1].target == "unmanned aircraft"
     (record,) = parse_records([{**HALLUCINATION, "locality_ground_truth": ""}], "hallucination").records
     assert record.locality_prompt is None and record.locality_answer is None
@@ -154,7 +155,7 @@ def test_file_errors(tmp_path: Path) -> None:
         load_records(bad, "zsre")
     short = tmp_path / "short.json"
     short.write_text(json.dumps([ZSRE]))
-    with pytest.raises(DatasetError, match="asked for 5 records but the file has only 1 usable ones"):
+    with pytest.raises(DatasetError, match="asked for 5 records but the file has only 1$"):
         load_records(short, "zsre", n=5)
 
 
