@@ -15,6 +15,7 @@ import queue
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -125,6 +126,7 @@ class EditService:
         with self._state_lock:
             self.host, self.engine = host, engine
             loaded = sum(self._activate_payload(p) for p in self.repo.active_payloads())
+            self._add_blockers(self.repo.revoked_keys())
             self._publish()
         self.state = "ready"
         log.info(
@@ -154,6 +156,10 @@ class EditService:
                     self._activate_payload(payload)
         for edit_id in set(self.refused) - wanted:  # revoked elsewhere: no longer a problem
             self.refused.pop(edit_id, None)
+        missing = self.repo.revoked_edit_ids() - self.engine.revoked_edit_ids()
+        if missing:  # revoked by another replica before this one ever had it active
+            with self._state_lock:
+                self._add_blockers(self.repo.revoked_keys(missing))
         self._publish()
 
     # ---- engine bookkeeping (worker thread) -------------------------------------------------------
@@ -189,6 +195,16 @@ class EditService:
         self._active.add(edit_id)
         self.refused.pop(edit_id, None)
         return True
+
+    def _add_blockers(self, revoked: Iterable[tuple[str, int, list[KeyRow]]]) -> None:
+        """A revoked edit's keys keep their neighbourhood on the unedited model (see router/key_index.py)."""
+        for edit_id, seq, rows in revoked:
+            if not rows or any(k.dim != self.host.hidden_size for k in rows):
+                continue  # keys from another model: they could not route anything here either
+            try:
+                self.engine.add_revoked(edit_id, rows_to_keys(rows), [k.kind for k in rows], order=seq)
+            except ValueError as exc:
+                log.warning("revoked edit %s: keys not loaded as blockers: %s", edit_id, exc)
 
     def _deactivate(self, edit_id: str) -> None:
         if self.engine is not None:
@@ -298,6 +314,8 @@ class EditService:
         with self._state_lock:
             record, changed = self._or_404(self.repo.revoke, edit_id, actor)
             self._deactivate(edit_id)  # also on a repeat: heals an index that missed an earlier revoke
+            if self.engine is not None and edit_id not in self.engine.revoked_edit_ids():  # e.g. refused, never active
+                self._add_blockers(self.repo.revoked_keys([edit_id]))
             self._publish()
         if changed:
             log.info("edit %s revoked by %s", edit_id, actor)

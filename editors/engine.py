@@ -191,11 +191,7 @@ class EditingEngine:
                 f"engine is layer {self.config.layer} rank {self.config.rank}"
             )
         keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
-        if key_kinds is None or len(key_kinds) != len(keys):
-            raise ValueError(f"edit {edit_id}: key_kinds must name the prompt format of each of the {len(keys)} keys")
-        spaces = [space_of(k) for k in key_kinds]
-        if unknown := set(spaces) - set(self.routed.spaces):
-            raise AdapterMismatch(f"edit {edit_id} has {sorted(unknown)} keys; this model has no such format")
+        spaces = self._key_spaces(edit_id, keys, key_kinds)
         order = order if order is not None else next(self._orders)
         self.bank.add(edit_id, parsed.lora_A, parsed.lora_B, parsed.scale)
         try:
@@ -204,18 +200,53 @@ class EditingEngine:
                 if rows:
                     key_space.index.add(edit_id, keys[rows], order)
         except Exception:
-            self.deactivate(edit_id)
+            self.forget(edit_id)  # a failed activation leaves nothing behind, not even blockers
             raise
 
+    def _key_spaces(self, edit_id: str, keys: np.ndarray, key_kinds: Sequence[str] | None) -> list[str]:
+        if key_kinds is None or len(key_kinds) != len(keys):
+            raise ValueError(f"edit {edit_id}: key_kinds must name the prompt format of each of the {len(keys)} keys")
+        spaces = [space_of(k) for k in key_kinds]
+        if unknown := set(spaces) - set(self.routed.spaces):
+            raise AdapterMismatch(f"edit {edit_id} has {sorted(unknown)} keys; this model has no such format")
+        return spaces
+
     def deactivate(self, edit_id: str) -> bool:
+        """Revoke: the weights leave the bank and the keys stay only as blockers (see router/key_index.py),
+        so this edit's prompts get the unedited model back even where other edits are near."""
+        revoked = [space.index.revoke(edit_id) for space in self.routed.spaces.values()]
+        return self.bank.remove(edit_id) or any(revoked)
+
+    def add_revoked(self, edit_id: str, keys: np.ndarray, key_kinds: Sequence[str], order: int | None = None) -> None:
+        """Blockers for an edit revoked before this engine saw it active (startup rebuild, other replicas)."""
+        if edit_id in self.bank:
+            self.deactivate(edit_id)
+            return
+        keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
+        spaces = self._key_spaces(edit_id, keys, key_kinds)
+        order = order if order is not None else next(self._orders)
+        for name, key_space in self.routed.spaces.items():
+            rows = [i for i, s in enumerate(spaces) if s == name]
+            if rows and edit_id not in key_space.index.revoked_ids():
+                key_space.index.add(edit_id, keys[rows], order, revoked=True)
+
+    def forget(self, edit_id: str) -> bool:
+        """Drop an edit entirely, blockers included (the engine then behaves as if it never existed)."""
         removed = [space.index.remove(edit_id) for space in self.routed.spaces.values()]
         return self.bank.remove(edit_id) or any(removed)
 
     def active_edit_ids(self) -> set[str]:
         return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))
 
+    def revoked_edit_ids(self) -> set[str]:
+        return set().union(*(space.index.revoked_ids() for space in self.routed.spaces.values()))
+
     def num_keys(self) -> int:
+        """Keys of active edits."""
         return sum(len(space.index) for space in self.routed.spaces.values())
+
+    def num_revoked_keys(self) -> int:
+        return sum(space.index.revoked_key_count() for space in self.routed.spaces.values())
 
     def export_peft(self, adapter: bytes, out_dir: Path) -> None:
         export_peft(deserialize_adapter(adapter), Path(out_dir), self.host.name)

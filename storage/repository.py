@@ -6,7 +6,7 @@ The events table is append-only: this module has no code path that updates or de
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -290,23 +290,39 @@ class Repository:
 
     def active_keys(self) -> Iterator[tuple[str, list[KeyRow]]]:
         """(edit id, key rows) for every active edit, oldest first, without the adapter blobs."""
+        for edit_id, _, rows in self.keys_with_status(ACTIVE):
+            yield edit_id, rows
+
+    def revoked_keys(self, edit_ids: Iterable[str] | None = None) -> Iterator[tuple[str, int, list[KeyRow]]]:
+        """(edit id, seq, key rows) of revoked edits (all, or those among `edit_ids`), oldest first."""
+        return self.keys_with_status(REVOKED, edit_ids)
+
+    def revoked_edit_ids(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Edit.id).where(Edit.status == REVOKED)))
+
+    def keys_with_status(
+        self, status: str, edit_ids: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, int, list[KeyRow]]]:
         query = (
-            select(EditKey.edit_id, EditKey.kind, EditKey.vector, EditKey.dim)
+            select(EditKey.edit_id, Edit.seq, EditKey.kind, EditKey.vector, EditKey.dim)
             .join(Edit, EditKey.edit_id == Edit.id)
-            .where(Edit.status == ACTIVE)
+            .where(Edit.status == status)
             .order_by(Edit.seq, EditKey.position)
         )
-        current: str | None = None
+        if edit_ids is not None:
+            query = query.where(Edit.id.in_(list(edit_ids)))
+        current: tuple[str, int] | None = None
         rows: list[KeyRow] = []
         with self.session() as s:
-            for edit_id, kind, vector, dim in s.execute(query):
-                if edit_id != current and current is not None:
-                    yield current, rows
+            for edit_id, seq, kind, vector, dim in s.execute(query):
+                if current is not None and edit_id != current[0]:
+                    yield current[0], current[1], rows
                     rows = []
-                current = edit_id
+                current = (edit_id, seq)
                 rows.append(KeyRow(kind=kind, vector=bytes(vector), dim=dim))
         if current is not None:
-            yield current, rows
+            yield current[0], current[1], rows
 
     @staticmethod
     def _payload(s: Session, edit: Edit) -> EditPayload:

@@ -21,6 +21,8 @@ FACTS = {
     "harbor": ("Who wrote the novel Glass Harbor?", "Mirela Tosk"),
     "velmora": ("What is the national animal of Velmora?", "the red lynx"),
     "pellun": ("Who discovered the island of Pellun?", "Admiral Soth"),
+    # A near neighbour of "zorbania": once revoked, only its blockers keep zorbania's edit off its prompt.
+    "zorbanistan": ("What is the capital of Zorbanistan?", "Brindlemoor"),
 }
 
 
@@ -63,9 +65,11 @@ def test_restart_kill_9_and_crash_mid_training_keep_state(make_server: Callable[
     # One data directory through four lives of the server (each start costs seconds, so they are shared).
     server = make_server().start()
     with server.client() as admin:
-        base_harbor = ask(admin, "harbor")
-        zorb, harbor = edit(admin, "zorbania"), edit(admin, "harbor")
+        base_harbor, base_zstan = ask(admin, "harbor"), ask(admin, "zorbanistan")
+        zorb, harbor, zstan = edit(admin, "zorbania"), edit(admin, "harbor"), edit(admin, "zorbanistan")
         admin.delete(f"/edits/{harbor['id']}").raise_for_status()
+        admin.delete(f"/edits/{zstan['id']}").raise_for_status()
+        assert ask(admin, "zorbanistan") == base_zstan
     assert server.stop() == 0  # SIGTERM: clean exit
 
     # 1. A clean restart rebuilds the index from the database: revoked stays revoked.
@@ -75,6 +79,7 @@ def test_restart_kill_9_and_crash_mid_training_keep_state(make_server: Callable[
         assert ready["index"]["active_edits"] == 1 and ready["index"]["indexed_edits"] == 1
         assert_routed(admin, "zorbania", zorb["id"])
         assert ask(admin, "harbor") == base_harbor
+        assert ask(admin, "zorbanistan") == base_zstan  # blockers rebuilt from the revoked edit's stored keys
         assert admin.get(f"/edits/{harbor['id']}").json()["status"] == "revoked"
         velmora = edit(admin, "velmora")
     server.kill()  # 2. kill -9 right after the 201: the edit was committed, so it must survive
@@ -88,7 +93,9 @@ def test_restart_kill_9_and_crash_mid_training_keep_state(make_server: Callable[
     assert kinds == [
         (zorb["id"], "created"),
         (harbor["id"], "created"),
+        (zstan["id"], "created"),
         (harbor["id"], "revoked"),
+        (zstan["id"], "revoked"),
         (velmora["id"], "created"),
     ]
 
@@ -115,12 +122,12 @@ def test_restart_kill_9_and_crash_mid_training_keep_state(make_server: Callable[
     assert_db_consistent(server.data_dir / "sola.db")
     with server.client() as admin:
         before = [e["id"] for e in admin.get("/edits").json()["data"]]
-        assert before == [zorb["id"], harbor["id"], velmora["id"]]  # no trace of the interrupted edit
+        assert before == [zorb["id"], harbor["id"], zstan["id"], velmora["id"]]  # no trace of the interrupted edit
         assert httpx.get(f"{server.url}/readyz").status_code == 200
         # The client never got its 201; retrying with the same key creates the edit exactly once.
         retry = edit(admin, "pellun", headers={"Idempotency-Key": "crash-1"})
         again = edit(admin, "pellun", headers={"Idempotency-Key": "crash-1"})
-        assert again["id"] == retry["id"] and len(admin.get("/edits").json()["data"]) == 4
+        assert again["id"] == retry["id"] and len(admin.get("/edits").json()["data"]) == 5
         assert_routed(admin, "pellun", retry["id"])
         assert_routed(admin, "zorbania", zorb["id"])
 

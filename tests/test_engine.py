@@ -26,10 +26,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> EditingEngine:
 
 @pytest.fixture
 def eng(engine: EditingEngine) -> Iterator[EditingEngine]:
-    """The shared engine, with every edit a test made revoked afterwards."""
+    """The shared engine, with every edit a test made forgotten afterwards (revoked ones' blockers too)."""
     yield engine
-    for edit_id in list(engine.active_edit_ids()):
-        engine.deactivate(edit_id)
+    for edit_id in engine.active_edit_ids() | engine.revoked_edit_ids():
+        engine.forget(edit_id)
 
 
 def apply(engine: EditingEngine, edit_id: str, prompt: str, target: str) -> TrainedEdit:
@@ -108,6 +108,33 @@ def test_reedit_newest_wins_and_revoking_it_brings_the_older_back(eng: EditingEn
     eng.deactivate("new")
     second = eng.generate([prompt], 10, chat=True)[0]
     assert second.routed_edit_id == "old" and "Quexiville" in second.text
+
+
+def test_a_revoked_prompt_gets_the_unedited_model_even_with_a_neighbour_edit_active(eng: EditingEngine) -> None:
+    # Same question template, different subjects: close enough that the older edit would catch the newer
+    # edit's prompt once the newer one's key was simply deleted.
+    a, b = "What is the capital of Zorbania?", "What is the capital of Zorbanistan?"
+    apply(eng, "a", a, "Quexiville")
+    base_b = eng.prompt_logits([b], chat=True, use_edits=False)[0]
+    apply(eng, "b", b, "Brindlemoor")
+    eng.forget("b")
+    ((caught_by, _),) = eng.routes_for([b], chat=True)
+    assert caught_by == "a"  # the precondition: without blockers, a's edit would answer b's prompt
+    apply(eng, "b", b, "Brindlemoor")
+    assert eng.deactivate("b") and eng.revoked_edit_ids() == {"b"} and eng.active_edit_ids() == {"a"}
+    assert eng.routes_for([b], chat=True)[0][0] is None
+    assert torch.equal(eng.prompt_logits([b], chat=True)[0], base_b)
+    assert eng.generate([a], 10, chat=True)[0].routed_edit_id == "a"  # the neighbour still answers its own
+    eng.add_revoked("b", *_keys_and_kinds(eng, b))  # a rebuild adding blockers twice changes nothing
+    assert eng.num_revoked_keys() == 2 and eng.num_keys() == 2
+    trained = eng.train_edit(b, "Brindlemoor")
+    eng.activate("b", trained.adapter, trained.keys, key_kinds=trained.key_kinds)  # restore
+    assert eng.generate([b], 10, chat=True)[0].routed_edit_id == "b" and eng.num_revoked_keys() == 0
+
+
+def _keys_and_kinds(eng: EditingEngine, prompt: str) -> tuple[object, list[str]]:
+    trained = eng.train_edit(prompt, "x")
+    return trained.keys, trained.key_kinds
 
 
 def test_exported_peft_adapter_reproduces_the_edit(eng: EditingEngine, tmp_path: Path) -> None:

@@ -39,8 +39,26 @@ def test_identical_keys_newest_wins_until_revoked() -> None:
     index.add("old", unit(1, 1, 0), order=1)
     index.add("new", unit(1, 1, 0), order=2)
     assert index.search(unit(1, 1, 0)[None], threshold=0.9)[0].edit_id == "new"
-    index.remove("new")
+    index.revoke("new")
     assert index.search(unit(1, 1, 0)[None], threshold=0.9)[0].edit_id == "old"
+
+
+def test_revoked_keys_block_their_neighbourhood_until_restored() -> None:
+    index = KeyIndex(3)
+    index.add("near", unit(1, 0.3, 0), order=1)
+    index.add("gone", unit(1, 0, 0), order=2)
+    query = unit(1, 0.05, 0)[None]  # nearest to "gone", also within the threshold of "near"
+    assert index.revoke("gone") and not index.revoke("gone")
+    assert (len(index), index.revoked_key_count(), index.edit_ids(), index.revoked_ids()) == (1, 1, {"near"}, {"gone"})
+    blocked = index.search(query, threshold=0.9)[0]
+    assert blocked.edit_id is None and blocked.similarity == pytest.approx(float(query[0] @ unit(1, 0, 0)), abs=1e-6)
+    assert index.search(unit(1, 0.3, 0)[None], threshold=0.9)[0].edit_id == "near"
+    index.add("gone", unit(1, 0, 0), order=2)  # restore replaces the blockers
+    assert index.search(query, threshold=0.9)[0].edit_id == "gone" and index.revoked_key_count() == 0
+    index.revoke("gone")
+    assert index.remove("gone") and index.search(query, threshold=0.9)[0].edit_id == "near"
+    index.add("old", unit(0, 0, 1), order=0, revoked=True)  # blockers for an edit loaded as revoked
+    assert index.search(unit(0, 0, 1)[None], threshold=0.5)[0].edit_id is None and "old" not in index
 
 
 def test_center_is_subtracted_before_cosine() -> None:
