@@ -53,8 +53,7 @@ class BenchOptions:
     routing_sizes: Sequence[int] = (1_000, 10_000, 100_000, 1_000_000)
     max_new_tokens: int = 16
     repeats: int = 5
-    # Raw completion prompts by default: an edited chat answer ends its turn right after the target while
-    # the base model keeps talking, so chat runs would compare different lengths (ms/step still shows it).
+    # Prompt format of the latency prompts (every run decodes exactly max_new_tokens, so both compare alike).
     chat: bool = False
     http: bool = True
     http_clients: Sequence[int] = (1, 4, 16)
@@ -213,8 +212,10 @@ class RandomEdits:
 
 
 def timed_generate(engine: EditingEngine, prompts: Sequence[str], max_new_tokens: int, chat: bool) -> dict[str, Any]:
+    """Exactly `max_new_tokens` decode steps for every row (stop tokens held back): an edited answer and
+    the unedited one often differ in length, and latency must compare equal work."""
     start = time.perf_counter()
-    gens = engine.generate(prompts, max_new_tokens=max_new_tokens, chat=chat)
+    gens = engine.generate(prompts, max_new_tokens=max_new_tokens, chat=chat, min_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
     longest = max(len(g.token_ids) for g in gens)
     steps = longest + (1 if longest < max_new_tokens else 0)  # a row that stopped spent one step on its stop token

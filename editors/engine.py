@@ -264,8 +264,12 @@ class EditingEngine:
         return ids.to(self.host.device), mask.to(self.host.device)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False) -> list[Generation]:
-        """Batched greedy decoding; each row routed by its own last prompt token, decided once at prefill."""
+    def generate(
+        self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False, min_new_tokens: int = 0
+    ) -> list[Generation]:
+        """Batched greedy decoding; each row routed by its own last prompt token, decided once at prefill.
+
+        `min_new_tokens` holds back the stop tokens that long (benchmarks: equal work for every model)."""
         seqs = [self._prompt_ids(p, chat) for p in prompts]
         input_ids, attention_mask = self._pad(seqs, left=True)  # left padding: every row's last token is at -1
         stop = self.host.end_of_turn_ids()
@@ -275,6 +279,7 @@ class EditingEngine:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens or None,
                 do_sample=False,
                 temperature=None,
                 top_p=None,
