@@ -67,7 +67,12 @@ def engine_config(settings: Settings) -> Any:
     """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
     from editors.types import EngineConfig
 
-    knobs = {"layer": settings.layer, "threshold": settings.threshold, "rank": settings.rank}
+    knobs = {
+        "layer": settings.layer,
+        "threshold": settings.threshold,
+        "raw_threshold": settings.raw_threshold,
+        "rank": settings.rank,
+    }
     return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
 
 
