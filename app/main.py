@@ -75,11 +75,11 @@ async def _load(svc: EditService, on_fatal: Callable[[str], None] | None) -> Non
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        svc.state = "failed"
         svc.startup_error = f"{type(exc).__name__}: {exc}"
         log.critical("cannot load the model: %s", svc.startup_error, exc_info=True)
         if on_fatal is not None:
             on_fatal(svc.startup_error)
+        svc.state = "failed"  # last: whoever sees "failed" also sees the error and the fatal callback done
 
 
 async def _follow_database(svc: EditService, interval: float) -> None:
