@@ -217,9 +217,7 @@ def timed_generate(engine: EditingEngine, prompts: Sequence[str], max_new_tokens
     start = time.perf_counter()
     gens = engine.generate(prompts, max_new_tokens=max_new_tokens, chat=chat, min_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
-    longest = max(len(g.token_ids) for g in gens)
-    steps = longest + (1 if longest < max_new_tokens else 0)  # a row that stopped spent one step on its stop token
-    return {"seconds": seconds, "steps": steps, "routed": [g.routed_edit_id for g in gens]}
+    return {"seconds": seconds, "steps": max_new_tokens, "routed": [g.routed_edit_id for g in gens]}
 
 
 def latency_point(

@@ -8,14 +8,17 @@ from typing import Annotated
 
 import typer
 
+from editors.datasets import FORMATS
+
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
 
 
-class Format(StrEnum):
-    zsre = "zsre"
-    counterfact = "counterfact"
-    knowedit = "knowedit"
-    hallucination = "hallucination"
+Format = StrEnum("Format", {name: name for name in FORMATS})  # the loaders' formats, as CLI choices
+
+# Options that `eval` and `bench` share.
+DataDir = Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")]
+Model = Annotated[str | None, typer.Option(help="Local Hugging Face model directory (default: bundled).")]
+Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
 
 
 @cli.callback()
@@ -42,16 +45,16 @@ def evaluate(
         float, typer.Option(min=0.0, max=1.0, help="Fraction of edits revoked for the rollback metrics.")
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed for choosing the revoked edits.")] = 0,
-    data_dir: Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")] = Path("var"),
+    data_dir: DataDir = Path("var"),
     out: Annotated[Path, typer.Option(help="Where to write the results JSON.")] = Path("results.json"),
     chat: Annotated[
         bool | None, typer.Option("--chat/--raw", help="Prompt format (default: the benchmark's natural one).")
     ] = None,
     layer: Annotated[int | None, typer.Option(help="Edited layer (default: the engine's).")] = None,
     threshold: Annotated[float | None, typer.Option(help="Routing threshold for the measured format.")] = None,
-    model: Annotated[str | None, typer.Option(help="Local Hugging Face model directory (default: bundled).")] = None,
+    model: Model = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per scoring batch.")] = 16,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")] = None,
+    threads: Threads = None,
 ) -> None:
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
     from editors.datasets import DatasetError
@@ -85,15 +88,15 @@ def evaluate(
 @cli.command()
 def bench(
     out_dir: Annotated[Path, typer.Option(help="Folder for bench.json and bench.png.")] = Path("bench-out"),
-    data_dir: Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")] = Path("var"),
+    data_dir: DataDir = Path("var"),
     dataset: Annotated[Path | None, typer.Option(help="ZsRE-format file for the real edits.")] = None,
-    model: Annotated[str | None, typer.Option(help="Local Hugging Face model directory (default: bundled).")] = None,
+    model: Model = None,
     real_edits: Annotated[
         int | None, typer.Option(min=1, help="Trained edits; larger edit counts are filled with random ones.")
     ] = None,
     repeats: Annotated[int | None, typer.Option(min=1, help="Timed repetitions per latency point.")] = None,
     http: Annotated[bool, typer.Option("--http/--no-http", help="Run the HTTP load test.")] = True,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")] = None,
+    threads: Threads = None,
     quick: Annotated[bool, typer.Option(help="Small smoke run of every section (a few minutes).")] = False,
 ) -> None:
     """Latency (edited vs unedited, 0 to 10k edits), routing time vs keys, edit latency split, HTTP throughput."""

@@ -26,7 +26,7 @@ from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
 from app.settings import Settings
 from app.worker import ModelWorker
-from storage.models import ACTIVE
+from storage.models import ACTIVE, REVOKED
 from storage.repository import (
     EditNotFound,
     EditPayload,
@@ -146,7 +146,8 @@ class EditService:
         """Bring the index in step with the database (edits made or revoked by other replicas)."""
         if self.engine is None:
             return
-        wanted = self.repo.active_edit_ids()
+        by_status = self.repo.edit_ids_by_status()
+        wanted = by_status[ACTIVE]
         have = set(self._active)
         for edit_id in sorted(have - wanted):
             with self._state_lock:
@@ -161,7 +162,7 @@ class EditService:
                     self._activate_payload(payload)
         for edit_id in set(self.refused) - wanted:  # revoked elsewhere: no longer a problem
             self.refused.pop(edit_id, None)
-        missing = self.repo.revoked_edit_ids() - self.engine.revoked_edit_ids()
+        missing = by_status[REVOKED] - self.engine.revoked_edit_ids()
         if missing:  # revoked by another replica before this one ever had it active
             with self._state_lock:
                 self._add_blockers(self.repo.revoked_keys(missing))
@@ -319,7 +320,7 @@ class EditService:
         with self._state_lock:
             record, changed = self._or_404(self.repo.revoke, edit_id, actor)
             self._deactivate(edit_id)  # also on a repeat: heals an index that missed an earlier revoke
-            if self.engine is not None and edit_id not in self.engine.revoked_edit_ids():  # e.g. refused, never active
+            if self.engine is not None and not self.engine.is_revoked(edit_id):  # e.g. refused, never active
                 self._add_blockers(self.repo.revoked_keys([edit_id]))
             self._publish()
         if changed:

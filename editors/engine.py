@@ -227,7 +227,7 @@ class EditingEngine:
         order = order if order is not None else next(self._orders)
         for name, key_space in self.routed.spaces.items():
             rows = [i for i, s in enumerate(spaces) if s == name]
-            if rows and edit_id not in key_space.index.revoked_ids():
+            if rows and not key_space.index.is_revoked(edit_id):
                 key_space.index.add(edit_id, keys[rows], order, revoked=True)
 
     def forget(self, edit_id: str) -> bool:
@@ -237,6 +237,10 @@ class EditingEngine:
 
     def active_edit_ids(self) -> set[str]:
         return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))
+
+    def is_revoked(self, edit_id: str) -> bool:
+        """Are this edit's keys held as blockers here?"""
+        return any(space.index.is_revoked(edit_id) for space in self.routed.spaces.values())
 
     def revoked_edit_ids(self) -> set[str]:
         return set().union(*(space.index.revoked_ids() for space in self.routed.spaces.values()))

@@ -37,7 +37,6 @@ class KeyIndex:
     _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> recency
     _key_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     _revoked: set[str] = field(default_factory=set, init=False, repr=False)  # edits whose keys only block
-    _revoked_keys: int = field(default=0, init=False, repr=False)
     _next_id: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,8 +63,11 @@ class KeyIndex:
     def revoked_ids(self) -> set[str]:
         return set(self._revoked)
 
+    def is_revoked(self, edit_id: str) -> bool:
+        return edit_id in self._revoked
+
     def revoked_key_count(self) -> int:
-        return self._revoked_keys
+        return sum(len(self._key_ids[e]) for e in self._revoked)
 
     def to_space(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -93,14 +95,12 @@ class KeyIndex:
             self._owner[key_id] = edit_id
         if revoked:
             self._revoked.add(edit_id)
-            self._revoked_keys += len(ids)
 
     def revoke(self, edit_id: str) -> bool:
         """Turn an active edit's keys into blockers; False if it was not active here."""
         if edit_id not in self:
             return False
         self._revoked.add(edit_id)
-        self._revoked_keys += len(self._key_ids[edit_id])
         return True
 
     def remove(self, edit_id: str) -> bool:
@@ -112,9 +112,7 @@ class KeyIndex:
         for key_id in ids.tolist():
             del self._owner[key_id]
         del self._order[edit_id]
-        if edit_id in self._revoked:
-            self._revoked.discard(edit_id)
-            self._revoked_keys -= len(ids)
+        self._revoked.discard(edit_id)
         return True
 
     def search(self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3) -> list[Route]:

@@ -259,10 +259,6 @@ class Repository:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == ACTIVE)) or 0)
 
-    def active_edit_ids(self) -> set[str]:
-        with self.session() as s:
-            return set(s.scalars(select(Edit.id).where(Edit.status == ACTIVE)))
-
     def active_key_counts(self) -> dict[str, int]:
         """edit id -> number of key rows, for every active edit (readiness: the index must match this)."""
         query = (
@@ -297,9 +293,13 @@ class Repository:
         """(edit id, seq, key rows) of revoked edits (all, or those among `edit_ids`), oldest first."""
         return self.keys_with_status(REVOKED, edit_ids)
 
-    def revoked_edit_ids(self) -> set[str]:
+    def edit_ids_by_status(self) -> dict[str, set[str]]:
+        """{"active": ids, "revoked": ids} in one query (replica sync polls it)."""
+        found: dict[str, set[str]] = {ACTIVE: set(), REVOKED: set()}
         with self.session() as s:
-            return set(s.scalars(select(Edit.id).where(Edit.status == REVOKED)))
+            for edit_id, status in s.execute(select(Edit.id, Edit.status)):
+                found[status].add(edit_id)
+        return found
 
     def keys_with_status(
         self, status: str, edit_ids: Iterable[str] | None = None

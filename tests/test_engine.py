@@ -116,25 +116,17 @@ def test_a_revoked_prompt_gets_the_unedited_model_even_with_a_neighbour_edit_act
     a, b = "What is the capital of Zorbania?", "What is the capital of Zorbanistan?"
     apply(eng, "a", a, "Quexiville")
     base_b = eng.prompt_logits([b], chat=True, use_edits=False)[0]
-    apply(eng, "b", b, "Brindlemoor")
-    eng.forget("b")
     ((caught_by, _),) = eng.routes_for([b], chat=True)
     assert caught_by == "a"  # the precondition: without blockers, a's edit would answer b's prompt
-    apply(eng, "b", b, "Brindlemoor")
+    trained = apply(eng, "b", b, "Brindlemoor")
     assert eng.deactivate("b") and eng.revoked_edit_ids() == {"b"} and eng.active_edit_ids() == {"a"}
     assert eng.routes_for([b], chat=True)[0][0] is None
     assert torch.equal(eng.prompt_logits([b], chat=True)[0], base_b)
     assert eng.generate([a], 10, chat=True)[0].routed_edit_id == "a"  # the neighbour still answers its own
-    eng.add_revoked("b", *_keys_and_kinds(eng, b))  # a rebuild adding blockers twice changes nothing
+    eng.add_revoked("b", trained.keys, trained.key_kinds)  # a rebuild adding blockers twice changes nothing
     assert eng.num_revoked_keys() == 2 and eng.num_keys() == 2
-    trained = eng.train_edit(b, "Brindlemoor")
     eng.activate("b", trained.adapter, trained.keys, key_kinds=trained.key_kinds)  # restore
     assert eng.generate([b], 10, chat=True)[0].routed_edit_id == "b" and eng.num_revoked_keys() == 0
-
-
-def _keys_and_kinds(eng: EditingEngine, prompt: str) -> tuple[object, list[str]]:
-    trained = eng.train_edit(prompt, "x")
-    return trained.keys, trained.key_kinds
 
 
 def test_exported_peft_adapter_reproduces_the_edit(eng: EditingEngine, tmp_path: Path) -> None:
