@@ -28,6 +28,8 @@ class EditRecord:
     rephrase: str | None = None  # generalization prompt (None: the format has none)
     locality_prompt: str | None = None  # an unrelated prompt whose prediction must not change
     locality_answer: str | None = None  # its reference continuation (teacher-forced)
+    # KnowEdit's Relation_Specificity: the SAME subject asked about ANOTHER relation, (prompt, answer) each.
+    relation_locality: tuple[tuple[str, str], ...] = ()
 
 
 def _first_string(value: Any) -> str | None:
@@ -107,27 +109,38 @@ def _hallucination(r: _Reader) -> EditRecord:
     )
 
 
+def _cases(r: _Reader, locality: dict[str, Any], name: str) -> list[tuple[str | None, str | None]]:
+    """(prompt, answer) of each case of one KnowEdit locality kind; a blank one is (None, None)."""
+    cases = locality.get(name) or []
+    if not isinstance(cases, list):
+        raise DatasetError(f"record {r.index}: field 'locality.{name}' must be a list")
+    out: list[tuple[str | None, str | None]] = []
+    for i, case in enumerate(cases):
+        field = f"locality.{name}[{i}]"
+        if not isinstance(case, dict):
+            raise DatasetError(f"record {r.index}: {field!r} must be an object")
+        loc = _Reader(case, r.index)
+        try:
+            out.append((loc.probe("prompt"), loc.probe("ground_truth")))
+        except DatasetError as exc:
+            raise DatasetError(str(exc).replace("field '", f"field '{field}.")) from None
+    return out
+
+
 def _knowedit(r: _Reader) -> EditRecord:
     # Field fallbacks follow EasyEdit's KnoweditDataset (WikiBio uses text/labels, some splits lack rephrases).
-    locality = r.raw.get("locality")
+    # Some upstream records have no locality cases at all (`{}`): they measure no locality, like a blank one.
+    locality = r.raw.get("locality", {})
     if not isinstance(locality, dict):
-        raise DatasetError(f"record {r.index}: missing field 'locality'")
-    cases = locality.get("Relation_Specificity") or locality.get("Forgetfulness")
-    if not isinstance(cases, list) or not cases:
-        raise DatasetError(f"record {r.index}: missing field 'locality.Relation_Specificity'")
-    case = cases[0]
-    if not isinstance(case, dict):
-        raise DatasetError(f"record {r.index}: 'locality.Relation_Specificity[0]' must be an object")
-    loc = _Reader(case, r.index)
-    try:
-        loc_prompt, loc_answer = loc.probe("prompt"), loc.probe("ground_truth")
-    except DatasetError as exc:
-        raise DatasetError(str(exc).replace("field '", "field 'locality.Relation_Specificity[0].")) from None
+        raise DatasetError(f"record {r.index}: field 'locality' must be an object")
+    relation = _cases(r, locality, "Relation_Specificity")
+    first = (relation or _cases(r, locality, "Forgetfulness") or [(None, None)])[0]
     return EditRecord(
         prompt=r.edit("prompt", "text"),
         target=r.edit("target_new", "labels"),
         rephrase=r.probe("rephrase_prompt", "rephrase", required=False),
-        **_locality(loc_prompt, loc_answer),
+        relation_locality=tuple((p, a) for p, a in relation if p is not None and a is not None),
+        **_locality(*first),
     )
 
 

@@ -47,7 +47,8 @@ KNOWEDIT = {
     "locality": {
         "Relation_Specificity": [
             {"prompt": "The taxon rank of Epaspidoceras is", "ground_truth": [["genus", "genera"]]},
-            {"prompt": "second case is ignored", "ground_truth": "x"},
+            {"prompt": "Epaspidoceras was described by", "ground_truth": "Spath"},
+            {"prompt": "", "ground_truth": "a blank prompt measures nothing"},
         ]
     },
 }
@@ -78,7 +79,7 @@ def test_hallucination_has_no_rephrase() -> None:
     assert record.locality_answer == "and College of Professional Studies."
 
 
-def test_knowedit_takes_first_locality_case_and_first_string() -> None:
+def test_knowedit_keeps_every_same_subject_case_with_first_strings() -> None:
     (record,) = parse_records([KNOWEDIT], "knowedit").records
     assert record == EditRecord(
         prompt="Which family does Epaspidoceras belong to?",
@@ -86,6 +87,10 @@ def test_knowedit_takes_first_locality_case_and_first_string() -> None:
         rephrase="What family are Epaspidoceras?",
         locality_prompt="The taxon rank of Epaspidoceras is",
         locality_answer="genus",
+        relation_locality=(
+            ("The taxon rank of Epaspidoceras is", "genus"),
+            ("Epaspidoceras was described by", "Spath"),
+        ),
     )
 
 
@@ -108,9 +113,10 @@ def test_missing_field_names_record_index_and_field() -> None:
     del no_loc["locality_ground_truth"]
     with pytest.raises(DatasetError, match=r"record 0: missing field 'locality_ground_truth'"):
         parse_records([no_loc], "counterfact")
-    no_spec = {**KNOWEDIT, "locality": {}}
-    with pytest.raises(DatasetError, match=r"record 0: missing field 'locality.Relation_Specificity'"):
-        parse_records([no_spec], "knowedit")
+    no_cases = parse_records([{**KNOWEDIT, "locality": {}}], "knowedit").records[0]  # upstream has such records
+    assert (no_cases.locality_prompt, no_cases.relation_locality) == (None, ())
+    with pytest.raises(DatasetError, match=r"record 0: field 'locality' must be an object"):
+        parse_records([{**KNOWEDIT, "locality": ["x"]}], "knowedit")
 
 
 def test_blank_target_skips_the_record_and_blank_probes_drop_only_their_metric() -> None:
@@ -171,6 +177,8 @@ def test_jsonl(tmp_path: Path) -> None:
         ("zsre/zsre_mend_train_1k.json", "zsre"),
         ("counterfact/counterfact_train.json", "counterfact"),
         ("hallucination/hallucination_train.json", "hallucination"),
+        ("knowedit/wiki_counterfact_train.json", "knowedit"),
+        ("knowedit/wiki_recent_train.json", "knowedit"),
     ],
 )
 def test_shared_benchmark_files_load(name: str, fmt: str) -> None:
@@ -179,4 +187,8 @@ def test_shared_benchmark_files_load(name: str, fmt: str) -> None:
         pytest.skip(f"{path} not present")
     loaded = load_records(path, fmt)
     assert len(loaded.records) >= 300 and len(loaded.skipped) <= 5
-    assert sum(r.locality_prompt is not None for r in loaded.records) >= 0.95 * len(loaded.records)
+    share = 0.6 if fmt == "knowedit" else 0.95  # about 30% of KnowEdit records carry no locality case
+    assert sum(r.locality_prompt is not None for r in loaded.records) >= share * len(loaded.records)
+    if fmt == "knowedit":  # every same-subject case is kept (wiki_recent has about 3 a record)
+        cases = sum(len(r.relation_locality) for r in loaded.records)
+        assert cases >= sum(r.locality_prompt is not None for r in loaded.records) * (2 if "recent" in name else 0.8)
