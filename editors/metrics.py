@@ -9,6 +9,7 @@ teacher-forced next-token predictions left unchanged from the unedited model, an
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 
 
@@ -34,6 +35,19 @@ def contains_target(generated: str, target: str) -> bool:
     """Exact-match variant: the greedy continuation contains the target (case-insensitive, stripped)."""
     needle = target.strip().lower()
     return bool(needle) and needle in generated.strip().lower()
+
+
+def is_degenerate(generated: str, target: str) -> bool:
+    """An edited answer that loops on the target ("Rust? Rust? Rust?": the target again right after itself)
+    or runs on inside it ("$499" for "$49", "Tomasz Nowakakak" for "Tomasz Nowak"). Case-insensitive; a later,
+    separate mention is normal text, and an answer without the target is a reliability miss, not counted."""
+    needle, text = target.strip().lower(), generated.strip().lower()
+    if not needle or needle not in text:
+        return False
+    if re.search(re.escape(needle) + r"[\W_]{0,3}" + re.escape(needle), text):
+        return True
+    after = text[text.index(needle) + len(needle) :][:1]
+    return needle[-1].isalnum() and after.isalnum()
 
 
 def routing_precision(routed: Sequence[str | None], expected: Sequence[str]) -> float | None:

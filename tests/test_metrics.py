@@ -47,6 +47,24 @@ def test_contains_target_is_case_insensitive_and_stripped() -> None:
     assert not metrics.contains_target("anything", "   ")  # an empty target never matches
 
 
+@pytest.mark.parametrize(
+    ("generated", "target", "degenerate"),
+    [
+        ("Rust? Rust? Rust?", "Rust", True),  # loops on the target
+        ("Sheffield Sheffield", "Sheffield", True),
+        ("Sheffield's capital, but it's not Sheffield's capital.", "Sheffield", False),  # a later mention
+        ("Tomasz Nowakakakzak", "Tomasz Nowak", True),  # runs on inside the last word
+        ("$499", "$49", True),
+        ("Jane Doe.", "Jane Doe", False),
+        ("Rust, a language.", "rust", False),
+        ("Python", "Rust", False),  # no target at all: a reliability miss, not a degenerate answer
+        ("The answer is 5.", "5", False),
+    ],
+)
+def test_is_degenerate(generated: str, target: str, degenerate: bool) -> None:
+    assert metrics.is_degenerate(generated, target) is degenerate
+
+
 def test_routing_precision_counts_only_routed_queries() -> None:
     # 4 routed (2 right, 2 wrong), 2 not routed -> 2/4
     routed = ["a", "b", "x", None, "d", None]
