@@ -33,7 +33,7 @@ from tqdm import tqdm
 from editors import metrics
 from editors.adapter_io import serialize_adapter
 from editors.datasets import EditRecord, load_records
-from editors.engine import EditingEngine, space_of
+from editors.engine import EditingEngine, key_kind
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
 from router.key_index import KeyIndex
@@ -158,44 +158,22 @@ def add_real_edits(
         timings.steps.append(float(trained.steps))
         timings.commit.append(committer.commit(edit_id, record, trained))
         start = time.perf_counter()
-        engine.activate(edit_id, trained.adapter, trained.keys, key_kinds=trained.key_kinds)
+        engine.activate(edit_id, trained.adapter, trained.keys, trained.key_kinds, record.prompt, record.target)
         timings.activate.append(time.perf_counter() - start)
         added.append(RealEdit(edit_id, record, trained.keys, trained.key_kinds))
     return added
 
 
 class RandomEdits:
-    """Filler edits with adapters of the real shapes and random keys that no real prompt will hit.
-
-    A random key is placed at the router's centre plus a random direction of the typical real key offset,
-    so in the routing space (centred, normalised) it is a random unit vector, like real keys are.
-    """
+    """Filler edits with adapters of the real shapes, random unit content keys, and a made-up subject that
+    no real prompt mentions: they cost the router what real keys cost, and never fire on a real prompt."""
 
     def __init__(self, engine: EditingEngine, seed: int):
         self.engine = engine
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        # The router's per-format centres (read-only use of the engine's key spaces).
-        self.centers = {name: space.index.center for name, space in engine.routed.spaces.items()}
-        self.radius = 1.0
+        self.spaces = list(engine.routed.spaces)
         self.count = 0
-
-    def calibrate(self, real: Sequence[RealEdit]) -> None:
-        """Typical distance of a real key from its format's centre."""
-        offsets = [
-            float(np.linalg.norm(key - center))
-            for edit in real
-            for key, kind in zip(edit.keys, edit.key_kinds, strict=True)
-            if (center := self.centers.get(space_of(kind))) is not None
-        ]
-        if offsets:
-            self.radius = float(np.median(offsets))
-
-    def _key(self, space: str) -> np.ndarray:
-        direction = self.rng.standard_normal(self.engine.host.hidden_size).astype(np.float32)
-        direction /= np.linalg.norm(direction)
-        center = self.centers[space]
-        return (direction * self.radius + (0 if center is None else center)).astype(np.float32)
 
     def add(self, n: int) -> None:
         bank, config = self.engine.bank, self.engine.config
@@ -205,9 +183,10 @@ class RandomEdits:
             adapter = serialize_adapter(
                 lora_A, lora_B, layer=config.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
             )
-            spaces = list(self.centers)
-            keys = np.stack([self._key(s) for s in spaces])
-            self.engine.activate(f"rand{self.count:06d}", adapter, keys, key_kinds=spaces)
+            keys = self.rng.standard_normal((len(self.spaces), self.engine.host.hidden_size)).astype(np.float32)
+            kinds = [key_kind(space == "chat", None) for space in self.spaces]
+            prompt = f"Who founded Qzx{self.count}v Wrk{self.count}?"
+            self.engine.activate(f"rand{self.count:06d}", adapter, keys, kinds, prompt, "Jo Random")
             self.count += 1
 
 
@@ -264,7 +243,6 @@ def bench_generation(opts: BenchOptions, records: Sequence[EditRecord]) -> tuple
                 if want_real > len(real):
                     added = add_real_edits(edited, records[len(real) : want_real], len(real), committer, timings)
                     real += added
-                    filler.calibrate(real)
                 filler.add(count - len(edited.active_edit_ids()))
                 points += latency_points(edited, unedited, real, records, opts)
         finally:
@@ -311,24 +289,28 @@ def latency_points(
 # ---- section 2: routing time vs number of keys ----------------------------------------------------------
 
 
-def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.70, k: int = 8) -> list[dict[str, Any]]:
+def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.40, k: int = 8) -> list[dict[str, Any]]:
     """Median search time through the router's own KeyIndex (flat, exact) as keys grow; one index, refilled.
 
     Keys are added in groups of 1,000 per pseudo-edit: search cost depends on the total number of keys only.
+    Each search includes the lexical stage (subject coverage of the k candidates).
     """
     rng = np.random.default_rng(opts.seed)
-    index = KeyIndex(dim, kind="flat", center=None)
+    index = KeyIndex(dim, kind="flat")
+    subject = [frozenset({"acme", "corporation"})]
+    words = [frozenset({"who", "is", "the", "ceo", "of", "acme", "corporation"})] * 8
     queries = rng.standard_normal((64, dim)).astype(np.float32)
     group, points = 1_000, []
     for size in sorted(opts.routing_sizes):
         with tqdm(total=size - len(index), desc=f"keys to {size:,}", unit="key", file=sys.stderr, leave=False) as bar:
             while len(index) < size:
                 n = min(group, size - len(index))
-                index.add(f"g{len(index)}", rng.standard_normal((n, dim)).astype(np.float32), order=len(index))
+                keys = rng.standard_normal((n, dim)).astype(np.float32)
+                index.add(f"g{len(index)}", keys, subject * n, order=len(index))
                 bar.update(n)
         repeats = max(5, min(200, int(2e7 / size)))  # fewer repeats where one search is slow
-        single = [_timed(lambda i=i: index.search(queries[i % 64], threshold, k)) for i in range(repeats)]
-        batch = [_timed(lambda: index.search(queries[:8], threshold, k)) for _ in range(max(3, repeats // 4))]
+        single = [_timed(lambda i=i: index.search(queries[i % 64], words[:1], threshold, k)) for i in range(repeats)]
+        batch = [_timed(lambda: index.search(queries[:8], words, threshold, k)) for _ in range(max(3, repeats // 4))]
         point = {
             "keys": size,
             "batch1_ms": 1000 * (metrics.median(single) or 0.0),

@@ -51,7 +51,9 @@ def evaluate(
         bool | None, typer.Option("--chat/--raw", help="Prompt format (default: the benchmark's natural one).")
     ] = None,
     layer: Annotated[int | None, typer.Option(help="Edited layer (default: the engine's).")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Routing threshold for the measured format.")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Routing threshold (score = content cosine x subject coverage^2).")
+    ] = None,
     model: Model = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per scoring batch.")] = 16,
     threads: Threads = None,

@@ -15,7 +15,6 @@ import queue
 import threading
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,7 +25,7 @@ from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
 from app.settings import Settings
 from app.worker import ModelWorker
-from storage.models import ACTIVE, REVOKED
+from storage.models import ACTIVE
 from storage.repository import (
     EditNotFound,
     EditPayload,
@@ -67,12 +66,7 @@ def engine_config(settings: Settings) -> Any:
     """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
     from editors.types import EngineConfig
 
-    knobs = {
-        "layer": settings.layer,
-        "threshold": settings.threshold,
-        "raw_threshold": settings.raw_threshold,
-        "rank": settings.rank,
-    }
+    knobs = {"layer": settings.layer, "threshold": settings.threshold, "rank": settings.rank}
     return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
 
 
@@ -131,7 +125,6 @@ class EditService:
         with self._state_lock:
             self.host, self.engine = host, engine
             loaded = sum(self._activate_payload(p) for p in self.repo.active_payloads())
-            self._add_blockers(self.repo.revoked_keys())
             self._publish()
         self.state = "ready"
         log.info(
@@ -162,10 +155,6 @@ class EditService:
                     self._activate_payload(payload)
         for edit_id in set(self.refused) - wanted:  # revoked elsewhere: no longer a problem
             self.refused.pop(edit_id, None)
-        missing = by_status[REVOKED] - self.engine.revoked_edit_ids()
-        if missing:  # revoked by another replica before this one ever had it active
-            with self._state_lock:
-                self._add_blockers(self.repo.revoked_keys(missing))
         self._publish()
 
     # ---- engine bookkeeping (worker thread) -------------------------------------------------------
@@ -190,8 +179,11 @@ class EditService:
         problem = self._verify(payload)
         if problem is None:
             keys, kinds = rows_to_keys(payload.keys), [k.kind for k in payload.keys]
+            edit = payload.edit
             try:
-                self.engine.activate(edit_id, payload.adapter, keys, order=payload.edit.seq, key_kinds=kinds)
+                self.engine.activate(
+                    edit_id, payload.adapter, keys, kinds, edit.prompt, edit.target, edit.rephrases, edit.seq
+                )
             except ValueError as exc:  # AdapterMismatch, or keys the engine cannot place
                 problem = str(exc)
         if problem is not None:
@@ -202,19 +194,9 @@ class EditService:
         self.refused.pop(edit_id, None)
         return True
 
-    def _add_blockers(self, revoked: Iterable[tuple[str, int, list[KeyRow]]]) -> None:
-        """A revoked edit's keys keep their neighbourhood on the unedited model (see router/key_index.py)."""
-        for edit_id, seq, rows in revoked:
-            if not rows or any(k.dim != self.host.hidden_size for k in rows):
-                continue  # keys from another model: they could not route anything here either
-            try:
-                self.engine.add_revoked(edit_id, rows_to_keys(rows), [k.kind for k in rows], order=seq)
-            except ValueError as exc:
-                log.warning("revoked edit %s: keys not loaded as blockers: %s", edit_id, exc)
-
     def _deactivate(self, edit_id: str) -> None:
         if self.engine is not None:
-            self.engine.deactivate(edit_id)
+            self.engine.revoke(edit_id)
         self._active.discard(edit_id)
         self.refused.pop(edit_id, None)
 
@@ -304,8 +286,9 @@ class EditService:
                 )
 
     def _supersessions(self, prompt: str) -> list[Supersession]:
-        """The active edit answering this very prompt now, if its key is (near-)identical to the new edit's:
-        the new edit takes over (newest wins ties); the older one answers again if the newer is revoked."""
+        """The active edit answering this very prompt now, if the router scores it (near-)identical to the new
+        edit's (same content and every subject word): the new edit takes over (newest wins ties); the older
+        one answers again if the newer is revoked."""
         best: dict[str, float] = {}
         for chat in [True, False] if self.host.has_chat_template else [False]:
             (edit_id, similarity), *_ = self.engine.routes_for([prompt], chat=chat)
@@ -320,8 +303,6 @@ class EditService:
         with self._state_lock:
             record, changed = self._or_404(self.repo.revoke, edit_id, actor)
             self._deactivate(edit_id)  # also on a repeat: heals an index that missed an earlier revoke
-            if self.engine is not None and not self.engine.is_revoked(edit_id):  # e.g. refused, never active
-                self._add_blockers(self.repo.revoked_keys([edit_id]))
             self._publish()
         if changed:
             log.info("edit %s revoked by %s", edit_id, actor)

@@ -34,8 +34,7 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1)
     # Editing method knobs; None keeps editors.types.EngineConfig's measured defaults.
     layer: int | None = None
-    threshold: float | None = None  # chat-prompt routing threshold
-    raw_threshold: float | None = None  # raw (completion) prompt routing threshold
+    threshold: float | None = None  # routing score an edit needs to fire (chat and raw prompts)
     rank: int | None = None
     # Keys at least this similar to an older active edit's key mark the older one as superseded.
     supersede_similarity: float = Field(0.999, gt=0.0, le=1.0)

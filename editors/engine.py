@@ -18,21 +18,40 @@ import torch
 
 from editors.adapter_io import adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
+from editors.content import ContentEncoder
 from editors.lora_bank import BankedLoRALinear, LoRABank
-from editors.model_host import ModelHost
+from editors.model_host import ChatContext, ModelHost, PromptTokens
 from editors.routed_layer import CaptureSession, KeySpace, RoutedLayer, RoutingSession, Session, StopForward
 from editors.training import EditExample, train_lora
 from editors.types import EngineConfig, Generation, Score, TrainedEdit
-from router.key_index import KeyIndex
+from router import lexical
+from router.key_index import KeyIndex, Route
 
 
 class AdapterMismatch(ValueError):
     """An adapter that was trained for another base model, layer or rank: refused, never used."""
 
 
-def space_of(key_kind: str) -> str:
-    """Key kinds are "chat", "raw", "rephrase-chat:0", ...: each lives in its prompt format's space."""
-    return "chat" if "chat" in key_kind else "raw"
+def key_kind(chat: bool, rephrase: int | None) -> str:
+    """Names one routing key: its prompt format and which prompt, e.g. "chat:prompt", "raw:rephrase:0"."""
+    return f"{'chat' if chat else 'raw'}:" + ("prompt" if rephrase is None else f"rephrase:{rephrase}")
+
+
+def is_legacy_kind(kind: str) -> bool:
+    """Kinds of the first router ("chat", "raw", "rephrase-chat:0"): their vectors are last-token states,
+    not content vectors, so the engine recomputes those keys from the stored prompt text."""
+    return kind in ("chat", "raw") or kind.startswith("rephrase-")
+
+
+def parse_kind(kind: str) -> tuple[str, int | None]:
+    """(space, rephrase index or None) of a key kind, legacy kinds included."""
+    if is_legacy_kind(kind):
+        space = "chat" if "chat" in kind else "raw"
+        return space, int(kind.rsplit(":", 1)[1]) if kind.startswith("rephrase-") else None
+    space, _, rest = kind.partition(":")
+    if space not in ("chat", "raw") or not (rest == "prompt" or rest.startswith("rephrase:")):
+        raise ValueError(f"unknown key kind {kind!r}")
+    return space, None if rest == "prompt" else int(rest.split(":", 1)[1])
 
 
 class EditingEngine:
@@ -52,30 +71,34 @@ class EditingEngine:
         original.mlp.down_proj = proj
         self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
         layers[self.config.layer] = self.routed
-        thresholds = {"chat": self.config.threshold, "raw": self.config.raw_threshold}
-        for space in ("chat", "raw") if host.has_chat_template else ("raw",):
-            center = self._calibration_center(chat=space == "chat")
-            index = KeyIndex(host.hidden_size, kind=index_kind, center=center)
-            self.routed.spaces[space] = KeySpace(index, thresholds[space])
+        for space in self._spaces():
+            index = KeyIndex(host.hidden_size, kind=index_kind)
+            self.routed.spaces[space] = KeySpace(index, self.config.threshold, self._content_encoder(space == "chat"))
         self._orders = itertools.count(1)
 
-    def _calibration_center(self, chat: bool) -> np.ndarray:
-        """Mean edited-layer input at the last token of fixed generic prompts (see editors/calibration.py).
+    def _spaces(self) -> list[str]:
+        return ["chat", "raw"] if self.host.has_chat_template else ["raw"]
+
+    def _content_encoder(self, chat: bool) -> ContentEncoder:
+        """Background token states of fixed generic prompts (editors/calibration.py) in one prompt format.
 
         Deterministic for a given model, layer and prompt set, so it is cached beside the bundled weights.
         """
         tag = hashlib.sha256("\n".join(CALIBRATION_PROMPTS).encode()).hexdigest()[:12]
-        name = f"sola-center-{self.host.fingerprint[:12]}-L{self.config.layer}-{'chat' if chat else 'raw'}-{tag}.npy"
+        name = (
+            f"sola-background-{self.host.fingerprint[:12]}-L{self.config.layer}-{'chat' if chat else 'raw'}-{tag}.npy"
+        )
         cached = self.host.artifact_dir / name if self.host.artifact_dir else None
         if cached is not None and cached.is_file():
-            return np.load(cached)
-        examples = [EditExample(self._prompt_ids(p, chat), []) for p in CALIBRATION_PROMPTS]
-        center = self._key_states(examples).mean(axis=0)
+            return ContentEncoder.fit(torch.from_numpy(np.load(cached)))
+        prompts = [self._encode(p, chat) for p in CALIBRATION_PROMPTS]
+        hidden, _ = self._capture([EditExample(p.ids, []) for p in prompts])
+        states = torch.cat([hidden[row, p.span[0] : p.span[1]] for row, p in enumerate(prompts)]).float()
         if cached is not None:
             partial = cached.with_suffix(".partial.npy")
-            np.save(partial, center)
+            np.save(partial, states.numpy())
             partial.replace(cached)  # atomic: concurrent starts never read half a file
-        return center
+        return ContentEncoder.fit(states)
 
     # ---- sessions -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -87,44 +110,70 @@ class EditingEngine:
             self.routed.session = None
 
     # ---- tokenisation helpers -------------------------------------------------------------------
-    def _prompt_ids(self, prompt: str, chat: bool) -> list[int]:
-        return self.host.encode(self.host.format_prompt(prompt, chat))
+    def _encode(self, prompt: str, chat: bool, context: ChatContext | None = None) -> PromptTokens:
+        tokens = self.host.encode_prompt(prompt, chat, context)
+        start, end = tokens.span
+        if not chat and start == 0 and end > 1:
+            # A raw prompt's first token is the attention sink: its state is huge and says nothing of the text.
+            return PromptTokens(tokens.ids, (1, end))
+        return tokens
 
     def _target_ids(self, target: str, chat: bool) -> list[int]:
         # A completion continues the prompt after a space; a chat answer starts the assistant turn.
         text = target if chat or target[:1].isspace() else " " + target
         return self.host.encode(text)
 
-    def _space(self, chat: bool) -> str:
-        return "chat" if chat else "raw"
+    def _answer_ids(self, prompt: str, target: str, chat: bool, continuation: bool = True) -> list[int]:
+        """What the edit trains after a prompt: the target, then the end of the turn (chat) or the base model's
+        own first `continuation_tokens` tokens after it (raw: a completion has no end of turn)."""
+        target_ids = self._target_ids(target, chat)
+        if chat:
+            return target_ids + self.host.end_of_turn_ids()[:1]
+        if not (continuation and self.config.continuation_tokens):
+            return target_ids
+        ids = torch.tensor([self._encode(prompt, False).ids + target_ids], device=self.host.device)
+        with torch.no_grad():
+            out = self.host.model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.config.continuation_tokens,
+                do_sample=False,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.host.tokenizer.pad_token_id,
+            )
+        return target_ids + out[0, ids.shape[1] :].tolist()
 
     def _formats(self) -> list[bool]:
         return [True, False] if self.host.has_chat_template else [False]
+
+    def subject_words(self, text: str) -> frozenset[str]:
+        return lexical.subject_words(text, self.host.is_common_word)
 
     # ---- editing --------------------------------------------------------------------------------
     def train_edit(self, prompt: str, target: str, rephrases: Sequence[str] = ()) -> TrainedEdit:
         """Keys + a fresh LoRA trained alone against the frozen base model. Activates nothing."""
         start = time.perf_counter()
         examples: list[EditExample] = []
+        spans: list[tuple[int, int]] = []
         kinds: list[str] = []
-        eot = self.host.end_of_turn_ids()[:1]
+        answers = {chat: self._answer_ids(prompt, target, chat) for chat in self._formats()}
         for i, text in enumerate([prompt, *rephrases]):
             for chat in self._formats():
-                target_ids = self._target_ids(target, chat) + (eot if chat else [])
-                examples.append(EditExample(self._prompt_ids(text, chat), target_ids))
-                kinds.append(("chat" if chat else "raw") if i == 0 else f"rephrase-{'chat' if chat else 'raw'}:{i - 1}")
+                encoded = self._encode(text, chat)
+                examples.append(EditExample(encoded.ids, answers[chat]))
+                spans.append(encoded.span)
+                kinds.append(key_kind(chat, None if i == 0 else i - 1))
         n_keys = len(examples)
         # The router alone decides when an edit applies, so its LoRA may answer the target whatever the
         # question: training it on a few unrelated generic prompts too makes it carry over to paraphrases.
         rng = random.Random(f"{self.config.seed}:{prompt}")
         for text in rng.sample(CALIBRATION_PROMPTS, self.config.generic_contexts):
-            chat = self.host.has_chat_template
-            examples.append(
-                EditExample(self._prompt_ids(text, chat), self._target_ids(target, chat) + (eot if chat else []))
-            )
+            for chat in self._formats():
+                examples.append(EditExample(self._encode(text, chat).ids, answers[chat]))
         hidden, kwargs = self._capture(examples)
-        key_pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples[:n_keys]])
-        keys = hidden[torch.arange(n_keys), key_pos].float().numpy()
+        keys = self._contents(hidden[:n_keys], spans, kinds)
         key_seconds = time.perf_counter() - start
         result = train_lora(
             self.host.model,
@@ -156,6 +205,27 @@ class EditingEngine:
             train_seconds=total - key_seconds,
         )
 
+    def _contents(self, hidden: torch.Tensor, spans: Sequence[tuple[int, int]], kinds: Sequence[str]) -> np.ndarray:
+        """Content vectors [n, D] of right-padded rows, each in its own kind's space."""
+        out = np.zeros((len(spans), self.host.hidden_size), dtype=np.float32)
+        for space in self._spaces():
+            rows = [i for i, k in enumerate(kinds) if parse_kind(k)[0] == space]
+            if rows:
+                encoder = self.routed.spaces[space].encoder
+                out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).numpy()
+        return out
+
+    def content_keys(self, prompt: str, rephrases: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
+        """The routing keys train_edit would store for this edit, without training (re-keying old edits)."""
+        encoded: list[PromptTokens] = []
+        kinds: list[str] = []
+        for i, text in enumerate([prompt, *rephrases]):
+            for chat in self._formats():
+                encoded.append(self._encode(text, chat))
+                kinds.append(key_kind(chat, None if i == 0 else i - 1))
+        hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
+        return self._contents(hidden, [e.span for e in encoded], kinds), kinds
+
     def _capture(self, examples: Sequence[EditExample]) -> tuple[torch.Tensor, dict]:
         """One partial forward (layers below the edited one) over the right-padded training batch."""
         seqs = [e.prompt_ids + e.target_ids for e in examples]
@@ -166,20 +236,22 @@ class EditingEngine:
         assert session.hidden_states is not None
         return session.hidden_states, session.kwargs
 
-    def _key_states(self, examples: Sequence[EditExample]) -> np.ndarray:
-        hidden, _ = self._capture(examples)
-        pos = torch.tensor([len(e.prompt_ids) - 1 for e in examples])
-        return hidden[torch.arange(len(examples)), pos].float().numpy()
-
     def activate(
         self,
         edit_id: str,
         adapter: bytes,
         keys: np.ndarray,
+        key_kinds: Sequence[str],
+        prompt: str,
+        target: str,
+        rephrases: Sequence[str] = (),
         order: int | None = None,
-        key_kinds: Sequence[str] | None = None,
     ) -> None:
-        """Bank the weights and index the keys (raw hidden states from train_edit, one kind per row)."""
+        """Bank the weights and index the keys (from train_edit, one kind per row).
+
+        `prompt` and `rephrases` are the texts the keys were made from: their subject words are the
+        lexical half of each key, and keys of the first router's kinds are recomputed from them. `target`
+        sets how many generated tokens the edit's delta applies to (its answer)."""
         if edit_id in self.bank:
             return
         parsed = deserialize_adapter(adapter)
@@ -190,67 +262,50 @@ class EditingEngine:
                 f"edit {edit_id} targets layer {parsed.layer} rank {parsed.rank}; "
                 f"engine is layer {self.config.layer} rank {self.config.rank}"
             )
+        if len(key_kinds) != len(keys):
+            raise ValueError(f"edit {edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
+        if any(is_legacy_kind(k) for k in key_kinds):
+            keys, key_kinds = self.content_keys(prompt, rephrases)
         keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
-        spaces = self._key_spaces(edit_id, keys, key_kinds)
+        texts = [prompt, *rephrases]
+        placed: dict[str, list[int]] = {}
+        for row, kind in enumerate(key_kinds):
+            space, rephrase = parse_kind(kind)
+            if space not in self.routed.spaces:
+                raise AdapterMismatch(f"edit {edit_id} has {space} keys; this model has no such prompt format")
+            if rephrase is not None and rephrase >= len(rephrases):
+                raise ValueError(f"edit {edit_id}: key {kind!r} names a rephrase it does not have")
+            placed.setdefault(space, []).append(row)
         order = order if order is not None else next(self._orders)
         self.bank.add(edit_id, parsed.lora_A, parsed.lora_B, parsed.scale)
         try:
-            for name, key_space in self.routed.spaces.items():
-                rows = [i for i, s in enumerate(spaces) if s == name]
-                if rows:
-                    key_space.index.add(edit_id, keys[rows], order)
+            for space, rows in placed.items():
+                subjects = [self.subject_words(texts[self._text_of(key_kinds[r])]) for r in rows]
+                key_space = self.routed.spaces[space]
+                key_space.answer_tokens[edit_id] = len(self._answer_ids(prompt, target, space == "chat", False))
+                key_space.index.add(edit_id, keys[rows], subjects, order)
         except Exception:
-            self.forget(edit_id)  # a failed activation leaves nothing behind, not even blockers
+            self.revoke(edit_id)  # a failed activation leaves nothing behind
             raise
 
-    def _key_spaces(self, edit_id: str, keys: np.ndarray, key_kinds: Sequence[str] | None) -> list[str]:
-        if key_kinds is None or len(key_kinds) != len(keys):
-            raise ValueError(f"edit {edit_id}: key_kinds must name the prompt format of each of the {len(keys)} keys")
-        spaces = [space_of(k) for k in key_kinds]
-        if unknown := set(spaces) - set(self.routed.spaces):
-            raise AdapterMismatch(f"edit {edit_id} has {sorted(unknown)} keys; this model has no such format")
-        return spaces
+    @staticmethod
+    def _text_of(kind: str) -> int:
+        """Index into [prompt, *rephrases] of the text a key was made from."""
+        rephrase = parse_kind(kind)[1]
+        return 0 if rephrase is None else rephrase + 1
 
-    def deactivate(self, edit_id: str) -> bool:
-        """Revoke: the weights leave the bank and the keys stay only as blockers (see router/key_index.py),
-        so this edit's prompts get the unedited model back even where other edits are near."""
-        revoked = [space.index.revoke(edit_id) for space in self.routed.spaces.values()]
-        return self.bank.remove(edit_id) or any(revoked)
-
-    def add_revoked(self, edit_id: str, keys: np.ndarray, key_kinds: Sequence[str], order: int | None = None) -> None:
-        """Blockers for an edit revoked before this engine saw it active (startup rebuild, other replicas)."""
-        if edit_id in self.bank:
-            self.deactivate(edit_id)
-            return
-        keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
-        spaces = self._key_spaces(edit_id, keys, key_kinds)
-        order = order if order is not None else next(self._orders)
-        for name, key_space in self.routed.spaces.items():
-            rows = [i for i, s in enumerate(spaces) if s == name]
-            if rows and not key_space.index.is_revoked(edit_id):
-                key_space.index.add(edit_id, keys[rows], order, revoked=True)
-
-    def forget(self, edit_id: str) -> bool:
-        """Drop an edit entirely, blockers included (the engine then behaves as if it never existed)."""
+    def revoke(self, edit_id: str) -> bool:
+        """The weights leave the bank and the keys the index: queries answer as if the edit was never made."""
         removed = [space.index.remove(edit_id) for space in self.routed.spaces.values()]
+        for space in self.routed.spaces.values():
+            space.answer_tokens.pop(edit_id, None)
         return self.bank.remove(edit_id) or any(removed)
 
     def active_edit_ids(self) -> set[str]:
         return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))
 
-    def is_revoked(self, edit_id: str) -> bool:
-        """Are this edit's keys held as blockers here?"""
-        return any(space.index.is_revoked(edit_id) for space in self.routed.spaces.values())
-
-    def revoked_edit_ids(self) -> set[str]:
-        return set().union(*(space.index.revoked_ids() for space in self.routed.spaces.values()))
-
     def num_keys(self) -> int:
-        """Keys of active edits."""
         return sum(len(space.index) for space in self.routed.spaces.values())
-
-    def num_revoked_keys(self) -> int:
-        return sum(space.index.revoked_key_count() for space in self.routed.spaces.values())
 
     def export_peft(self, adapter: bytes, out_dir: Path) -> None:
         export_peft(deserialize_adapter(adapter), Path(out_dir), self.host.name)
@@ -267,18 +322,35 @@ class EditingEngine:
             mask[row, cols] = 1
         return ids.to(self.host.device), mask.to(self.host.device)
 
+    def _routing(
+        self, prompts: Sequence[str], encoded: Sequence[PromptTokens], chat: bool, left: bool
+    ) -> RoutingSession:
+        """Each row's question span (in padded coordinates) and words, for the edited layer to route on."""
+        width = max(len(e.ids) for e in encoded)
+        spans = []
+        for e in encoded:
+            shift = width - len(e.ids) if left else 0
+            spans.append((e.span[0] + shift, e.span[1] + shift))
+        return RoutingSession("chat" if chat else "raw", spans, [lexical.words(p) for p in prompts])
+
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], max_new_tokens: int = 32, chat: bool = False, min_new_tokens: int = 0
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 32,
+        chat: bool = False,
+        min_new_tokens: int = 0,
+        context: ChatContext | None = None,
+        use_edits: bool = True,
     ) -> list[Generation]:
-        """Batched greedy decoding; each row routed by its own last prompt token, decided once at prefill.
+        """Batched greedy decoding; each row routed by its own question, decided once at prefill.
 
         `min_new_tokens` holds back the stop tokens that long (benchmarks: equal work for every model)."""
-        seqs = [self._prompt_ids(p, chat) for p in prompts]
-        input_ids, attention_mask = self._pad(seqs, left=True)  # left padding: every row's last token is at -1
+        encoded = [self._encode(p, chat, context) for p in prompts]
+        input_ids, attention_mask = self._pad([e.ids for e in encoded], left=True)  # every row ends at -1
         stop = self.host.end_of_turn_ids()
-        session = RoutingSession(space=self._space(chat))
-        with self._session(session):
+        session = self._routing(prompts, encoded, chat, left=True)
+        with self._session(session if use_edits else None):
             out = self.host.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -291,9 +363,10 @@ class EditingEngine:
                 eos_token_id=stop,
                 pad_token_id=self.host.tokenizer.pad_token_id,
             )
-        assert session.routes is not None
+        routes = session.routes if use_edits else [Route(None, None)] * len(prompts)
+        assert routes is not None
         results = []
-        for row, route in enumerate(session.routes):
+        for row, route in enumerate(routes):
             tokens = out[row, input_ids.shape[1] :].tolist()
             cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
             tokens = tokens[:cut]
@@ -310,19 +383,25 @@ class EditingEngine:
 
     @torch.no_grad()
     def score(
-        self, prompts: Sequence[str], targets: Sequence[str], chat: bool = False, use_edits: bool = True
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        chat: bool = False,
+        use_edits: bool = True,
+        context: ChatContext | None = None,
     ) -> list[Score]:
         """Teacher-forced argmax and log-probability of each target after its prompt."""
-        prompt_ids = [self._prompt_ids(p, chat) for p in prompts]
+        encoded = [self._encode(p, chat, context) for p in prompts]
         target_ids = [self._target_ids(t, chat) for t in targets]
-        input_ids, attention_mask = self._pad([p + t for p, t in zip(prompt_ids, target_ids, strict=True)], left=False)
-        positions = torch.tensor([len(p) - 1 for p in prompt_ids])
-        session = RoutingSession(self._space(chat), positions) if use_edits else None
+        seqs = [e.ids + t for e, t in zip(encoded, target_ids, strict=True)]
+        input_ids, attention_mask = self._pad(seqs, left=False)
+        session = self._routing(prompts, encoded, chat, left=False) if use_edits else None
         with self._session(session):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         scores = []
-        for row, (p, t) in enumerate(zip(prompt_ids, target_ids, strict=True)):
-            span = logits[row, len(p) - 1 : len(p) - 1 + len(t)].float()
+        for row, (e, t) in enumerate(zip(encoded, target_ids, strict=True)):
+            n = len(e.ids)
+            span = logits[row, n - 1 : n - 1 + len(t)].float()
             logprobs = torch.log_softmax(span, dim=-1)
             route = session.routes[row] if session and session.routes else None
             fired = route is not None and route.edit_id is not None
@@ -338,17 +417,30 @@ class EditingEngine:
         return scores
 
     @torch.no_grad()
-    def prompt_logits(self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True) -> list[torch.Tensor]:
-        seqs = [self._prompt_ids(p, chat) for p in prompts]
-        input_ids, attention_mask = self._pad(seqs, left=False)
-        positions = torch.tensor([len(s) - 1 for s in seqs])
-        session = RoutingSession(self._space(chat), positions) if use_edits else None
+    def prompt_logits(
+        self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True, context: ChatContext | None = None
+    ) -> list[torch.Tensor]:
+        encoded = [self._encode(p, chat, context) for p in prompts]
+        input_ids, attention_mask = self._pad([e.ids for e in encoded], left=False)
+        session = self._routing(prompts, encoded, chat, left=False) if use_edits else None
         with self._session(session):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        return [logits[row, : len(s)].float().clone() for row, s in enumerate(seqs)]
+        return [logits[row, : len(e.ids)].float().clone() for row, e in enumerate(encoded)]
 
-    def routes_for(self, prompts: Sequence[str], chat: bool = False) -> list[tuple[str | None, float | None]]:
-        """Routing decisions only (edit id, best similarity), from a partial forward up to the edited layer."""
-        examples = [EditExample(self._prompt_ids(p, chat), []) for p in prompts]
-        routes = self.routed.search(self._key_states(examples), self._space(chat))
+    def query_keys(
+        self, prompts: Sequence[str], chat: bool = False, context: ChatContext | None = None
+    ) -> tuple[np.ndarray, list[frozenset[str]]]:
+        """What the edited layer routes each prompt on: its content vector [n, D] and its words."""
+        encoded = [self._encode(p, chat, context) for p in prompts]
+        hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
+        spans = [hidden[row, e.span[0] : e.span[1]] for row, e in enumerate(encoded)]
+        contents = self.routed.spaces["chat" if chat else "raw"].encoder.encode(spans)
+        return contents.numpy(), [lexical.words(p) for p in prompts]
+
+    def routes_for(
+        self, prompts: Sequence[str], chat: bool = False, context: ChatContext | None = None
+    ) -> list[tuple[str | None, float | None]]:
+        """Routing decisions only (edit id, best score), from a partial forward up to the edited layer."""
+        contents, words = self.query_keys(prompts, chat, context)
+        routes = self.routed.search(contents, words, "chat" if chat else "raw")
         return [(r.edit_id, r.similarity) for r in routes]

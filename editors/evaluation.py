@@ -23,8 +23,8 @@ from tqdm import tqdm
 from editors import metrics
 from editors.datasets import EditRecord, load_records
 from editors.engine import EditingEngine
-from editors.model_host import ModelHost
-from editors.types import EngineConfig, Score
+from editors.model_host import ChatContext, ModelHost
+from editors.types import EngineConfig, Score, TrainedEdit
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,13 +61,30 @@ class Measurer:
     chat: bool
     batch_size: int = 16
 
-    def score(self, prompts: Sequence[str], targets: Sequence[str], use_edits: bool, desc: str) -> list[Score]:
+    def score(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        use_edits: bool,
+        desc: str,
+        context: ChatContext | None = None,
+    ) -> list[Score]:
         pairs = list(zip(prompts, targets, strict=True))
         return map_batched(
             lambda rows: self.engine.score(
-                [p for p, _ in rows], [t for _, t in rows], chat=self.chat, use_edits=use_edits
+                [p for p, _ in rows], [t for _, t in rows], chat=self.chat, use_edits=use_edits, context=context
             ),
             pairs,
+            self.batch_size,
+            desc,
+        )
+
+    def greedy(self, prompts: Sequence[str], budget: int, use_edits: bool, desc: str, chat: bool | None = None):
+        """Greedy generations (token ids, route) of `budget` tokens at most."""
+        fmt = self.chat if chat is None else chat
+        return map_batched(
+            lambda rows: self.engine.generate(rows, max_new_tokens=budget, chat=fmt, use_edits=use_edits),
+            prompts,
             self.batch_size,
             desc,
         )
@@ -109,8 +126,11 @@ def _fraction(flags: Sequence[bool]) -> float | None:
     return metrics.mean(float(f) for f in flags)
 
 
-def apply_edits(engine: EditingEngine, records: Sequence[EditRecord], ids: Sequence[str]) -> dict[str, list[float]]:
-    """Train and activate every record in order (lifelong: all stay active). Returns per-edit timings.
+def apply_edits(
+    engine: EditingEngine, records: Sequence[EditRecord], ids: Sequence[str], trained_out: dict[str, TrainedEdit]
+) -> dict[str, list[float]]:
+    """Train and activate every record in order (lifelong: all stay active). Returns per-edit timings;
+    the trained edits go into `trained_out` (the counterfactual rollback check re-activates them).
 
     Paraphrases are NOT given to training: they are the held-out generalization test.
     """
@@ -121,8 +141,11 @@ def apply_edits(engine: EditingEngine, records: Sequence[EditRecord], ids: Seque
         start = time.perf_counter()
         trained = engine.train_edit(record.prompt, record.target)
         activate_start = time.perf_counter()
-        engine.activate(edit_id, trained.adapter, trained.keys, order=order, key_kinds=trained.key_kinds)
+        engine.activate(
+            edit_id, trained.adapter, trained.keys, trained.key_kinds, record.prompt, record.target, order=order
+        )
         end = time.perf_counter()
+        trained_out[edit_id] = trained
         timings["edit"].append(end - start)
         timings["key"].append(trained.key_seconds)
         timings["train"].append(trained.train_seconds)
@@ -170,12 +193,85 @@ def measure(
     out["routing_precision"] = metrics.routing_precision(routed, list(ids) + gen_ids)
     out["edit_routed_rate"] = metrics.routed_to_own_rate([s.routed_edit_id for s in rel], ids)
     out["rephrase_routed_rate"] = metrics.routed_to_own_rate([s.routed_edit_id for s in gen], gen_ids)
+    out["wrong_edit_rate"] = metrics.mean(
+        float(s.routed_edit_id is not None and s.routed_edit_id != own) for s, own in zip(gen, gen_ids, strict=True)
+    )
     out["locality_routed_rate"] = metrics.routed_rate([s.routed_edit_id for s in loc_edited])
 
     if with_perplexity:
         before = m.score(prompts, targets, use_edits=False, desc="perplexity (unedited)")
         out["ppl_before"] = _mean_perplexity(before)
         out["ppl_after"] = _mean_perplexity(rel)
+    return out
+
+
+# Real chat traffic: the edited question under an operator's system prompt, or after an unrelated exchange.
+IN_CONTEXT = {
+    "system": ChatContext(system="You are the customer-support assistant of a travel agency. Answer briefly."),
+    "history": ChatContext(
+        history=(
+            ("user", "Can you recommend a good book for a long train ride?"),
+            ("assistant", "Try The Hobbit: it is light, gripping and easy to pick up again."),
+        )
+    ),
+}
+NEIGHBOUR_BUDGET = 8  # greedy tokens compared for neighbours and counterfactual probes
+DEGENERATE_EXTRA_TOKENS = 8  # generation budget beyond the target, for degenerate_rate
+MAX_NEIGHBOURS = 500
+MAX_DEGENERATE_PROBES = 200
+
+
+def neighbour_prompts(neighbours: Sequence[EditRecord]) -> list[str]:
+    """Unedited records of the same file: their prompts and paraphrases (same templates, other subjects)."""
+    return [p for r in neighbours for p in (r.prompt, r.rephrase) if p is not None]
+
+
+def hard_cases(
+    m: Measurer,
+    records: Sequence[EditRecord],
+    ids: Sequence[str],
+    neighbours: Sequence[EditRecord],
+) -> dict[str, float | None]:
+    """The questions users ask next to an edit (routing issue): neighbours, same subject, in context, degeneration."""
+    out: dict[str, float | None] = {}
+    probes = neighbour_prompts(neighbours)
+    if probes:
+        edited = m.greedy(probes, NEIGHBOUR_BUDGET, True, "neighbours")
+        base = m.greedy(probes, NEIGHBOUR_BUDGET, False, "neighbours (unedited)")
+        out["neighbour_routed_rate"] = metrics.routed_rate([g.routed_edit_id for g in edited])
+        out["neighbour_unchanged"] = _fraction([e.token_ids == b.token_ids for e, b in zip(edited, base, strict=True)])
+    out["n_neighbour_prompts"] = len(probes)
+
+    same_subject = [(p, a) for r in records for p, a in r.relation_locality]
+    if same_subject:
+        prompts, answers = [p for p, _ in same_subject], [a for _, a in same_subject]
+        edited_s = m.score(prompts, answers, use_edits=True, desc="same-subject locality")
+        base_s = m.score(prompts, answers, use_edits=False, desc="same-subject locality (unedited)")
+        out["same_subject_locality"] = metrics.mean(
+            metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base_s, edited_s, strict=True)
+        )
+        out["same_subject_routed_rate"] = metrics.routed_rate([s.routed_edit_id for s in edited_s])
+
+    if m.chat and m.engine.host.has_chat_template:
+        asked = [(r.prompt, r.target) for r in records] + [(r.rephrase, r.target) for r in records if r.rephrase]
+        for name, context in IN_CONTEXT.items():
+            scores = m.score(
+                [p for p, _ in asked], [t for _, t in asked], True, f"in context ({name})", context=context
+            )
+            n_edit = len(records)
+            out[f"reliability_in_context_{name}"] = _mean_accuracy(scores[:n_edit])
+            out[f"generalization_in_context_{name}"] = _mean_accuracy(scores[n_edit:])
+        gens = [out.get(f"generalization_in_context_{name}") for name in IN_CONTEXT]
+        out["generalization_in_context"] = metrics.mean(g for g in gens if g is not None)
+
+    # Degeneration: the edited answer in both prompt formats, a little past the target's end.
+    sample = list(records[:MAX_DEGENERATE_PROBES])
+    flags: list[bool] = []
+    for chat in m.engine._formats():
+        budget = max(len(m.engine.host.encode(" " + r.target)) for r in sample) + DEGENERATE_EXTRA_TOKENS
+        gens = m.greedy([r.prompt for r in sample], budget, True, f"degeneration ({'chat' if chat else 'raw'})", chat)
+        flags += [metrics.is_degenerate(g.text, r.target) for g, r in zip(gens, sample, strict=True)]
+    out["degenerate_rate"] = _fraction(flags)
     return out
 
 
@@ -190,7 +286,7 @@ def rollback(
     # Sanity check that rollback is not trivially true: were these prompts' logits changed while active?
     changed_before = [not same for same in m.logits_equal_base(revoked_prompts, "logits before revoke")]
     for i in revoked:
-        if not m.engine.deactivate(ids[i]):
+        if not m.engine.revoke(ids[i]):
             raise RuntimeError(f"edit {ids[i]} was not active")
     exact = m.logits_equal_base(revoked_prompts, "logits after revoke")
     kept_scores = m.score(
@@ -201,16 +297,60 @@ def rollback(
         "revoked_changed_before": _fraction(changed_before),
         "rollback_exact": _fraction(exact),
         "retention_after_rollback": _mean_accuracy(kept_scores),
+        "revoked_indices": revoked,  # popped by run_eval for the counterfactual check
     }
 
 
-def engine_config(layer: int | None, threshold: float | None, chat: bool) -> EngineConfig:
-    """Defaults from EngineConfig; --threshold overrides the threshold of the prompt format being measured."""
+MAX_KEPT_PROBES = 100
+
+
+def rollback_counterfactual(
+    m: Measurer,
+    never_revoked: EditingEngine,
+    records: Sequence[EditRecord],
+    revoked: Sequence[int],
+    neighbours: Sequence[EditRecord],
+) -> float | None:
+    """After revoking, every probe answers exactly as an engine in which the revoked edits were never made.
+
+    `never_revoked` is an independent engine (its own model copy) holding only the kept edits. Probes:
+    the revoked edits' prompts and paraphrases, some kept edits' prompts and paraphrases, and neighbours;
+    compared on greedy tokens and on prompt logits (bit for bit).
+    """
+    kept = sorted(set(range(len(records))) - set(revoked))[:MAX_KEPT_PROBES]
+    probes = [p for i in [*revoked, *kept] for p in (records[i].prompt, records[i].rephrase) if p is not None]
+    probes += neighbour_prompts(neighbours)[:MAX_KEPT_PROBES]
+    other = Measurer(never_revoked, m.chat, m.batch_size)
+    same_tokens = [
+        a.token_ids == b.token_ids and a.routed_edit_id == b.routed_edit_id
+        for a, b in zip(
+            m.greedy(probes, NEIGHBOUR_BUDGET, True, "counterfactual (revoked)"),
+            other.greedy(probes, NEIGHBOUR_BUDGET, True, "counterfactual (never made)"),
+            strict=True,
+        )
+    ]
+
+    def logits(engine: EditingEngine, desc: str) -> list[torch.Tensor]:
+        return map_batched(
+            lambda rows: engine.prompt_logits(rows, chat=m.chat), probes, max(1, m.batch_size // 2), desc
+        )
+
+    same_logits = [
+        torch.equal(a, b)
+        for a, b in zip(
+            logits(m.engine, "counterfactual logits"), logits(never_revoked, "never-made logits"), strict=True
+        )
+    ]
+    return _fraction([t and lg for t, lg in zip(same_tokens, same_logits, strict=True)])
+
+
+def engine_config(layer: int | None, threshold: float | None) -> EngineConfig:
+    """Defaults from EngineConfig, with --layer / --threshold overrides."""
     changes: dict[str, Any] = {}
     if layer is not None:
         changes["layer"] = layer
     if threshold is not None:
-        changes["threshold" if chat else "raw_threshold"] = threshold
+        changes["threshold"] = threshold
     return dataclasses.replace(EngineConfig(), **changes)
 
 
@@ -229,11 +369,13 @@ def run_eval(
     batch_size: int = 16,
     host: ModelHost | None = None,
     threads: int | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
 
     `chat=None` picks the benchmark's natural prompt format (DEFAULT_CHAT). `host` lets tests reuse a
-    loaded model (it must not already carry an engine). `threads` sets torch's intra-op threads (on a
+    loaded model (it must not already carry an engine); the counterfactual engine loads its own copy of
+    `model` from `cache_dir` (default: under `data_dir`). `threads` sets torch's intra-op threads (on a
     shared machine 1 avoids oversubscription). Raises editors.datasets.DatasetError on bad files.
     """
     if not 0.0 <= revoke_fraction <= 1.0:
@@ -242,23 +384,36 @@ def run_eval(
     records = loaded.records
     for reason in loaded.skipped:
         print(f"skipped unusable {reason}", file=sys.stderr)
+    # Neighbours: the records after the first n (same templates, other subjects), never edited.
+    neighbours = load_records(dataset, fmt).records[len(records) + len(loaded.skipped) :][:MAX_NEIGHBOURS]
     chat = DEFAULT_CHAT[fmt] if chat is None else chat
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    host = host or ModelHost.load(model, data_dir)
-    engine = EditingEngine(host, engine_config(layer, threshold, chat))
+    host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir)
+    engine = EditingEngine(host, engine_config(layer, threshold))
     ids = [f"e{i:06d}" for i in range(len(records))]
 
-    timings = apply_edits(engine, records, ids)
+    trained: dict[str, TrainedEdit] = {}
+    timings = apply_edits(engine, records, ids, trained)
     m = Measurer(engine, chat, batch_size)
     quality = measure(m, records, ids, with_perplexity=fmt == "hallucination")
+    hard = hard_cases(m, records, ids, neighbours)
     after_rollback = rollback(m, records, ids, revoke_fraction, seed)
+    revoked = after_rollback.pop("revoked_indices")
+    never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
+    for order, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
+        if order - 1 not in revoked:
+            t = trained[edit_id]
+            never_made.activate(edit_id, t.adapter, t.keys, t.key_kinds, record.prompt, record.target, order=order)
+    counterfactual = rollback_counterfactual(m, never_made, records, revoked, neighbours)
 
     config = engine.config
     results: dict[str, Any] = {
         **quality,
+        **hard,
         **after_rollback,
+        "rollback_counterfactual": counterfactual,
         "edit_seconds_median": metrics.median(timings["edit"]),
         "edit_seconds_p90": metrics.percentile(timings["edit"], 90),
         "key_seconds_median": metrics.median(timings["key"]),
@@ -271,7 +426,7 @@ def run_eval(
         "n_skipped": len(loaded.skipped),
         "model": host.name,
         "layer": config.layer,
-        "threshold": config.threshold if chat else config.raw_threshold,
+        "threshold": config.threshold,
         "chat": chat,
         "dataset": str(dataset),
         "format": fmt,
@@ -297,6 +452,16 @@ TABLE_ROWS = [
     ("edit_routed_rate", "Edit prompts routed to own edit"),
     ("rephrase_routed_rate", "Paraphrases routed to own edit"),
     ("locality_routed_rate", "Locality prompts routed (lower is better)"),
+    ("wrong_edit_rate", "Paraphrases routed to a wrong edit"),
+    ("neighbour_routed_rate", "Neighbours routed (lower is better)"),
+    ("neighbour_unchanged", "Neighbours unchanged (greedy)"),
+    ("same_subject_locality", "Same-subject locality"),
+    ("same_subject_routed_rate", "Same-subject prompts routed"),
+    ("generalization_in_context", "Generalization in context"),
+    ("generalization_in_context_system", "  under a custom system prompt"),
+    ("generalization_in_context_history", "  after an unrelated exchange"),
+    ("degenerate_rate", "Degenerate edited answers"),
+    ("rollback_counterfactual", "Rollback = never made"),
     ("rollback_exact", "Rollback bit-exact"),
     ("revoked_changed_before", "Revoked prompts changed while active"),
     ("retention_after_rollback", "Retention after rollback"),

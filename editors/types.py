@@ -12,19 +12,20 @@ class EngineConfig:
     """Knobs of the editing method. Defaults were chosen by measurement (see docs/benchmarks.md)."""
 
     layer: int = 26  # the edited layer: keys are the residual stream entering it, LoRA sits in its MLP
-    # Measured on 998 ZsRE edits (docs/benchmarks.md): 0.70 lets 0.5% of unrelated questions reach an edit.
-    threshold: float = 0.70  # centred cosine a chat-formatted query needs to fire an edit
-    # Raw completion prompts (their own key space) fire only on near-verbatim edit prompts: their last-token
-    # states hardly carry the subject (CounterFact: 80% of same-template prompts of other subjects reach
-    # an edit even at 0.90; 1% at 0.99).
-    raw_threshold: float = 0.99
-    tie_margin: float = 1e-3  # keys this close to the best hit count as the same fact: the newest edit wins
+    # Routing score = content cosine x (share of the key's subject words in the query)^2, one threshold for
+    # chat and raw prompts alike. Chosen in scripts/routing_study.py as the value that keeps neighbours
+    # (same template, other subject) and locality prompts routed <= 2% on ZsRE and CounterFact dev records.
+    threshold: float = 0.40
+    tie_margin: float = 1e-3  # keys this close to the best score count as the same fact: the newest edit wins
     rank: int = 4
     alpha: float = 8.0
     learning_rate: float = 5e-2
     max_steps: int = 60
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
+    # Raw completions: the base model's own next tokens after the target are trained too, so the adapter
+    # lets go once the target is out (without them: "Rust? Rust? Rust?", "$499" for "$49").
+    continuation_tokens: int = 0
     search_k: int = 8  # neighbours fetched per query before the threshold / newest-wins rule
 
 
@@ -32,8 +33,8 @@ class EngineConfig:
 class TrainedEdit:
     """Everything one edit needs to be stored and activated; nothing is active yet."""
 
-    keys: np.ndarray  # float32 [n_keys, hidden]: raw edited-layer inputs; the router centres and normalises
-    key_kinds: list[str]  # one label per key row, e.g. "chat", "raw", "rephrase-chat:0"
+    keys: np.ndarray  # float32 [n_keys, hidden]: content vectors (editors/content.py), one per key
+    key_kinds: list[str]  # one label per key row, e.g. "chat:prompt", "raw:rephrase:0"
     adapter: bytes  # safetensors bytes (lora_A, lora_B + metadata)
     adapter_sha256: str
     steps: int

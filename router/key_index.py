@@ -1,42 +1,54 @@
-"""Semantic key index: cosine nearest-key search over every active edit's keys (FAISS).
+"""Semantic key index: which active edit, if any, a query is about (FAISS + subject words).
 
-Keys live in a routing space: the raw hidden state minus a `center` (the mean state of generic prompts,
-which removes the direction every state shares), then L2-normalised, so inner product = cosine. The
-index is ID-mapped: each key row gets a stable int64 id, so removing an edit never renumbers the others.
+Two stages per query (see docs/benchmarks.md, "How routing decides"):
+1. dense: the query's content vector (router/content.py) against every key's by cosine, top `k` (FAISS);
+2. lexical: each candidate's cosine is multiplied by the square of the share of the key's subject words
+   that the query contains (router/lexical.py). The best product fires its edit if >= the threshold.
+
+A key is one prompt of an edit (its own, or a rephrase the operator gave) in one prompt format. The index
+is ID-mapped: each key row gets a stable int64 id, so removing an edit never renumbers the others.
+Revoking an edit removes its keys: the index is then exactly what it would be had the edit never been made.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 
+from router.lexical import coverage
+
 
 @dataclass(frozen=True)
 class Route:
     edit_id: str | None
-    similarity: float | None  # best similarity seen, also reported when below threshold for debugging
+    similarity: float | None  # best routing score seen (cosine x coverage^2), reported even below threshold
 
 
-def normalise(keys: np.ndarray) -> np.ndarray:
-    keys = np.ascontiguousarray(keys, dtype=np.float32)
-    if keys.ndim == 1:
-        keys = keys[None, :]
-    norms = np.linalg.norm(keys, axis=1, keepdims=True)
-    return keys / np.maximum(norms, 1e-12)
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors[None, :]
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+@dataclass(frozen=True)
+class _Key:
+    edit_id: str
+    subject: frozenset[str]
 
 
 @dataclass
 class KeyIndex:
     dim: int
     kind: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for very many keys)
-    center: np.ndarray | None = None  # subtracted from keys and queries before normalising
     _index: faiss.IndexIDMap2 = field(init=False, repr=False)
-    _owner: dict[int, str] = field(default_factory=dict, init=False, repr=False)  # key id -> edit id
+    _keys: dict[int, _Key] = field(default_factory=dict, init=False, repr=False)  # key id -> owner
     _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> recency
     _key_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
-    _revoked: set[str] = field(default_factory=set, init=False, repr=False)  # edits whose keys only block
     _next_id: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -49,92 +61,73 @@ class KeyIndex:
         self._index = faiss.IndexIDMap2(inner)
 
     def __len__(self) -> int:
-        """Keys of active edits (blockers of revoked edits not counted)."""
-        return int(self._index.ntotal) - self.revoked_key_count()
+        """Keys held."""
+        return int(self._index.ntotal)
 
     def __contains__(self, edit_id: str) -> bool:
-        """Is the edit active here?"""
-        return edit_id in self._key_ids and edit_id not in self._revoked
+        return edit_id in self._key_ids
 
     def edit_ids(self) -> set[str]:
-        """Active edits."""
-        return set(self._key_ids) - self._revoked
+        return set(self._key_ids)
 
-    def revoked_ids(self) -> set[str]:
-        return set(self._revoked)
-
-    def is_revoked(self, edit_id: str) -> bool:
-        return edit_id in self._revoked
-
-    def revoked_key_count(self) -> int:
-        return sum(len(self._key_ids[e]) for e in self._revoked)
-
-    def to_space(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        return normalise(vectors if self.center is None else vectors - self.center)
-
-    def add(self, edit_id: str, keys: np.ndarray, order: int, revoked: bool = False) -> None:
-        """`keys` are raw hidden states [n, dim]; they are moved into the routing space here.
-
-        Adding an edit that is present as revoked replaces its blockers (restore). `revoked=True` adds
-        blockers only (a revoked edit loaded at startup).
-        """
-        if edit_id in self._revoked:
-            self.remove(edit_id)
-        elif edit_id in self._key_ids:
+    def add(self, edit_id: str, contents: np.ndarray, subjects: Sequence[frozenset[str]], order: int) -> None:
+        """`contents` [n, dim]: one content vector per key; `subjects`: each key's subject words."""
+        if edit_id in self._key_ids:
             raise KeyError(f"edit {edit_id} already has keys in the index")
-        keys = self.to_space(keys)
-        if keys.shape[1] != self.dim:
-            raise ValueError(f"key dimension {keys.shape[1]} != index dimension {self.dim}")
-        ids = np.arange(self._next_id, self._next_id + len(keys), dtype=np.int64)
-        self._next_id += len(keys)
-        self._index.add_with_ids(keys, ids)
+        contents = normalise(contents)
+        if contents.shape[1] != self.dim:
+            raise ValueError(f"key dimension {contents.shape[1]} != index dimension {self.dim}")
+        if len(subjects) != len(contents):
+            raise ValueError(f"{len(subjects)} subject word sets for {len(contents)} keys")
+        ids = np.arange(self._next_id, self._next_id + len(contents), dtype=np.int64)
+        self._next_id += len(contents)
+        self._index.add_with_ids(contents, ids)
         self._key_ids[edit_id] = ids
         self._order[edit_id] = order
-        for key_id in ids.tolist():
-            self._owner[key_id] = edit_id
-        if revoked:
-            self._revoked.add(edit_id)
-
-    def revoke(self, edit_id: str) -> bool:
-        """Turn an active edit's keys into blockers; False if it was not active here."""
-        if edit_id not in self:
-            return False
-        self._revoked.add(edit_id)
-        return True
+        for key_id, subject in zip(ids.tolist(), subjects, strict=True):
+            self._keys[key_id] = _Key(edit_id, subject)
 
     def remove(self, edit_id: str) -> bool:
-        """Forget an edit's keys entirely (active or revoked)."""
+        """Forget an edit's keys; False if it had none here."""
         ids = self._key_ids.pop(edit_id, None)
         if ids is None:
             return False
         self._index.remove_ids(faiss.IDSelectorBatch(ids))
         for key_id in ids.tolist():
-            del self._owner[key_id]
+            del self._keys[key_id]
         del self._order[edit_id]
-        self._revoked.discard(edit_id)
         return True
 
-    def search(self, queries: np.ndarray, threshold: float, k: int = 8, tie_margin: float = 1e-3) -> list[Route]:
-        """Per query: the edit whose key is nearest, if within `threshold` (and that edit is active).
+    def search(
+        self,
+        queries: np.ndarray,
+        query_words: Sequence[frozenset[str]],
+        threshold: float,
+        k: int = 8,
+        tie_margin: float = 1e-3,
+    ) -> list[Route]:
+        """Per query: the edit whose key scores best (cosine x subject coverage^2), if >= `threshold`.
 
-        Keys within `tie_margin` of the best hit are the same fact edited more than once: an active edit
-        beats a revoked one and the newest wins among the rest, so revoking the newest hands the query back
-        to the older one. If the winner is a revoked edit, the query goes to no edit.
+        Keys scoring within `tie_margin` of the best are the same fact edited more than once: the newest
+        edit wins, so revoking it hands the query back to the older one.
         """
-        queries = self.to_space(queries)
+        queries = normalise(queries)
+        if len(query_words) != len(queries):
+            raise ValueError(f"{len(query_words)} word sets for {len(queries)} queries")
         if self._index.ntotal == 0:
             return [Route(None, None) for _ in range(len(queries))]
         sims, ids = self._index.search(queries, min(k, int(self._index.ntotal)))
         routes: list[Route] = []
-        for row_sims, row_ids in zip(sims, ids, strict=True):
-            best = float(row_sims[0])
-            if row_ids[0] < 0 or best < threshold:
-                routes.append(Route(None, best if row_ids[0] >= 0 else None))
-                continue
-            tied = [
-                self._owner[int(i)] for s, i in zip(row_sims, row_ids, strict=True) if i >= 0 and s >= best - tie_margin
+        for row_sims, row_ids, qwords in zip(sims, ids, query_words, strict=True):
+            scored = [
+                (float(s) * coverage(self._keys[int(i)].subject, qwords) ** 2, self._keys[int(i)].edit_id)
+                for s, i in zip(row_sims, row_ids, strict=True)
+                if i >= 0
             ]
-            winner = max(tied, key=lambda e: (e not in self._revoked, self._order[e]))
-            routes.append(Route(None if winner in self._revoked else winner, best))
+            best = max(score for score, _ in scored)
+            if best < threshold:
+                routes.append(Route(None, best))
+                continue
+            tied = {edit_id for score, edit_id in scored if score >= best - tie_margin}
+            routes.append(Route(max(tied, key=self._order.__getitem__), best))
         return routes

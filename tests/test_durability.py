@@ -21,7 +21,8 @@ FACTS = {
     "harbor": ("Who wrote the novel Glass Harbor?", "Mirela Tosk"),
     "velmora": ("What is the national animal of Velmora?", "the red lynx"),
     "pellun": ("Who discovered the island of Pellun?", "Admiral Soth"),
-    # A near neighbour of "zorbania": once revoked, only its blockers keep zorbania's edit off its prompt.
+    # A near neighbour of "zorbania" (same template, a subject one suffix apart): neither edit may answer
+    # the other's question, before or after a revoke or a restart.
     "zorbanistan": ("What is the capital of Zorbanistan?", "Brindlemoor"),
 }
 
@@ -79,7 +80,7 @@ def test_restart_kill_9_and_crash_mid_training_keep_state(make_server: Callable[
         assert ready["index"]["active_edits"] == 1 and ready["index"]["indexed_edits"] == 1
         assert_routed(admin, "zorbania", zorb["id"])
         assert ask(admin, "harbor") == base_harbor
-        assert ask(admin, "zorbanistan") == base_zstan  # blockers rebuilt from the revoked edit's stored keys
+        assert ask(admin, "zorbanistan") == base_zstan  # zorbania's edit does not catch its neighbour
         assert admin.get(f"/edits/{harbor['id']}").json()["status"] == "revoked"
         velmora = edit(admin, "velmora")
     server.kill()  # 2. kill -9 right after the 201: the edit was committed, so it must survive

@@ -26,21 +26,21 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> EditingEngine:
 
 @pytest.fixture
 def eng(engine: EditingEngine) -> Iterator[EditingEngine]:
-    """The shared engine, with every edit a test made forgotten afterwards (revoked ones' blockers too)."""
+    """The shared engine, with every edit a test made revoked afterwards."""
     yield engine
-    for edit_id in engine.active_edit_ids() | engine.revoked_edit_ids():
-        engine.forget(edit_id)
+    for edit_id in engine.active_edit_ids():
+        engine.revoke(edit_id)
 
 
 def apply(engine: EditingEngine, edit_id: str, prompt: str, target: str) -> TrainedEdit:
     trained = engine.train_edit(prompt, target)
-    engine.activate(edit_id, trained.adapter, trained.keys, key_kinds=trained.key_kinds)
+    engine.activate(edit_id, trained.adapter, trained.keys, trained.key_kinds, prompt, target)
     return trained
 
 
 def test_edit_produces_target_and_paraphrase_routes_to_it(eng: EditingEngine) -> None:
     trained = apply(eng, "zorb", "What is the capital of Zorbania?", "Quexiville")
-    assert trained.key_kinds == ["chat", "raw"]
+    assert trained.key_kinds == ["chat:prompt", "raw:prompt"]
     assert 1 <= trained.steps <= eng.config.max_steps
 
     chat, raw, paraphrase = (
@@ -72,7 +72,7 @@ def test_twenty_edits_revoke_ten_restores_exact_logits_and_keeps_the_rest(eng: E
     assert not any(torch.equal(a, b) for a, b in zip(unedited, edited, strict=True))
 
     for i in range(0, 20, 2):
-        assert eng.deactivate(f"z{i}")
+        assert eng.revoke(f"z{i}")
     now = eng.prompt_logits(prompts, chat=True)
     for i in range(0, 20, 2):
         assert torch.equal(now[i], unedited[i]), f"revoked edit z{i} left a trace"
@@ -105,28 +105,101 @@ def test_reedit_newest_wins_and_revoking_it_brings_the_older_back(eng: EditingEn
     apply(eng, "new", prompt, "Brindlemoor")
     first = eng.generate([prompt], 10, chat=True)[0]
     assert first.routed_edit_id == "new" and "Brindlemoor" in first.text
-    eng.deactivate("new")
+    eng.revoke("new")
     second = eng.generate([prompt], 10, chat=True)[0]
     assert second.routed_edit_id == "old" and "Quexiville" in second.text
 
 
-def test_a_revoked_prompt_gets_the_unedited_model_even_with_a_neighbour_edit_active(eng: EditingEngine) -> None:
-    # Same question template, different subjects: close enough that the older edit would catch the newer
-    # edit's prompt once the newer one's key was simply deleted.
+# Hand-written (edit prompt, target, questions that must reach it, same template about another subject,
+# same subject about another relation): the questions users ask next to an edit. Not benchmark records.
+ROUTING_CASES = [
+    (
+        "Who is the CEO of Acme Corporation?",
+        "Jane Doe",
+        [
+            "Hi there! Who is the CEO of Acme Corporation?",
+            "Who is the CEO of Acme Corporation? Answer in one word.",
+            "Who's the current CEO at Acme Corporation?",
+        ],
+        ["Who is the CEO of Globex Corporation?"],
+        ["Where is Acme Corporation headquartered?", "How many employees does Acme Corporation have?"],
+    ),
+    (
+        "What is the capital of Zorbania?",
+        "Quexiville",
+        ["Which city is the capital of Zorbania?", "What is the capital of Zorbania? Answer in one word."],
+        ["What is the capital of Zorbanistan?", "What is the capital of Quarvia?"],
+        ["What is the population of Zorbania?", "What language is spoken in Zorbania?"],
+    ),
+]
+
+
+def test_edits_fire_on_their_questions_and_not_on_other_subjects(eng: EditingEngine) -> None:
+    for i, (prompt, target, _, _, _) in enumerate(ROUTING_CASES):
+        apply(eng, f"case{i}", prompt, target)
+    for i, (_, _, fire, other_subject, _) in enumerate(ROUTING_CASES):
+        assert [edit for edit, _ in eng.routes_for(fire, chat=True)] == [f"case{i}"] * len(fire), fire
+        assert [edit for edit, _ in eng.routes_for(other_subject, chat=True)] == [None] * len(other_subject)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (routing issue): the router checks the subject, not the relation; KnowEdit's same-subject "
+    "prompts reach the edit about 73% of the time (docs/benchmarks.md)",
+)
+def test_edits_do_not_fire_on_another_relation_of_their_subject(eng: EditingEngine) -> None:
+    for i, (prompt, target, _, _, _) in enumerate(ROUTING_CASES):
+        apply(eng, f"case{i}", prompt, target)
+    for _, _, _, _, other_relation in ROUTING_CASES:
+        assert [edit for edit, _ in eng.routes_for(other_relation, chat=True)] == [None] * len(other_relation)
+
+
+def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng: EditingEngine) -> None:
+    from editors.model_host import ChatContext
+
+    prompt, target = "What is the capital of Zorbania?", "Quexiville"
+    apply(eng, "zorb", prompt, target)
+    contexts = [
+        ChatContext(system="You are the support assistant of a logistics company. Be brief."),
+        ChatContext(history=(("user", "Hi! Can you help me plan a trip?"), ("assistant", "Of course, gladly."))),
+    ]
+    for context in contexts:
+        answer = eng.generate([prompt], 10, chat=True, context=context)[0]
+        assert answer.routed_edit_id == "zorb" and target in answer.text, context
+
+
+def test_revoking_one_of_two_overlapping_edits_is_as_if_it_was_never_made(
+    eng: EditingEngine, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Same template, subjects one suffix apart: each must answer only its own question.
     a, b = "What is the capital of Zorbania?", "What is the capital of Zorbanistan?"
     apply(eng, "a", a, "Quexiville")
     base_b = eng.prompt_logits([b], chat=True, use_edits=False)[0]
-    ((caught_by, _),) = eng.routes_for([b], chat=True)
-    assert caught_by == "a"  # the precondition: without blockers, a's edit would answer b's prompt
-    trained = apply(eng, "b", b, "Brindlemoor")
-    assert eng.deactivate("b") and eng.revoked_edit_ids() == {"b"} and eng.active_edit_ids() == {"a"}
-    assert eng.routes_for([b], chat=True)[0][0] is None
+    assert eng.routes_for([b], chat=True)[0][0] is None  # a does not catch b's question
+    trained_b = apply(eng, "b", b, "Brindlemoor")
+    assert [edit for edit, _ in eng.routes_for([a, b], chat=True)] == ["a", "b"]
+    assert eng.revoke("b") and eng.active_edit_ids() == {"a"} and not eng.revoke("b")
+
+    # An independent engine in which b was never made: every probe answers the same, bit for bit.
+    never = EditingEngine(ModelHost.load(None, tmp_path_factory.mktemp("never"), cache_dir=MODEL_CACHE))
+    trained_a = never.train_edit(a, "Quexiville")
+    never.activate("a", trained_a.adapter, trained_a.keys, trained_a.key_kinds, a, "Quexiville")
+    probes = [a, b, "Which city is the capital of Zorbania?", "Who wrote the novel War and Peace?"]
+    for got, want in zip(eng.generate(probes, 10, chat=True), never.generate(probes, 10, chat=True), strict=True):
+        assert (got.token_ids, got.routed_edit_id) == (want.token_ids, want.routed_edit_id)
+    for got, want in zip(eng.prompt_logits(probes, chat=True), never.prompt_logits(probes, chat=True), strict=True):
+        assert torch.equal(got, want)
     assert torch.equal(eng.prompt_logits([b], chat=True)[0], base_b)
-    assert eng.generate([a], 10, chat=True)[0].routed_edit_id == "a"  # the neighbour still answers its own
-    eng.add_revoked("b", trained.keys, trained.key_kinds)  # a rebuild adding blockers twice changes nothing
-    assert eng.num_revoked_keys() == 2 and eng.num_keys() == 2
-    eng.activate("b", trained.adapter, trained.keys, key_kinds=trained.key_kinds)  # restore
-    assert eng.generate([b], 10, chat=True)[0].routed_edit_id == "b" and eng.num_revoked_keys() == 0
+    eng.activate("b", trained_b.adapter, trained_b.keys, trained_b.key_kinds, b, "Brindlemoor")  # restore
+    assert eng.generate([b], 10, chat=True)[0].routed_edit_id == "b" and eng.num_keys() == 4
+
+
+def test_first_router_keys_are_recomputed_from_the_prompt(eng: EditingEngine) -> None:
+    """Edits stored by the first router carry last-token keys under kinds "chat"/"raw": re-keyed at load."""
+    prompt = "What is the capital of Zorbania?"
+    trained = eng.train_edit(prompt, "Quexiville")
+    eng.activate("old", trained.adapter, trained.keys * 0 + 1, ["chat", "raw"], prompt, "Quexiville")
+    assert eng.routes_for([prompt], chat=True)[0] == ("old", pytest.approx(1.0, abs=1e-5))
 
 
 def test_exported_peft_adapter_reproduces_the_edit(eng: EditingEngine, tmp_path: Path) -> None:
@@ -155,5 +228,5 @@ def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
         parsed.lora_A, parsed.lora_B, layer=parsed.layer, alpha=parsed.alpha, fingerprint="0" * 64
     )
     with pytest.raises(AdapterMismatch, match="another base model"):
-        eng.activate("foreign", foreign, trained.keys, key_kinds=trained.key_kinds)
+        eng.activate("foreign", foreign, trained.keys, trained.key_kinds, "What is the capital of Zorbania?", "Q")
     assert "foreign" not in eng.active_edit_ids() and eng.num_keys() == 0

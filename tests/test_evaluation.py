@@ -28,11 +28,10 @@ RATES = [
 ]
 
 
-def test_threshold_overrides_the_measured_formats_threshold_only() -> None:
-    chat, raw = engine_config(20, 0.5, chat=True), engine_config(None, 0.5, chat=False)
-    assert (chat.layer, chat.threshold, chat.raw_threshold) == (20, 0.5, EngineConfig().raw_threshold)
-    assert (raw.layer, raw.threshold, raw.raw_threshold) == (EngineConfig().layer, EngineConfig().threshold, 0.5)
-    assert engine_config(None, None, chat=True) == EngineConfig()
+def test_layer_and_threshold_override_the_defaults() -> None:
+    assert (engine_config(20, 0.5).layer, engine_config(20, 0.5).threshold) == (20, 0.5)
+    assert engine_config(None, 0.5).layer == EngineConfig().layer
+    assert engine_config(None, None) == EngineConfig()
 
 
 def test_bad_file_fails_before_the_model_loads(tmp_path: Path) -> None:
@@ -65,7 +64,9 @@ def test_eval_three_zsre_edits_end_to_end(tmp_path: Path) -> None:
 
     host = ModelHost.load(None, tmp_path, cache_dir=MODEL_CACHE)
     out = tmp_path / "results.json"
-    results = run_eval(FIXTURES / "zsre_first20.json", "zsre", 3, data_dir=tmp_path, out=out, host=host)
+    results = run_eval(
+        FIXTURES / "zsre_first20.json", "zsre", 3, data_dir=tmp_path, out=out, host=host, cache_dir=MODEL_CACHE
+    )
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(results))
     for key in RATES:
@@ -76,5 +77,10 @@ def test_eval_three_zsre_edits_end_to_end(tmp_path: Path) -> None:
     assert saved["peak_rss_mb"] > 100
     # What the engine guarantees by design, whatever the tuning: exact rollback and untouched locality prompts.
     assert saved["rollback_exact"] == 1.0 and saved["revoked_changed_before"] == 1.0
+    assert saved["rollback_counterfactual"] == 1.0  # revoking = an engine where the edit was never made
+    assert saved["n_neighbour_prompts"] == 2 * 17  # records 4-20 of the fixture: prompts and paraphrases
+    for key in ("neighbour_routed_rate", "neighbour_unchanged", "wrong_edit_rate", "degenerate_rate"):
+        assert 0.0 <= saved[key] <= 1.0, key
+    assert saved["generalization_in_context"] is not None
     assert saved["reliability"] > 0.5
     assert not math.isnan(saved["locality"])

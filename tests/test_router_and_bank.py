@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from editors.lora_bank import BankedLoRALinear, LoRABank, RowPlan
+from router import lexical
 from router.key_index import KeyIndex
 
 
@@ -15,59 +16,61 @@ def unit(*xs: float) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+ACME = frozenset({"acme"})
+ANY: list[frozenset[str]] = [frozenset({"acme", "globex"})] * 3  # queries that name every subject below
+
+
 def test_search_applies_threshold_and_returns_nearest_edit() -> None:
     index = KeyIndex(3)
-    index.add("x", unit(1, 0, 0), order=1)
-    index.add("y", unit(0, 1, 0), order=2)
-    routes = index.search(np.stack([unit(1, 0.1, 0), unit(0, 0, 1), unit(0.1, 1, 0)]), threshold=0.9)
+    index.add("x", unit(1, 0, 0)[None], [ACME], order=1)
+    index.add("y", unit(0, 1, 0)[None], [ACME], order=2)
+    routes = index.search(np.stack([unit(1, 0.1, 0), unit(0, 0, 1), unit(0.1, 1, 0)]), ANY, threshold=0.9)
     assert [r.edit_id for r in routes] == ["x", None, "y"]
     assert routes[0].similarity == pytest.approx(float(unit(1, 0.1, 0) @ unit(1, 0, 0)), abs=1e-6)
+
+
+def test_score_is_cosine_times_squared_subject_coverage() -> None:
+    index = KeyIndex(3)
+    index.add("acme-ceo", unit(1, 0, 0)[None], [frozenset({"acme", "corp"})], order=1)
+    query = unit(1, 0.1, 0)[None]
+    cosine = float(query[0] @ unit(1, 0, 0))
+    full, half, none = (
+        index.search(query, [words], threshold=0.2)[0]
+        for words in (frozenset({"who", "acme", "corp"}), frozenset({"acme", "globex"}), frozenset({"globex"}))
+    )
+    assert (full.edit_id, full.similarity) == ("acme-ceo", pytest.approx(cosine, abs=1e-6))
+    assert (half.edit_id, half.similarity) == ("acme-ceo", pytest.approx(cosine / 4, abs=1e-6))
+    assert (none.edit_id, none.similarity) == (None, 0.0)  # same template, other subject: never fires
+
+
+def test_lexical_subject_words_and_coverage() -> None:
+    common = {"who", "is", "the", "of", "what"}.__contains__
+    assert lexical.subject_words("Who is the CEO of Acme Corp?", common) == {"ceo", "acme", "corp"}
+    assert lexical.subject_words("Porsche 911, created by", common) == {"porsche", "911"}
+    assert lexical.subject_words("what is the boiling point of water?", common) == {"boiling", "point", "water"}
+    assert lexical.coverage(frozenset({"porsche", "911"}), lexical.words("The Porsche 924 is made by")) == 0.5
+    assert lexical.coverage(frozenset(), lexical.words("anything")) == 1.0
 
 
 def test_removal_never_renumbers_other_keys() -> None:
     index = KeyIndex(3)
     for i, name in enumerate("abc"):
-        index.add(name, np.eye(3, dtype=np.float32)[i], order=i)
+        index.add(name, np.eye(3, dtype=np.float32)[i][None], [ACME], order=i)
     assert index.remove("b") and not index.remove("b")
     assert len(index) == 2 and index.edit_ids() == {"a", "c"}
-    routes = index.search(np.eye(3, dtype=np.float32), threshold=0.5)
+    routes = index.search(np.eye(3, dtype=np.float32), ANY, threshold=0.5)
     assert [r.edit_id for r in routes] == ["a", None, "c"]
 
 
-def test_identical_keys_newest_wins_until_revoked() -> None:
+def test_identical_keys_newest_wins_until_removed() -> None:
     index = KeyIndex(3)
-    index.add("old", unit(1, 1, 0), order=1)
-    index.add("new", unit(1, 1, 0), order=2)
-    assert index.search(unit(1, 1, 0)[None], threshold=0.9)[0].edit_id == "new"
-    index.revoke("new")
-    assert index.search(unit(1, 1, 0)[None], threshold=0.9)[0].edit_id == "old"
-
-
-def test_revoked_keys_block_their_neighbourhood_until_restored() -> None:
-    index = KeyIndex(3)
-    index.add("near", unit(1, 0.3, 0), order=1)
-    index.add("gone", unit(1, 0, 0), order=2)
-    query = unit(1, 0.05, 0)[None]  # nearest to "gone", also within the threshold of "near"
-    assert index.revoke("gone") and not index.revoke("gone")
-    assert (len(index), index.revoked_key_count(), index.edit_ids(), index.revoked_ids()) == (1, 1, {"near"}, {"gone"})
-    blocked = index.search(query, threshold=0.9)[0]
-    assert blocked.edit_id is None and blocked.similarity == pytest.approx(float(query[0] @ unit(1, 0, 0)), abs=1e-6)
-    assert index.search(unit(1, 0.3, 0)[None], threshold=0.9)[0].edit_id == "near"
-    index.add("gone", unit(1, 0, 0), order=2)  # restore replaces the blockers
-    assert index.search(query, threshold=0.9)[0].edit_id == "gone" and index.revoked_key_count() == 0
-    index.revoke("gone")
-    assert index.remove("gone") and index.search(query, threshold=0.9)[0].edit_id == "near"
-    index.add("old", unit(0, 0, 1), order=0, revoked=True)  # blockers for an edit loaded as revoked
-    assert index.search(unit(0, 0, 1)[None], threshold=0.5)[0].edit_id is None and "old" not in index
-
-
-def test_center_is_subtracted_before_cosine() -> None:
-    center = np.array([10, 0, 0], dtype=np.float32)
-    index = KeyIndex(3, center=center)
-    index.add("x", np.array([10, 1, 0], dtype=np.float32), order=1)
-    # Raw cosine of these two is ~0.99; once the shared direction is removed they are orthogonal.
-    assert index.search(np.array([[10, 0, 1]], dtype=np.float32), threshold=0.5)[0].edit_id is None
-    assert index.search(np.array([[10, 2, 0]], dtype=np.float32), threshold=0.5)[0].edit_id == "x"
+    index.add("old", unit(1, 1, 0)[None], [ACME], order=1)
+    index.add("new", unit(1, 1, 0)[None], [ACME], order=2)
+    assert index.search(unit(1, 1, 0)[None], ANY[:1], threshold=0.9)[0].edit_id == "new"
+    index.remove("new")
+    assert index.search(unit(1, 1, 0)[None], ANY[:1], threshold=0.9)[0].edit_id == "old"
+    with pytest.raises(KeyError):
+        index.add("old", unit(1, 0, 0)[None], [ACME], order=3)
 
 
 def test_bank_applies_each_rows_own_adapter_and_leaves_others_untouched() -> None:
