@@ -1,96 +1,104 @@
-"""Routing study behind the default layer and thresholds (docs/benchmarks.md, "How the defaults were chosen").
+"""Routing study behind the router's defaults (docs/benchmarks.md, "How routing decides").
 
-    python scripts/routing_study.py capture ../shared/data/zsre/zsre_mend_train_1k.json zsre states.npz
-    python scripts/routing_study.py analyse states.npz
+    python scripts/routing_study.py ../shared/data/zsre/zsre_mend_train_1k.json zsre --n 300 --chat
+    python scripts/routing_study.py ../shared/data/counterfact/counterfact_train.json counterfact --n 500 --raw
 
-`capture` stores the last-token hidden state entering layers 20-29 for every record's edit prompt,
-paraphrase and locality prompt, chat-formatted and raw, plus the fixed calibration prompts. `analyse`
-indexes the edit prompts' keys (centred on the calibration mean, normalised) and prints, per layer and
-threshold: paraphrases routed to their own edit, paraphrases routed to a wrong edit, locality prompts
-routed anywhere, and edit prompts of *other* records routed anywhere once their own key is left out
-(an unedited question of the same kind being caught by some edit).
+Router only, no training: the first N records' prompts become keys in the product's own KeyIndex (content
+vectors from the engine, subject words from router/lexical.py), then every probe is routed and, per
+threshold, the study prints: paraphrases routed to their own edit / to a wrong one, the paraphrases asked
+in context (custom system prompt, after an unrelated exchange; chat only), locality prompts routed,
+neighbours routed (prompts and paraphrases of the records after the first N: same templates, other
+subjects) and same-subject prompts routed (KnowEdit's Relation_Specificity). A threshold is chosen on
+these dev records as the lowest that keeps every "routed (lower is better)" column <= 2%.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from editors.calibration import CALIBRATION_PROMPTS
 from editors.datasets import load_records
-from editors.model_host import ModelHost
-
-LAYERS = list(range(20, 30))
-
-
-def capture(dataset: str, fmt: str, out: str, n: int = 1000) -> None:
-    host = ModelHost.load(None, Path("var"))
-    records = load_records(dataset, fmt, n).records
-    pad = host.tokenizer.pad_token_id or 0
-
-    def states(texts: list[str], chat: bool) -> np.ndarray:
-        out_: list[np.ndarray] = []
-        for i in range(0, len(texts), 32):
-            ids = [host.encode(host.format_prompt(t, chat)) for t in texts[i : i + 32]]
-            width = max(map(len, ids))
-            inp = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-            att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-            pos = (att.cumsum(1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
-            with torch.no_grad():
-                hs = host.model(input_ids=inp, attention_mask=att, position_ids=pos, output_hidden_states=True)
-            # hidden_states[L] is the residual stream entering layer L.
-            out_.append(np.stack([hs.hidden_states[layer][:, -1].float().numpy() for layer in LAYERS], 1))
-        return np.concatenate(out_)
-
-    saved: dict[str, np.ndarray] = {}
-    for chat in (True, False):
-        tag = "chat" if chat else "raw"
-        saved[f"src_{tag}"] = states([r.prompt for r in records], chat)
-        saved[f"reph_{tag}"] = states([r.rephrase or r.prompt for r in records], chat)
-        saved[f"loc_{tag}"] = states([r.locality_prompt or r.prompt for r in records], chat)
-        saved[f"cal_{tag}"] = states(list(CALIBRATION_PROMPTS), chat)
-    np.savez(out, **saved)
+from editors.engine import EditingEngine
+from editors.evaluation import IN_CONTEXT, neighbour_prompts
+from editors.model_host import ChatContext, ModelHost
+from router.key_index import KeyIndex
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+def keys_of(engine: EditingEngine, texts: Sequence[str], chat: bool, context: ChatContext | None = None):
+    contents, words = [], []
+    for start in range(0, len(texts), 32):
+        c, w = engine.query_keys(texts[start : start + 32], chat, context)
+        contents.append(c)
+        words += w
+    return np.concatenate(contents), words
 
 
-def analyse(path: str) -> None:
-    data = np.load(path)
-    for tag in ("chat", "raw"):
-        for li, layer in enumerate(LAYERS):
-            src, reph, loc, cal = (data[f"{k}_{tag}"][:, li] for k in ("src", "reph", "loc", "cal"))
-            center = cal.mean(0)
-            keys, para, unrelated = _norm(src - center), _norm(reph - center), _norm(loc - center)
-            s_para, s_loc, s_other = para @ keys.T, unrelated @ keys.T, keys @ keys.T
-            np.fill_diagonal(s_other, -9.0)
-            own = np.arange(len(keys))
-            best, sim = s_para.argmax(1), s_para.max(1)
-            t1 = float(np.quantile(s_loc.max(1), 0.99))
-            routed_own = np.mean((best == own) & (sim >= t1))
-            print(
-                f"{tag} L{layer}: paraphrase top-1 {np.mean(best == own):.3f}; at the threshold letting 1% of "
-                f"locality prompts through ({t1:.3f}): paraphrases routed to own {routed_own:.3f}"
-            )
-            if layer not in (26, 29):
-                continue
-            for t in np.arange(0.50, 0.91, 0.02):
-                print(
-                    f"    t={t:.2f} para->own {np.mean((best == own) & (sim >= t)):.3f}"
-                    f"  para->wrong {np.mean((best != own) & (sim >= t)):.3f}"
-                    f"  locality routed {np.mean(s_loc.max(1) >= t):.3f}"
-                    f"  other edit prompts routed {np.mean(s_other.max(1) >= t):.3f}"
-                )
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset")
+    parser.add_argument("format")
+    parser.add_argument("--n", type=int, default=300)
+    parser.add_argument("--neighbours", type=int, default=300)
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--thresholds", default="0.30,0.35,0.40,0.45,0.50,0.60")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    records_all = load_records(args.dataset, args.format).records
+    records, later = records_all[: args.n], records_all[args.n : args.n + args.neighbours]
+    engine = EditingEngine(ModelHost.load(None, Path("var")))
+    index = KeyIndex(engine.host.hidden_size)
+    contents, _ = keys_of(engine, [r.prompt for r in records], args.chat)
+    for i, (record, content) in enumerate(zip(records, contents, strict=True)):
+        index.add(f"e{i}", content[None], [engine.subject_words(record.prompt)], order=i)
+
+    own_probes: dict[str, tuple[list[str], list[str], ChatContext | None]] = {}
+    with_reph = [i for i, r in enumerate(records) if r.rephrase]
+    own_probes["paraphrase"] = ([records[i].rephrase or "" for i in with_reph], [f"e{i}" for i in with_reph], None)
+    if args.chat:
+        for name, context in IN_CONTEXT.items():
+            own_probes[f"in context ({name})"] = (own_probes["paraphrase"][0], own_probes["paraphrase"][1], context)
+    other_probes = {
+        "locality": [r.locality_prompt for r in records if r.locality_prompt],
+        "neighbours": neighbour_prompts(later),
+        "same subject": [p for r in records for p, _ in r.relation_locality],
+    }
+
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+    table: dict[str, list[str]] = {f"{t:.2f}": [] for t in thresholds}
+    header = []
+    for name, (texts, owners, context) in own_probes.items():
+        if not texts:
+            continue
+        c, w = keys_of(engine, texts, args.chat, context)
+        routes = index.search(c, w, threshold=-1.0, k=engine.config.search_k)
+        header += [f"{name} -> own", f"{name} -> wrong"]
+        for t in thresholds:
+            fired = [r.similarity is not None and r.similarity >= t for r in routes]
+            own = np.mean([f and r.edit_id == o for f, r, o in zip(fired, routes, owners, strict=True)])
+            wrong = np.mean([f and r.edit_id != o for f, r, o in zip(fired, routes, owners, strict=True)])
+            table[f"{t:.2f}"] += [f"{own:.3f}", f"{wrong:.3f}"]
+    for name, texts in other_probes.items():
+        if not texts:
+            continue
+        c, w = keys_of(engine, texts, args.chat)
+        scores = np.array([r.similarity or 0.0 for r in index.search(c, w, threshold=-1.0)])
+        header.append(f"{name} routed (n={len(texts)})")
+        for t in thresholds:
+            table[f"{t:.2f}"].append(f"{np.mean(scores >= t):.3f}")
+    fmt = "chat" if args.chat else "raw"
+    print(f"{args.format}, first {len(records)} records as keys, {fmt} prompts, layer {engine.config.layer}")
+    print("| threshold | " + " | ".join(header) + " |")
+    print("| ---: |" + " ---: |" * len(header))
+    for t, row in table.items():
+        print(f"| {t} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["capture"]:
-        capture(sys.argv[2], sys.argv[3], sys.argv[4])
-    elif sys.argv[1:2] == ["analyse"]:
-        analyse(sys.argv[2])
-    else:
-        sys.exit(__doc__)
+    sys.exit(main())
