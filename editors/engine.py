@@ -71,13 +71,11 @@ class EditingEngine:
         original.mlp.down_proj = proj
         self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
         layers[self.config.layer] = self.routed
-        for space in self._spaces():
+        for chat in self.formats():
             index = KeyIndex(host.hidden_size, kind=index_kind)
-            self.routed.spaces[space] = KeySpace(index, self.config.threshold, self._content_encoder(space == "chat"))
+            key_space = KeySpace(index, self.config.threshold, self._content_encoder(chat))
+            self.routed.spaces["chat" if chat else "raw"] = key_space
         self._orders = itertools.count(1)
-
-    def _spaces(self) -> list[str]:
-        return ["chat", "raw"] if self.host.has_chat_template else ["raw"]
 
     def _content_encoder(self, chat: bool) -> ContentEncoder:
         """Background token states of fixed generic prompts (editors/calibration.py) in one prompt format.
@@ -123,29 +121,11 @@ class EditingEngine:
         text = target if chat or target[:1].isspace() else " " + target
         return self.host.encode(text)
 
-    def _answer_ids(self, prompt: str, target: str, chat: bool, continuation: bool = True) -> list[int]:
-        """What the edit trains after a prompt: the target, then the end of the turn (chat) or the base model's
-        own first `continuation_tokens` tokens after it (raw: a completion has no end of turn)."""
-        target_ids = self._target_ids(target, chat)
-        if chat:
-            return target_ids + self.host.end_of_turn_ids()[:1]
-        if not (continuation and self.config.continuation_tokens):
-            return target_ids
-        ids = torch.tensor([self._encode(prompt, False).ids + target_ids], device=self.host.device)
-        with torch.no_grad():
-            out = self.host.model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.config.continuation_tokens,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=self.host.tokenizer.pad_token_id,
-            )
-        return target_ids + out[0, ids.shape[1] :].tolist()
+    def _answer_ids(self, target: str, chat: bool) -> list[int]:
+        """What the edit answers after a prompt: the target, and in chat the end of the turn."""
+        return self._target_ids(target, chat) + (self.host.end_of_turn_ids()[:1] if chat else [])
 
-    def _formats(self) -> list[bool]:
+    def formats(self) -> list[bool]:
         return [True, False] if self.host.has_chat_template else [False]
 
     def subject_words(self, text: str) -> frozenset[str]:
@@ -158,9 +138,9 @@ class EditingEngine:
         examples: list[EditExample] = []
         spans: list[tuple[int, int]] = []
         kinds: list[str] = []
-        answers = {chat: self._answer_ids(prompt, target, chat) for chat in self._formats()}
+        answers = {chat: self._answer_ids(target, chat) for chat in self.formats()}
         for i, text in enumerate([prompt, *rephrases]):
-            for chat in self._formats():
+            for chat in self.formats():
                 encoded = self._encode(text, chat)
                 examples.append(EditExample(encoded.ids, answers[chat]))
                 spans.append(encoded.span)
@@ -170,7 +150,7 @@ class EditingEngine:
         # question: training it on a few unrelated generic prompts too makes it carry over to paraphrases.
         rng = random.Random(f"{self.config.seed}:{prompt}")
         for text in rng.sample(CALIBRATION_PROMPTS, self.config.generic_contexts):
-            for chat in self._formats():
+            for chat in self.formats():
                 examples.append(EditExample(self._encode(text, chat).ids, answers[chat]))
         hidden, kwargs = self._capture(examples)
         keys = self._contents(hidden[:n_keys], spans, kinds)
@@ -208,7 +188,7 @@ class EditingEngine:
     def _contents(self, hidden: torch.Tensor, spans: Sequence[tuple[int, int]], kinds: Sequence[str]) -> np.ndarray:
         """Content vectors [n, D] of right-padded rows, each in its own kind's space."""
         out = np.zeros((len(spans), self.host.hidden_size), dtype=np.float32)
-        for space in self._spaces():
+        for space in self.routed.spaces:
             rows = [i for i, k in enumerate(kinds) if parse_kind(k)[0] == space]
             if rows:
                 encoder = self.routed.spaces[space].encoder
@@ -220,7 +200,7 @@ class EditingEngine:
         encoded: list[PromptTokens] = []
         kinds: list[str] = []
         for i, text in enumerate([prompt, *rephrases]):
-            for chat in self._formats():
+            for chat in self.formats():
                 encoded.append(self._encode(text, chat))
                 kinds.append(key_kind(chat, None if i == 0 else i - 1))
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
@@ -282,7 +262,7 @@ class EditingEngine:
             for space, rows in placed.items():
                 subjects = [self.subject_words(texts[self._text_of(key_kinds[r])]) for r in rows]
                 key_space = self.routed.spaces[space]
-                key_space.answer_tokens[edit_id] = len(self._answer_ids(prompt, target, space == "chat", False))
+                key_space.answer_tokens[edit_id] = len(self._answer_ids(target, space == "chat"))
                 key_space.index.add(edit_id, keys[rows], subjects, order)
         except Exception:
             self.revoke(edit_id)  # a failed activation leaves nothing behind
@@ -433,9 +413,8 @@ class EditingEngine:
         """What the edited layer routes each prompt on: its content vector [n, D] and its words."""
         encoded = [self._encode(p, chat, context) for p in prompts]
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
-        spans = [hidden[row, e.span[0] : e.span[1]] for row, e in enumerate(encoded)]
-        contents = self.routed.spaces["chat" if chat else "raw"].encoder.encode(spans)
-        return contents.numpy(), [lexical.words(p) for p in prompts]
+        contents = self._contents(hidden, [e.span for e in encoded], [key_kind(chat, None)] * len(encoded))
+        return contents, [lexical.words(p) for p in prompts]
 
     def routes_for(
         self, prompts: Sequence[str], chat: bool = False, context: ChatContext | None = None

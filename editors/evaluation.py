@@ -226,12 +226,7 @@ def neighbour_prompts(neighbours: Sequence[EditRecord]) -> list[str]:
     return [p for r in neighbours for p in (r.prompt, r.rephrase) if p is not None]
 
 
-def hard_cases(
-    m: Measurer,
-    records: Sequence[EditRecord],
-    ids: Sequence[str],
-    neighbours: Sequence[EditRecord],
-) -> dict[str, float | None]:
+def hard_cases(m: Measurer, records: Sequence[EditRecord], neighbours: Sequence[EditRecord]) -> dict[str, float | None]:
     """The questions users ask next to an edit (routing issue): neighbours, same subject, in context, degeneration."""
     out: dict[str, float | None] = {}
     probes = neighbour_prompts(neighbours)
@@ -267,7 +262,7 @@ def hard_cases(
     # Degeneration: the edited answer in both prompt formats, a little past the target's end.
     sample = list(records[:MAX_DEGENERATE_PROBES])
     flags: list[bool] = []
-    for chat in m.engine._formats():
+    for chat in m.engine.formats():
         budget = max(len(m.engine.host.encode(" " + r.target)) for r in sample) + DEGENERATE_EXTRA_TOKENS
         gens = m.greedy([r.prompt for r in sample], budget, True, f"degeneration ({'chat' if chat else 'raw'})", chat)
         flags += [metrics.is_degenerate(g.text, r.target) for g, r in zip(gens, sample, strict=True)]
@@ -277,8 +272,9 @@ def hard_cases(
 
 def rollback(
     m: Measurer, records: Sequence[EditRecord], ids: Sequence[str], fraction: float, seed: int
-) -> dict[str, float | None]:
-    """Revoke a seeded random `fraction` of the edits; check exact rollback and the kept edits' reliability."""
+) -> tuple[dict[str, float | None], list[int]]:
+    """Revoke a seeded random `fraction` of the edits; check exact rollback and the kept edits' reliability.
+    Returns the metrics and the indices of the revoked records."""
     n_revoke = round(fraction * len(records))
     revoked = sorted(random.Random(seed).sample(range(len(records)), n_revoke))
     kept = sorted(set(range(len(records))) - set(revoked))
@@ -297,8 +293,7 @@ def rollback(
         "revoked_changed_before": _fraction(changed_before),
         "rollback_exact": _fraction(exact),
         "retention_after_rollback": _mean_accuracy(kept_scores),
-        "revoked_indices": revoked,  # popped by run_eval for the counterfactual check
-    }
+    }, revoked
 
 
 MAX_KEPT_PROBES = 100
@@ -398,9 +393,8 @@ def run_eval(
     timings = apply_edits(engine, records, ids, trained)
     m = Measurer(engine, chat, batch_size)
     quality = measure(m, records, ids, with_perplexity=fmt == "hallucination")
-    hard = hard_cases(m, records, ids, neighbours)
-    after_rollback = rollback(m, records, ids, revoke_fraction, seed)
-    revoked = after_rollback.pop("revoked_indices")
+    hard = hard_cases(m, records, neighbours)
+    after_rollback, revoked = rollback(m, records, ids, revoke_fraction, seed)
     never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
     for order, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
         if order - 1 not in revoked:

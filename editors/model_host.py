@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -95,6 +95,7 @@ class ModelHost:
     fingerprint: str
     device: torch.device
     artifact_dir: Path | None = None  # a writable cache beside the weights (only for the bundled model)
+    _common_words: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None) -> ModelHost:
@@ -177,11 +178,10 @@ class ModelHost:
         return PromptTokens(ids, (len(before), len(through)))
 
     def is_common_word(self, word: str) -> bool:
-        cache = self.__dict__.setdefault("_common_words", {})
-        if word not in cache:
+        if word not in self._common_words:
             ids = self.encode(" " + word.casefold())
-            cache[word] = len(ids) == 1 and ids[0] < COMMON_WORD_MAX_ID
-        return cache[word]
+            self._common_words[word] = len(ids) == 1 and ids[0] < COMMON_WORD_MAX_ID
+        return self._common_words[word]
 
     def count_tokens(self, prompt: str, chat: bool) -> int:
         return len(self.encode(self.format_prompt(prompt, chat)))

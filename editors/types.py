@@ -23,9 +23,6 @@ class EngineConfig:
     max_steps: int = 60
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
-    # Raw completions: the base model's own next tokens after the target are trained too, so the adapter
-    # lets go once the target is out (without them: "Rust? Rust? Rust?", "$499" for "$49").
-    continuation_tokens: int = 0
     search_k: int = 8  # neighbours fetched per query before the threshold / newest-wins rule
 
 

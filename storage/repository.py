@@ -289,10 +289,6 @@ class Repository:
         for edit_id, _, rows in self.keys_with_status(ACTIVE):
             yield edit_id, rows
 
-    def revoked_keys(self, edit_ids: Iterable[str] | None = None) -> Iterator[tuple[str, int, list[KeyRow]]]:
-        """(edit id, seq, key rows) of revoked edits (all, or those among `edit_ids`), oldest first."""
-        return self.keys_with_status(REVOKED, edit_ids)
-
     def edit_ids_by_status(self) -> dict[str, set[str]]:
         """{"active": ids, "revoked": ids} in one query (replica sync polls it)."""
         found: dict[str, set[str]] = {ACTIVE: set(), REVOKED: set()}
