@@ -164,6 +164,7 @@ class EditingEngine:
             examples,
             self.bank.in_features,
             self.bank.out_features,
+            started=start,
         )
         adapter = serialize_adapter(
             result.lora_A,

@@ -7,6 +7,7 @@ caller's capture pass) and every step runs only the edited layer and the ones ab
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,14 @@ from editors.types import EngineConfig
 class EditExample:
     prompt_ids: list[int]
     target_ids: list[int]
+
+
+class TrainingTimeout(Exception):
+    """Training ran past its time budget before the edit was learnt; nothing of it may be kept."""
+
+    def __init__(self, steps: int, seconds: float, budget: float) -> None:
+        super().__init__(f"training did not converge within {budget:g} s ({steps} steps in {seconds:.1f} s)")
+        self.steps, self.seconds, self.budget = steps, seconds, budget
 
 
 @dataclass
@@ -49,8 +58,14 @@ def train_lora(
     examples: list[EditExample],
     in_features: int,
     out_features: int,
+    started: float | None = None,
 ) -> TrainResult:
-    """Adam on (A, B) until every target token is the argmax in every example, or `max_steps`."""
+    """Adam on (A, B) until every target token is the argmax in every example, or `max_steps`.
+
+    With `config.max_train_seconds`, raises TrainingTimeout once that much time has passed since `started`
+    (a perf_counter reading; default now) without convergence: checked after each step, so the overrun is
+    at most one step."""
+    started = time.perf_counter() if started is None else started
     lora_A, lora_B = _init_lora(config.rank, in_features, out_features, config.seed)
     optimizer = torch.optim.Adam([lora_A, lora_B], lr=config.learning_rate)
     # Logit at position t predicts token t+1: gather only target positions, so lm_head runs on few rows.
@@ -74,6 +89,9 @@ def train_lora(
             loss_value = float(loss.detach())
             if bool((logits.detach().argmax(-1) == labels).all()):
                 break
+            elapsed = time.perf_counter() - started
+            if config.max_train_seconds is not None and elapsed > config.max_train_seconds:
+                raise TrainingTimeout(steps, elapsed, config.max_train_seconds)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

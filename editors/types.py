@@ -21,6 +21,7 @@ class EngineConfig:
     alpha: float = 8.0
     learning_rate: float = 5e-2
     max_steps: int = 60
+    max_train_seconds: float | None = None  # an edit not learnt in this long fails (TrainingTimeout)
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
     search_k: int = 8  # neighbours fetched per query before the threshold / newest-wins rule
