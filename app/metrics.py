@@ -41,6 +41,11 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.generate_failures = Counter(
+            "sola_generate_failures",
+            "Generation batches that failed (each of their requests was answered with an error)",
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:

@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +22,8 @@ router = APIRouter()
 Reader = Annotated[Principal, Depends(require("reader"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 Limit = Annotated[int, Query(ge=1, le=500)]
+# Ids are `ed_` + 32 hex digits; anything unlike an id is refused before it reaches a database (NUL, huge).
+EditId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 _EDIT_CURSOR = "edits:"
 
@@ -50,8 +52,9 @@ def decode_edit_cursor(cursor: str | None) -> int | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if raw.startswith(_EDIT_CURSOR) and raw[len(_EDIT_CURSOR) :].isdigit():
-            return int(raw[len(_EDIT_CURSOR) :])
+        digits = raw[len(_EDIT_CURSOR) :]
+        if raw.startswith(_EDIT_CURSOR) and digits.isascii() and digits.isdigit() and len(digits) <= 18:
+            return int(digits)  # <= 18 digits: always fits the databases' 64-bit seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise ApiError(400, "invalid_cursor", "`after` is not a cursor returned by this API (next_after)")
@@ -61,7 +64,7 @@ def decode_event_cursor(cursor: str | None) -> int | None:
     """Event cursors are the log's sequence numbers, so replicas can follow the log with them."""
     if cursor is None:
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise ApiError(400, "invalid_cursor", "`after` must be an event seq (next_after of a previous page)")
     return int(cursor)
 
@@ -106,7 +109,7 @@ async def list_edits(
 
 
 @router.get("/edits/{edit_id}", response_model=EditOut)
-async def get_edit(edit_id: str, _: Reader, repo: Repo) -> EditOut:
+async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     record = await run_in_threadpool(repo.get_edit, edit_id)
     if record is None:
         raise ApiError(404, "not_found", f"no edit with id {edit_id!r}")
@@ -114,18 +117,20 @@ async def get_edit(edit_id: str, _: Reader, repo: Repo) -> EditOut:
 
 
 @router.delete("/edits/{edit_id}", response_model=EditOut)
-async def revoke_edit(edit_id: str, principal: Admin, svc: Service) -> EditOut:
+async def revoke_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
     return EditOut.of(await svc.revoke(edit_id, principal.name))
 
 
 @router.post("/edits/{edit_id}/restore", response_model=EditOut)
-async def restore_edit(edit_id: str, principal: Admin, svc: Service) -> EditOut:
+async def restore_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
     return EditOut.of(await svc.restore(edit_id, principal.name))
 
 
 # ---- audit log ---------------------------------------------------------------------------------------
 @router.get("/edits/{edit_id}/events", response_model=EventPage)
-async def edit_events(edit_id: str, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None) -> EventPage:
+async def edit_events(
+    edit_id: EditId, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None
+) -> EventPage:
     cursor = decode_event_cursor(after)
     if await run_in_threadpool(repo.get_edit, edit_id) is None:
         raise ApiError(404, "not_found", f"no edit with id {edit_id!r}")

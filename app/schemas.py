@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from storage.repository import EditRecord, EventRecord
 
@@ -14,34 +14,51 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _storable(value: str) -> str:
+    """Text the tokenizer and both databases take: JSON admits lone UTF-16 surrogates and NUL, they do not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone UTF-16 surrogate such as \\udfff)") from None
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only whitespace")
     return value
 
 
+Prompt = Annotated[str, AfterValidator(_storable), AfterValidator(_not_blank)]
+
+
+def _storable_json(value: Any) -> Any:
+    """Every string in a metadata object (keys included) must be storable text."""
+    if isinstance(value, str):
+        _storable(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key)
+            _storable_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            _storable_json(item)
+    return value
+
+
 class EditCreate(_Request):
-    prompt: str
-    target: str
-    rephrases: list[str] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-    _prompt = field_validator("prompt", "target")(_not_blank)
-
-    @field_validator("rephrases")
-    @classmethod
-    def _rephrases(cls, value: list[str]) -> list[str]:
-        for text in value:
-            _not_blank(text)
-        return value
+    prompt: Prompt
+    target: Prompt
+    rephrases: list[Prompt] = Field(default_factory=list)
+    metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] = Field(default_factory=dict)
 
 
 class GenerateRequest(_Request):
-    prompt: str
+    prompt: Prompt
     max_new_tokens: int = 32  # upper bound checked against settings.max_new_tokens
     chat: bool = False
-
-    _prompt = field_validator("prompt")(_not_blank)
 
 
 class TrainStats(BaseModel):

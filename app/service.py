@@ -66,7 +66,13 @@ def engine_config(settings: Settings) -> Any:
     """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
     from editors.types import EngineConfig
 
-    knobs = {"layer": settings.layer, "threshold": settings.threshold, "rank": settings.rank}
+    knobs = {
+        "layer": settings.layer,
+        "threshold": settings.threshold,
+        "rank": settings.rank,
+        "max_steps": settings.max_train_steps,
+        "max_train_seconds": settings.max_train_seconds,
+    }
     return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
 
 
@@ -222,7 +228,16 @@ class EditService:
             return self._replay(existing, req_hash), True
         self._check_edit_fits(body)
         superseded = self._supersessions(body.prompt)  # asked before the new edit exists
-        trained = self.engine.train_edit(body.prompt, body.target, body.rephrases)
+        from editors.training import TrainingTimeout  # editors (torch) load with the model, not at import
+
+        try:
+            trained = self.engine.train_edit(body.prompt, body.target, body.rephrases)
+        except TrainingTimeout as exc:
+            raise ApiError(
+                422,
+                "training_timeout",
+                f"{exc}; nothing was stored. Shorten the prompt, target or rephrases, or raise SOLA_MAX_TRAIN_SECONDS",
+            ) from None
         self.metrics.train_seconds.observe(trained.seconds)
         new = NewEdit(
             id=new_edit_id(),
@@ -355,6 +370,18 @@ class EditService:
                 jobs.append(self._pending.get_nowait())
             except queue.Empty:
                 break
+        try:
+            self._answer(jobs)
+        except BaseException as exc:  # a bug here must not leave a client waiting forever
+            log.exception("generation job failed for %d requests", len(jobs))
+            self.metrics.generate_failures.inc()
+            for job in jobs:
+                job.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _answer(self, jobs: list[_GenerateJob]) -> None:
+        """Decode `jobs` in batches of one format and length; every future gets a result or an error."""
         groups: dict[tuple[bool, int], list[_GenerateJob]] = defaultdict(list)
         for job in jobs:
             if job.future.cancelled():
@@ -370,6 +397,7 @@ class EditService:
                 outs = self.engine.generate([j.request.prompt for j in group], max_new_tokens=max_new_tokens, chat=chat)
             except Exception as exc:
                 log.exception("generation failed for a batch of %d", len(group))
+                self.metrics.generate_failures.inc()
                 for job in group:
                     job.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
                 continue
@@ -382,6 +410,9 @@ class EditService:
             n = self.host.count_tokens(request.prompt, request.chat)
         except ValueError as exc:  # e.g. chat=true on a model without a chat template
             return ApiError(422, "validation_error", str(exc))
+        except Exception:  # the tokenizer refused this text: fail this row, answer the others
+            log.exception("could not tokenize a prompt")
+            return ApiError(422, "validation_error", "prompt: the tokenizer cannot encode this text")
         if n + request.max_new_tokens > self.host.max_context:
             return ApiError(
                 413,

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     layer: int | None = None
     threshold: float | None = None  # routing score an edit needs to fire (chat and raw prompts)
     rank: int | None = None
+    # Bounds on training one edit: it runs on the model worker, so every query waits while it does. An edit
+    # not learnt within max_train_seconds fails with 422 training_timeout and commits nothing.
+    max_train_steps: int | None = Field(None, ge=1)
+    max_train_seconds: float = Field(30.0, gt=0.0)
     # Keys at least this similar to an older active edit's key mark the older one as superseded.
     supersede_similarity: float = Field(0.999, gt=0.0, le=1.0)
 
@@ -74,6 +78,9 @@ class Settings(BaseSettings):
         return self.model_cache_dir or self.data_dir / "models"
 
 
+MIN_SECRET_CHARS = 16  # a short secret can be guessed online; `openssl rand -hex 16` gives 32
+
+
 def parse_api_keys(spec: str) -> list[ApiKey]:
     keys: list[ApiKey] = []
     for entry in filter(None, (part.strip() for part in spec.split(","))):
@@ -81,6 +88,8 @@ def parse_api_keys(spec: str) -> list[ApiKey]:
         if len(parts) != 3 or not all(parts):
             raise ValueError("SOLA_API_KEYS entries must look like name:secret:role")
         name, secret, role = parts
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(f"API key {name!r}: secrets must be at least {MIN_SECRET_CHARS} characters")
         if role not in ROLES:
             raise ValueError(f"API key {name!r}: role must be one of {', '.join(ROLES)}, not {role!r}")
         if any(k.name == name for k in keys) or any(k.secret == secret for k in keys):

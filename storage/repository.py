@@ -210,8 +210,13 @@ class Repository:
 
     def _set_status(self, edit_id: str, actor: str, old: str, new: str, kind: str) -> tuple[EditRecord, bool]:
         now = utcnow()
-        values: dict[str, Any] = {"status": new}
-        values.update({"revoked_at": now, "revoked_by": actor} if new == REVOKED else {})
+        # revoked_at/by describe the current revocation; a restore clears them (the events keep the history).
+        revoked = new == REVOKED
+        values: dict[str, Any] = {
+            "status": new,
+            "revoked_at": now if revoked else None,
+            "revoked_by": actor if revoked else None,
+        }
         with self.session() as s, s.begin():
             # Conditional UPDATE: of two replicas racing, exactly one changes the row and logs the event.
             changed = s.execute(update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values)).rowcount

@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 # converts the bundled GGUF (~30 s), later ones load safetensors in about a second.
 MODEL_CACHE = Path(os.environ.get("SOLA_TEST_MODEL_CACHE", REPO / "var" / "models"))
 
-ADMIN = "alice-secret"
-ADMIN2 = "bob-secret"
-READER = "rita-secret"
+ADMIN = "alice-secret-0123456789"
+ADMIN2 = "bob-secret-0123456789"
+READER = "rita-secret-0123456789"
 API_KEYS = f"alice:{ADMIN}:admin,bob:{ADMIN2}:admin,rita:{READER}:reader"
 
 

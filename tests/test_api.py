@@ -82,6 +82,7 @@ def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(admin: httpx.Cl
 
     restored = admin.post(f"/edits/{created['id']}/restore")
     assert restored.status_code == 200 and restored.json()["status"] == "active"
+    assert restored.json()["revoked_at"] is None and restored.json()["revoked_by"] is None
     assert gen(reader, ZORBANIA)["routed_edit_id"] == created["id"]
     kinds = [e["kind"] for e in reader.get(f"/edits/{created['id']}/events").json()["data"]]
     assert kinds == ["created", "revoked", "restored"]  # the no-op revoke logged nothing
@@ -126,6 +127,16 @@ def test_newer_edit_supersedes_and_revoking_it_brings_the_older_back(admin: http
     admin.delete(f"/edits/{new['id']}").raise_for_status()
     answer = gen(reader, prompt)
     assert "silver heron" in answer["text"] and answer["routed_edit_id"] == old["id"]
+
+
+def test_same_template_questions_about_distinct_subjects_never_merge(admin: httpx.Client, reader: httpx.Client) -> None:
+    """Their keys are 0.999+ alike by cosine; supersession means the same question, and these are two."""
+    first = edit(admin, "Who wrote the anthem of Zor6x2?", "Ilsa Brandt")
+    second = edit(admin, "Who wrote the anthem of Zor6x6?", "Omar Quell")
+    assert [e["kind"] for e in reader.get(f"/edits/{first['id']}/events").json()["data"]] == ["created"]
+    for created, target in ((first, "Ilsa"), (second, "Omar")):
+        answer = gen(reader, created["prompt"])
+        assert answer["routed_edit_id"] == created["id"] and target in answer["text"]
 
 
 def test_list_paginates_with_cursor_and_status_filter(admin: httpx.Client, reader: httpx.Client) -> None:
@@ -320,3 +331,71 @@ def test_concurrent_queries_are_batched_and_routed_per_row(server: Server, admin
         assert results[i]["routed_edit_id"] is None
     assert results[3]["text"] == results[5]["text"]
     assert batches() - before < len(prompts)  # fewer forward passes than requests
+
+
+# JSON admits lone UTF-16 surrogates and NUL; the tokenizer and PostgreSQL do not. Raw bodies: httpx would
+# refuse to encode a surrogate itself.
+UNSTORABLE_BODIES = [
+    ("/generate", b'{"prompt": "Hi \\udfff", "chat": true}'),
+    ("/generate", b'{"prompt": "Hi \\u0000 there"}'),
+    ("/edits", b'{"prompt": "Who wrote \\udfff?", "target": "t"}'),
+    ("/edits", b'{"prompt": "p", "target": "t\\u0000"}'),
+    ("/edits", b'{"prompt": "p", "target": "t", "rephrases": ["\\ud800"]}'),
+    ("/edits", b'{"prompt": "p", "target": "t", "metadata": {"k": ["ok", "\\u0000"]}}'),
+    ("/edits", b'{"prompt": "p", "target": "t", "metadata": {"\\udfff": 1}}'),
+]
+
+
+def test_unstorable_text_is_refused_and_holds_up_no_other_request(server: Server, admin: httpx.Client) -> None:
+    """Bad rows are 422 at the edge, and good requests sent alongside them are all answered."""
+    before = len(admin.get("/edits", params={"limit": 500}).json()["data"])
+    results: dict[str, httpx.Response] = {}
+
+    def send(name: str, path: str, body: bytes) -> None:
+        with server.client(ADMIN) as c:
+            results[name] = c.post(path, content=body, headers={"content-type": "application/json"}, timeout=60)
+
+    threads = [threading.Thread(target=send, args=(f"bad{i}", p, b)) for i, (p, b) in enumerate(UNSTORABLE_BODIES)]
+    threads += [
+        threading.Thread(target=send, args=(f"good{i}", "/generate", b'{"prompt": "Name a colour.", "chat": true}'))
+        for i in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert len(results) == len(threads), "a request was never answered"
+    for i in range(len(UNSTORABLE_BODIES)):
+        check_error(results[f"bad{i}"], 422)
+        assert "surrogate" in results[f"bad{i}"].text or "NUL" in results[f"bad{i}"].text
+    assert all(results[f"good{i}"].status_code == 200 for i in range(3))
+    assert len(admin.get("/edits", params={"limit": 500}).json()["data"]) == before
+
+
+def test_ids_and_cursors_that_cannot_exist_are_client_errors(admin: httpx.Client) -> None:
+    cases = [
+        (admin.get("/edits/ed_%00"), 422),
+        (admin.delete("/edits/ed_%00"), 422),
+        (admin.post("/edits/ed_%00/restore"), 422),
+        (admin.get("/edits/ed_%00/events"), 422),
+        (admin.get("/edits/" + "e" * 5000), 422),
+        (admin.get("/edits", params={"after": "ZWRpdHM6" + "OTk5" * 12}), 400),  # "edits:" + 36 nines
+        (admin.get("/events", params={"after": "9" * 30}), 400),
+    ]
+    for response, status in cases:
+        check_error(response, status)
+        assert len(response.json()["error"]["message"]) < 300  # never echoes an unbounded id
+
+
+def test_an_edit_that_cannot_be_learnt_in_time_fails_and_stores_nothing(tmp_path: Path) -> None:
+    srv = Server(tmp_path, SOLA_MAX_TRAIN_SECONDS="0.001")
+    srv.start()
+    try:
+        with srv.client(ADMIN) as admin:
+            r = admin.post("/edits", json={"prompt": "Who founded Brasko Mills?", "target": "Odette Varnel"})
+            check_error(r, 422)
+            assert r.json()["error"]["code"] == "training_timeout" and "SOLA_MAX_TRAIN_SECONDS" in r.text
+            assert admin.get("/edits").json()["data"] == [] and admin.get("/events").json()["data"] == []
+            assert admin.post("/generate", json={"prompt": "Name a colour.", "chat": True}).status_code == 200
+    finally:
+        srv.kill()

@@ -92,6 +92,11 @@ def test_idempotency_pagination_and_errors_on_postgres(replicas: tuple[Server, S
         assert alice.get("/edits/ed_nope").status_code == 404
         assert alice.get("/edits", params={"after": "%%%"}).status_code == 400
         assert alice.post("/generate", json={"prompt": ""}).status_code == 422
+        # What PostgreSQL cannot store is refused before training, as on SQLite (tests/test_api.py).
+        nul = b'{"prompt": "p", "target": "t", "metadata": {"k": "\\u0000"}}'
+        assert alice.post("/edits", content=nul, headers={"content-type": "application/json"}).status_code == 422
+        assert alice.get("/edits/ed_%00").status_code == 422
+        assert alice.get("/edits", params={"after": "ZWRpdHM6" + "OTk5" * 12}).status_code == 400
     with a.client(READER) as reader:
         assert reader.post("/edits", json=body).status_code == 403
     with a.client(None) as anon:

@@ -18,18 +18,20 @@ from app.service import engine_config
 from app.settings import Settings, is_loopback, parse_api_keys
 from tests.server import REPO
 
-KEYS = "alice:s3cret-a:admin,rita:s3cret-r:reader"
+KEYS = "alice:s3cret-a-0123456789:admin,rita:s3cret-r-0123456789:reader"
 
 
 def test_parse_api_keys() -> None:
-    keys = parse_api_keys(" alice:a1:admin , rita:r1:reader,")
-    assert [(k.name, k.secret, k.role) for k in keys] == [("alice", "a1", "admin"), ("rita", "r1", "reader")]
+    a1, r1, x, y = "a1" * 8, "r1" * 8, "x" * 16, "y" * 16
+    keys = parse_api_keys(f" alice:{a1}:admin , rita:{r1}:reader,")
+    assert [(k.name, k.secret, k.role) for k in keys] == [("alice", a1, "admin"), ("rita", r1, "reader")]
     assert parse_api_keys("") == []
-    for bad in ["alice:a1", "alice:a1:root", "alice::admin", "a:x:admin,b:x:reader", "a:x:admin,a:y:reader"]:
+    bad_specs = [f"alice:{a1}", f"alice:{a1}:root", "alice::admin", "alice:short:admin"]
+    for bad in [*bad_specs, f"a:{x}:admin,b:{x}:reader", f"a:{x}:admin,a:{y}:reader"]:
         with pytest.raises(ValueError):
             parse_api_keys(bad)
     with pytest.raises(ValidationError):
-        Settings(api_keys="alice:a1:superuser")
+        Settings(api_keys=f"alice:{a1}:superuser")
 
 
 def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -83,7 +85,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     )
     fatal: list[str] = []
     with TestClient(create_app(settings, on_fatal=fatal.append)) as c:
-        c.headers["Authorization"] = "Bearer s3cret-a"
+        c.headers["Authorization"] = "Bearer s3cret-a-0123456789"
         for _ in range(600):  # the background load fails fast (no config.json)
             if c.app.state.service.state == "failed":  # type: ignore[attr-defined]
                 break
@@ -125,7 +127,7 @@ def test_auth_errors(client: TestClient) -> None:
     assert error(client.get("/edits", headers={"Authorization": ""}), 401)["code"] == "unauthorized"
     assert error(client.get("/edits", headers={"Authorization": "Basic czNjcmV0LWE="}), 401)["code"] == "unauthorized"
     assert error(client.get("/edits", headers={"Authorization": "Bearer nope"}), 401)["code"] == "unauthorized"
-    reader = {"Authorization": "Bearer s3cret-r"}
+    reader = {"Authorization": "Bearer s3cret-r-0123456789"}
     assert client.get("/edits", headers=reader).status_code == 200
     err = error(client.post("/edits", json={"prompt": "p", "target": "t"}, headers=reader), 403)
     assert err["code"] == "forbidden" and "rita" in err["message"]
