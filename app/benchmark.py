@@ -290,7 +290,7 @@ def latency_points(
 
 
 def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.40, k: int = 8) -> list[dict[str, Any]]:
-    """Median search time through the router's own KeyIndex (flat, exact) as keys grow; one index, refilled.
+    """Median search time through the router's own KeyIndex (flat) as keys grow; one index, refilled.
 
     Keys are added in groups of 1,000 per pseudo-edit: search cost depends on the total number of keys only.
     Each search includes the lexical stage (subject coverage of the k candidates).
@@ -315,7 +315,7 @@ def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.40, k: int 
             "keys": size,
             "batch1_ms": 1000 * (metrics.median(single) or 0.0),
             "batch8_ms_per_query": 1000 * (metrics.median(batch) or 0.0) / 8,
-            "index_mb": size * dim * 4 / 2**20,
+            "index_mb": index.nbytes / 2**20,
         }
         points.append(point)
         print(f"  {size:>9,} keys: {point['batch1_ms']:.3f} ms per query", file=sys.stderr)
