@@ -5,13 +5,21 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import ApiError
 from app.settings import ApiKey, Role
 
 ANONYMOUS = "anonymous"
+# Declares the Bearer scheme in the OpenAPI document; the checks and their error bodies stay ours.
+BEARER = HTTPBearer(
+    scheme_name="bearer",
+    auto_error=False,
+    description="An API key from SOLA_API_KEYS: `Authorization: Bearer <secret>`",
+)
 _RANK: dict[Role, int] = {"reader": 0, "admin": 1}
 
 
@@ -21,14 +29,14 @@ class Principal:
     role: Role
 
 
-def authenticate(keys: list[ApiKey], authorization: str | None) -> Principal:
+def authenticate(keys: list[ApiKey], token: str | None) -> Principal:
+    """`token`: the bearer token of the Authorization header, None when there is none."""
     if not keys:  # no keys configured: local development only (serve() refuses non-loopback binds)
         return Principal(ANONYMOUS, "admin")
     challenge = {"WWW-Authenticate": "Bearer"}
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = (token or "").strip()
+    if not token:
         raise ApiError(401, "unauthorized", "missing bearer token (Authorization: Bearer <key>)", challenge)
-    token = token.strip()
     match = None
     for key in keys:  # compare against every key in constant time: no early exit that leaks which matched
         if hmac.compare_digest(key.secret.encode(), token.encode()):
@@ -41,8 +49,10 @@ def authenticate(keys: list[ApiKey], authorization: str | None) -> Principal:
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """FastAPI dependency: the caller's principal, with at least `role`."""
 
-    async def dependency(request: Request) -> Principal:
-        principal = authenticate(request.app.state.settings.keys, request.headers.get("authorization"))
+    async def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+    ) -> Principal:
+        principal = authenticate(request.app.state.settings.keys, credentials.credentials if credentials else None)
         if _RANK[principal.role] < _RANK[role]:
             raise ApiError(
                 403,

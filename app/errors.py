@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,27 @@ _HTTP_CODES = {
     422: "validation_error",
     503: "unavailable",
 }
+
+
+# What each error status means on this API, for the OpenAPI document (every body is ErrorOut).
+_DOCUMENTED = {
+    400: "Malformed request: the body is not JSON, or `after` is not a cursor this API returned",
+    401: "No API key, or an unknown one (sent with WWW-Authenticate: Bearer)",
+    403: "The key's role may not do this (reader keys cannot edit, revoke or restore)",
+    404: "No edit with this id",
+    409: "This Idempotency-Key was already used with a different request body",
+    413: "Body, prompt or target over its limit, or prompt + tokens over the model's context",
+    422: "A field is missing or invalid; the message names it. Also `training_timeout` (nothing stored)",
+    500: "The edit was stored but the engine refused to activate it (`activation_failed`); never otherwise",
+    503: "The model is still loading, failed to load, or the server is shutting down",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all with the one error body."""
+    from app.schemas import ErrorOut  # schemas import storage; errors stay importable on their own
+
+    return {status: {"model": ErrorOut, "description": _DOCUMENTED[status]} for status in statuses}
 
 
 class ApiError(Exception):
@@ -46,6 +68,16 @@ def _describe(errors: list[Any]) -> str:
     return "; ".join(parts)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at this request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -59,9 +91,12 @@ def install(app: FastAPI) -> None:
         return error_response(422, "validation_error", _describe(errors))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names only the first route of the path; list them all
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

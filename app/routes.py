@@ -8,11 +8,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import Principal, require
-from app.errors import ApiError
+from app.errors import ApiError, documented
 from app.schemas import EditCreate, EditOut, EditPage, EventOut, EventPage, GenerateOut, GenerateRequest
 from app.service import EditService
 from storage.repository import EventRecord, Page, Repository
@@ -70,7 +70,9 @@ def decode_event_cursor(cursor: str | None) -> int | None:
 
 
 # ---- edits ---------------------------------------------------------------------------------------------
-@router.post("/edits", status_code=201, response_model=EditOut)
+@router.post(
+    "/edits", status_code=201, response_model=EditOut, responses=documented(400, 401, 403, 409, 413, 422, 500, 503)
+)
 async def create_edit(
     body: EditCreate,
     request: Request,
@@ -92,7 +94,7 @@ async def create_edit(
     return EditOut.of(record)
 
 
-@router.get("/edits", response_model=EditPage)
+@router.get("/edits", response_model=EditPage, responses=documented(400, 401, 422))
 async def list_edits(
     _: Reader,
     repo: Repo,
@@ -108,7 +110,7 @@ async def list_edits(
     )
 
 
-@router.get("/edits/{edit_id}", response_model=EditOut)
+@router.get("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 404, 422))
 async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     record = await run_in_threadpool(repo.get_edit, edit_id)
     if record is None:
@@ -116,18 +118,18 @@ async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     return EditOut.of(record)
 
 
-@router.delete("/edits/{edit_id}", response_model=EditOut)
+@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
 async def revoke_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
     return EditOut.of(await svc.revoke(edit_id, principal.name))
 
 
-@router.post("/edits/{edit_id}/restore", response_model=EditOut)
+@router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
 async def restore_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
     return EditOut.of(await svc.restore(edit_id, principal.name))
 
 
 # ---- audit log ---------------------------------------------------------------------------------------
-@router.get("/edits/{edit_id}/events", response_model=EventPage)
+@router.get("/edits/{edit_id}/events", response_model=EventPage, responses=documented(400, 401, 404, 422))
 async def edit_events(
     edit_id: EditId, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None
 ) -> EventPage:
@@ -137,7 +139,7 @@ async def edit_events(
     return _event_page(await run_in_threadpool(repo.list_events, edit_id, limit, cursor))
 
 
-@router.get("/events", response_model=EventPage)
+@router.get("/events", response_model=EventPage, responses=documented(400, 401, 422))
 async def events(_: Reader, repo: Repo, limit: Limit = 100, after: str | None = None) -> EventPage:
     return _event_page(await run_in_threadpool(repo.list_events, None, limit, decode_event_cursor(after)))
 
@@ -148,7 +150,7 @@ def _event_page(page: Page[EventRecord]) -> EventPage:
 
 
 # ---- generation ---------------------------------------------------------------------------------------
-@router.post("/generate", response_model=GenerateOut)
+@router.post("/generate", response_model=GenerateOut, responses=documented(400, 401, 413, 422, 503))
 async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Service) -> GenerateOut:
     settings = request.app.state.settings
     if not 1 <= body.max_new_tokens <= settings.max_new_tokens:
@@ -170,12 +172,22 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"description": '`{"status": "ready", ...}`: model loaded, database reachable, index built'},
+        503: {"description": '`{"status": "not_ready", ...}` with the same fields saying what is missing'},
+    },
+)
 async def readyz(svc: Service) -> JSONResponse:
     ok, detail = await run_in_threadpool(svc.readiness)
     return JSONResponse({"status": "ready" if ok else "not_ready", **detail}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"description": "Prometheus text exposition format"}},
+)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
