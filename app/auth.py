@@ -46,6 +46,12 @@ def authenticate(keys: list[ApiKey], token: str | None) -> Principal:
     return Principal(match.name, match.role)
 
 
+def bearer_token(request: Request) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, for code outside FastAPI's dependencies."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None
+
+
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """FastAPI dependency: the caller's principal, with at least `role`."""
 
@@ -60,5 +66,18 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
                 f"this action needs the {role} role; key {principal.name!r} is a {principal.role}",
             )
         return principal
+
+    return dependency
+
+
+def require_key_unless(public_setting: str) -> Callable[..., Awaitable[None]]:
+    """FastAPI dependency: any valid key (reader or admin), unless the named boolean setting is true."""
+
+    async def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+    ) -> None:
+        settings = request.app.state.settings
+        if not getattr(settings, public_setting):
+            authenticate(settings.keys, credentials.credentials if credentials else None)
 
     return dependency

@@ -84,7 +84,15 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI parses the body before it runs the auth dependency: authenticate here first, so a caller
+        # without a valid key is told only that, never anything about what it sent.
+        from app.auth import authenticate, bearer_token  # auth raises ApiError: import it late
+
+        try:
+            authenticate(request.app.state.settings.keys, bearer_token(request))
+        except ApiError as denied:
+            return error_response(denied.status, denied.code, denied.message, denied.headers)
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "the request body is not valid JSON")

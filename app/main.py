@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app import errors
 from app.body_limit import BodyLimitMiddleware
+from app.docs import docs_router
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import router
 from app.service import EditService
@@ -59,11 +60,15 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
         summary="Revocable, audited edits of a frozen LLM (one routed LoRA per edit)",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by app/docs.py, behind a key unless SOLA_PUBLIC_DOCS
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(router)
+    app.include_router(docs_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.auth import Principal, require
+from app.auth import Principal, require, require_key_unless
 from app.errors import ApiError, documented
 from app.schemas import EditCreate, EditOut, EditPage, EventOut, EventPage, GenerateOut, GenerateRequest
 from app.service import EditService
@@ -186,8 +186,15 @@ async def readyz(svc: Service) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"description": "Prometheus text exposition format"}},
+    response_class=Response,  # no default media type: 200 is text, the 401 the JSON error body
+    responses={
+        200: {
+            "description": "Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **documented(401),
+    },
+    dependencies=[Depends(require_key_unless("public_metrics"))],
 )
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

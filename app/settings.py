@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_keys: str = ""  # "name:secret:role,..." with role admin|reader
+    # With API keys set, the API document (/docs, /redoc, /openapi.json) and /metrics need a key (any role)
+    # unless made public here; /healthz and /readyz are always public (probes carry no credentials).
+    public_docs: bool = False
+    public_metrics: bool = False
 
     max_new_tokens: int = Field(512, ge=1)  # upper bound a request may ask for
     max_prompt_chars: int = Field(4000, ge=1)

@@ -205,8 +205,16 @@ def test_auth_roles(server: Server) -> None:
             assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         assert reader.get(f"/edits/{some_id}").status_code == 200
         assert reader.post("/generate", json={"prompt": "Hello", "max_new_tokens": 2}).status_code == 200
-    assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes and metrics need no key
-    assert httpx.get(f"{server.url}/metrics").status_code == 200
+        for path in ("/metrics", "/openapi.json", "/docs", "/redoc"):  # any key, unless SOLA_PUBLIC_*
+            assert reader.get(path).status_code == 200
+            assert anon.get(path).status_code == 401 and bad.get(path).status_code == 401
+        # Authentication comes before parsing: a caller without a key learns nothing about its body.
+        for client in (anon, bad):
+            junk = client.post("/edits", content=b"{not json", headers={"content-type": "application/json"})
+            assert junk.status_code == 401
+            assert client.post("/generate", json={"prompt": 3}).status_code == 401
+    assert httpx.get(f"{server.url}/healthz").status_code == 200  # probes need no key
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
 BAD_GENERATE = [
@@ -288,7 +296,7 @@ def check_error(response: httpx.Response, status: int) -> None:
 
 
 def test_metrics_exposed(server: Server, admin: httpx.Client) -> None:
-    text = httpx.get(f"{server.url}/metrics").text
+    text = admin.get("/metrics").text
     active = len(admin.get("/edits", params={"status": "active", "limit": 500}).json()["data"])
     assert f"sola_edits_active {float(active)}" in text
     assert "sola_edit_train_seconds_count" in text and "sola_edit_train_seconds_count 0.0" not in text
@@ -300,7 +308,7 @@ def test_concurrent_queries_are_batched_and_routed_per_row(server: Server, admin
     first = edit(admin, "Which mountain is the tallest in Korrath?", "Mount Ebbel")
 
     def batches() -> float:
-        text = httpx.get(f"{server.url}/metrics").text
+        text = admin.get("/metrics").text
         return float(
             next(line.split()[-1] for line in text.splitlines() if line.startswith("sola_generate_batch_size_count"))
         )
