@@ -261,14 +261,16 @@ class EditService:
         with self._state_lock:
             try:
                 record = self.repo.create_edit(new, superseded)
-            except IdempotencyKeyTaken:  # another replica committed this key while we trained
-                existing = self.repo.find_by_idempotency_key(idempotency_key or "")
-                assert existing is not None
-                return self._replay(existing, req_hash), True
-            # Committed: from here on the edit exists. Only now may the engine change.
-            payload = EditPayload(edit=record, adapter=new.adapter, adapter_sha256=new.adapter_sha256, keys=new.keys)
-            activated = self._activate_payload(payload)
-            self._publish()
+            except IdempotencyKeyTaken:
+                record = None
+            else:  # committed: from here on the edit exists. Only now may the engine change.
+                payload = EditPayload(record, new.adapter, new.adapter_sha256, new.keys)
+                activated = self._activate_payload(payload)
+                self._publish()
+        if record is None:  # another replica committed this key while we trained: theirs is the edit
+            existing = self.repo.find_by_idempotency_key(idempotency_key or "")
+            assert existing is not None
+            return self._replay(existing, req_hash), True
         if not activated:
             raise ApiError(
                 500,
@@ -278,14 +280,21 @@ class EditService:
         log.info("edit %s created by %s (%d steps, %.2fs)", record.id, actor, trained.steps, trained.seconds)
         return record, False
 
-    @staticmethod
-    def _replay(existing: EditRecord, req_hash: str) -> EditRecord:
+    def _replay(self, existing: EditRecord, req_hash: str) -> EditRecord:
+        """The edit an Idempotency-Key already made. Made by another replica, it is loaded here at once, so
+        the client that was told "this edit exists" is answered through it by this replica too."""
         if existing.request_hash != req_hash:
             raise ApiError(
                 409,
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body",
             )
+        if existing.status == ACTIVE and existing.id not in self._active and existing.id not in self.refused:
+            with self._state_lock:
+                payload = self.repo.load_payload(existing.id)
+                if payload.edit.status == ACTIVE and payload.edit.id not in self._active:
+                    self._activate_payload(payload)
+                self._publish()
         return existing
 
     def _check_edit_fits(self, body: EditCreate) -> None:

@@ -116,3 +116,27 @@ def test_kill_9_and_restart_on_postgres(replicas: tuple[Server, Server], tmp_pat
     out = ask(a, active[0]["prompt"])
     assert out["routed_edit_id"] == active[0]["id"] and active[0]["target"] in out["text"]
     assert ask(a, revoked[0]["prompt"])["routed_edit_id"] is None  # revoked stays revoked
+
+
+def test_a_replica_that_replays_an_edit_answers_through_it_at_once(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str
+) -> None:
+    """Read-your-writes: without background sync, only the replay itself can have loaded the edit on b."""
+    env = {"SOLA_DATABASE_URL": pg_url, "SOLA_SYNC_INTERVAL": "0"}
+    a = Server(tmp_path_factory.mktemp("ryw-a"), **env)
+    b = Server(tmp_path_factory.mktemp("ryw-b"), **env)
+    try:
+        a.launch(), b.launch()
+        a.wait(), b.wait()
+        prompt = "Who painted the Ashgrove triptych?"
+        body, key = {"prompt": prompt, "target": "Lena Morrow"}, {"Idempotency-Key": "ryw-1"}
+        with a.client(ADMIN) as alice, b.client(ADMIN) as alice_b:
+            created = alice.post("/edits", json=body, headers=key)
+            assert created.status_code == 201, created.text
+            assert ask(b, prompt)["routed_edit_id"] is None  # b has not synced (and never will by itself)
+            replayed = alice_b.post("/edits", json=body, headers=key)
+        assert replayed.headers.get("Idempotent-Replayed") == "true"
+        answer = ask(b, prompt)
+        assert answer["routed_edit_id"] == created.json()["id"] and "Lena Morrow" in answer["text"]
+    finally:
+        a.kill(), b.kill()
