@@ -7,6 +7,7 @@ half of the lifespan (the model worker finishes its current job), then exits.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -32,7 +33,22 @@ def check_bind(settings: Settings) -> None:
 
 
 def serve(settings: Settings | None = None) -> None:
+    import h11
     import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorH11Protocol(H11Protocol):
+        """Requests that are not valid HTTP (say, `Content-Length: abc`) never reach the app; uvicorn answers
+        them itself, in plain text. Answer them in the API's one error shape instead."""
+
+        def send_400_response(self, msg: str) -> None:
+            message = f"{msg} (malformed request line or headers, e.g. a non-numeric Content-Length)"
+            body = json.dumps({"error": {"code": "bad_request", "message": message}}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            response = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
+            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -75,6 +91,7 @@ def serve(settings: Settings | None = None) -> None:
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         timeout_graceful_shutdown=30,
+        http=JsonErrorH11Protocol,
     )
     server = Server(config)
     server.run()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -407,3 +409,17 @@ def test_an_edit_that_cannot_be_learnt_in_time_fails_and_stores_nothing(tmp_path
             assert admin.post("/generate", json={"prompt": "Name a colour.", "chat": True}).status_code == 200
     finally:
         srv.kill()
+
+
+def test_requests_that_are_not_http_get_the_json_error_too(server: Server) -> None:
+    """uvicorn answers these before the app sees them; it must still be the API's one error shape."""
+    for head in (b"POST /generate HTTP/1.1\r\nContent-Length: abc\r\n", b"GET /edits/\x1b[31m HTTP/1.1\r\n"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + b"Host: x\r\nConnection: close\r\n\r\n")
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        status_line, _, rest = raw.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status_line.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in headers.lower()
+        assert json.loads(body)["error"]["code"] == "bad_request"
