@@ -43,7 +43,8 @@ class Metrics:
         )
         self.generate_failures = Counter(
             "sola_generate_failures",
-            "Generation batches that failed (each of their requests was answered with an error)",
+            "Unexpected generation failures: a prompt the tokenizer refused, or a whole batch (every request"
+            " in it was answered with an error)",
             registry=self.registry,
         )
 

@@ -421,6 +421,7 @@ class EditService:
             return ApiError(422, "validation_error", str(exc))
         except Exception:  # the tokenizer refused this text: fail this row, answer the others
             log.exception("could not tokenize a prompt")
+            self.metrics.generate_failures.inc()
             return ApiError(422, "validation_error", "prompt: the tokenizer cannot encode this text")
         if n + request.max_new_tokens > self.host.max_context:
             return ApiError(
