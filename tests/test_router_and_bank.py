@@ -48,6 +48,9 @@ def test_lexical_subject_words_and_coverage() -> None:
     assert lexical.subject_words("Who is the CEO of Acme Corp?", common) == {"ceo", "acme", "corp"}
     assert lexical.subject_words("Porsche 911, created by", common) == {"porsche", "911"}
     assert lexical.subject_words("what is the boiling point of water?", common) == {"boiling", "point", "water"}
+    # Common words capitalised inside a sentence name something ("The Game"); at its start they do not.
+    assert lexical.subject_words("The names of the cast members of The Game are", common) == {"game"}
+    assert lexical.subject_words("Who wrote The Lord of The Rings?", common) == {"lord", "rings"}
     assert lexical.coverage(frozenset({"porsche", "911"}), lexical.words("The Porsche 924 is made by")) == 0.5
     assert lexical.coverage(frozenset(), lexical.words("anything")) == 1.0
 
