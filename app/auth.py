@@ -20,6 +20,7 @@ BEARER = HTTPBearer(
     auto_error=False,
     description="An API key from SOLA_API_KEYS: `Authorization: Bearer <secret>`",
 )
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 _RANK: dict[Role, int] = {"reader": 0, "admin": 1}
 
 
@@ -52,13 +53,15 @@ def bearer_token(request: Request) -> str | None:
     return token if scheme.lower() == "bearer" else None
 
 
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    return authenticate(request.app.state.settings.keys, credentials.credentials if credentials else None)
+
+
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """FastAPI dependency: the caller's principal, with at least `role`."""
 
-    async def dependency(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
-    ) -> Principal:
-        principal = authenticate(request.app.state.settings.keys, credentials.credentials if credentials else None)
+    async def dependency(request: Request, credentials: Credentials) -> Principal:
+        principal = _caller(request, credentials)
         if _RANK[principal.role] < _RANK[role]:
             raise ApiError(
                 403,
@@ -73,11 +76,8 @@ def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
 def require_key_unless(public_setting: str) -> Callable[..., Awaitable[None]]:
     """FastAPI dependency: any valid key (reader or admin), unless the named boolean setting is true."""
 
-    async def dependency(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
-    ) -> None:
-        settings = request.app.state.settings
-        if not getattr(settings, public_setting):
-            authenticate(settings.keys, credentials.credentials if credentials else None)
+    async def dependency(request: Request, credentials: Credentials) -> None:
+        if not getattr(request.app.state.settings, public_setting):
+            _caller(request, credentials)
 
     return dependency

@@ -40,6 +40,11 @@ Service = Annotated[EditService, Depends(service)]
 Repo = Annotated[Repository, Depends(repository)]
 
 
+def _seq(digits: str) -> int | None:
+    """A sequence number from 1-18 ASCII digits (always fits the databases' 64-bit seq), else None."""
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 18 else None
+
+
 def encode_edit_cursor(seq: int | None) -> str | None:
     if seq is None:
         return None
@@ -52,9 +57,9 @@ def decode_edit_cursor(cursor: str | None) -> int | None:
         return None
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        digits = raw[len(_EDIT_CURSOR) :]
-        if raw.startswith(_EDIT_CURSOR) and digits.isascii() and digits.isdigit() and len(digits) <= 18:
-            return int(digits)  # <= 18 digits: always fits the databases' 64-bit seq
+        seq = _seq(raw[len(_EDIT_CURSOR) :])
+        if raw.startswith(_EDIT_CURSOR) and seq is not None:
+            return seq
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise ApiError(400, "invalid_cursor", "`after` is not a cursor returned by this API (next_after)")
@@ -64,9 +69,10 @@ def decode_event_cursor(cursor: str | None) -> int | None:
     """Event cursors are the log's sequence numbers, so replicas can follow the log with them."""
     if cursor is None:
         return None
-    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
+    seq = _seq(cursor)
+    if seq is None:
         raise ApiError(400, "invalid_cursor", "`after` must be an event seq (next_after of a previous page)")
-    return int(cursor)
+    return seq
 
 
 # ---- edits ---------------------------------------------------------------------------------------------

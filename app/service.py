@@ -152,18 +152,22 @@ class EditService:
             with self._state_lock:
                 self._deactivate(edit_id)
         for edit_id in sorted(wanted - have - set(self.refused)):
-            try:
-                payload = self.repo.load_payload(edit_id)
-            except EditNotFound:
-                continue
-            with self._state_lock:
-                if payload.edit.status == ACTIVE:
-                    self._activate_payload(payload)
+            self._load_and_activate(edit_id)
         for edit_id in set(self.refused) - wanted:  # revoked elsewhere: no longer a problem
             self.refused.pop(edit_id, None)
         self._publish()
 
     # ---- engine bookkeeping (worker thread) -------------------------------------------------------
+    def _load_and_activate(self, edit_id: str) -> None:
+        """Activate an edit stored by another replica, if it is still active in the database."""
+        try:
+            payload = self.repo.load_payload(edit_id)
+        except EditNotFound:
+            return
+        with self._state_lock:
+            if payload.edit.status == ACTIVE and edit_id not in self._active:
+                self._activate_payload(payload)
+
     def _verify(self, payload: EditPayload) -> str | None:
         edit = payload.edit
         if hashlib.sha256(payload.adapter).hexdigest() != payload.adapter_sha256:
@@ -290,11 +294,8 @@ class EditService:
                 "this Idempotency-Key was already used with a different request body",
             )
         if existing.status == ACTIVE and existing.id not in self._active and existing.id not in self.refused:
-            with self._state_lock:
-                payload = self.repo.load_payload(existing.id)
-                if payload.edit.status == ACTIVE and payload.edit.id not in self._active:
-                    self._activate_payload(payload)
-                self._publish()
+            self._load_and_activate(existing.id)
+            self._publish()
         return existing
 
     def _check_edit_fits(self, body: EditCreate) -> None:

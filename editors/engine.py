@@ -135,16 +135,11 @@ class EditingEngine:
     def train_edit(self, prompt: str, target: str, rephrases: Sequence[str] = ()) -> TrainedEdit:
         """Keys + a fresh LoRA trained alone against the frozen base model. Activates nothing."""
         start = time.perf_counter()
-        examples: list[EditExample] = []
-        spans: list[tuple[int, int]] = []
-        kinds: list[str] = []
         answers = {chat: self._answer_ids(target, chat) for chat in self.formats()}
-        for i, text in enumerate([prompt, *rephrases]):
-            for chat in self.formats():
-                encoded = self._encode(text, chat)
-                examples.append(EditExample(encoded.ids, answers[chat]))
-                spans.append(encoded.span)
-                kinds.append(key_kind(chat, None if i == 0 else i - 1))
+        encoded, kinds = self._key_prompts(prompt, rephrases)
+        chats = [parse_kind(k)[0] == "chat" for k in kinds]
+        examples = [EditExample(e.ids, answers[chat]) for e, chat in zip(encoded, chats, strict=True)]
+        spans = [e.span for e in encoded]
         n_keys = len(examples)
         # The router alone decides when an edit applies, so its LoRA may answer the target whatever the
         # question: training it on a few unrelated generic prompts too makes it carry over to paraphrases.
@@ -196,14 +191,19 @@ class EditingEngine:
                 out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).numpy()
         return out
 
-    def content_keys(self, prompt: str, rephrases: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
-        """The routing keys train_edit would store for this edit, without training (re-keying old edits)."""
+    def _key_prompts(self, prompt: str, rephrases: Sequence[str]) -> tuple[list[PromptTokens], list[str]]:
+        """Every prompt an edit is keyed on, in every prompt format, and each key's kind."""
         encoded: list[PromptTokens] = []
         kinds: list[str] = []
         for i, text in enumerate([prompt, *rephrases]):
             for chat in self.formats():
                 encoded.append(self._encode(text, chat))
                 kinds.append(key_kind(chat, None if i == 0 else i - 1))
+        return encoded, kinds
+
+    def content_keys(self, prompt: str, rephrases: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
+        """The routing keys train_edit would store for this edit, without training (re-keying old edits)."""
+        encoded, kinds = self._key_prompts(prompt, rephrases)
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
         return self._contents(hidden, [e.span for e in encoded], kinds), kinds
 

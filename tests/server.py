@@ -95,6 +95,13 @@ class Server:
             self.proc.kill()
             self.proc.wait(timeout=30)
 
+    def __enter__(self) -> Server:
+        """`with Server(dir, **env) as srv:` a started server, killed on the way out."""
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
     def restart(self) -> Server:
         self.stop()
         return self.start()

@@ -22,10 +22,8 @@ ZORBANIA = "What is the capital of Zorbania?"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # Large char limit so an over-long prompt reaches the token-count check (413 from the model's context).
-    srv = Server(tmp_path_factory.mktemp("api"), SOLA_MAX_PROMPT_CHARS="200000", SOLA_MAX_BODY_BYTES="600000")
-    srv.start()
-    yield srv
-    srv.kill()
+    with Server(tmp_path_factory.mktemp("api"), SOLA_MAX_PROMPT_CHARS="200000", SOLA_MAX_BODY_BYTES="600000") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -398,17 +396,12 @@ def test_ids_and_cursors_that_cannot_exist_are_client_errors(admin: httpx.Client
 
 
 def test_an_edit_that_cannot_be_learnt_in_time_fails_and_stores_nothing(tmp_path: Path) -> None:
-    srv = Server(tmp_path, SOLA_MAX_TRAIN_SECONDS="0.001")
-    srv.start()
-    try:
-        with srv.client(ADMIN) as admin:
-            r = admin.post("/edits", json={"prompt": "Who founded Brasko Mills?", "target": "Odette Varnel"})
-            check_error(r, 422)
-            assert r.json()["error"]["code"] == "training_timeout" and "SOLA_MAX_TRAIN_SECONDS" in r.text
-            assert admin.get("/edits").json()["data"] == [] and admin.get("/events").json()["data"] == []
-            assert admin.post("/generate", json={"prompt": "Name a colour.", "chat": True}).status_code == 200
-    finally:
-        srv.kill()
+    with Server(tmp_path, SOLA_MAX_TRAIN_SECONDS="0.001") as srv, srv.client(ADMIN) as admin:
+        r = admin.post("/edits", json={"prompt": "Who founded Brasko Mills?", "target": "Odette Varnel"})
+        check_error(r, 422)
+        assert r.json()["error"]["code"] == "training_timeout" and "SOLA_MAX_TRAIN_SECONDS" in r.text
+        assert admin.get("/edits").json()["data"] == [] and admin.get("/events").json()["data"] == []
+        assert admin.post("/generate", json={"prompt": "Name a colour.", "chat": True}).status_code == 200
 
 
 def test_requests_that_are_not_http_get_the_json_error_too(server: Server) -> None:

@@ -29,13 +29,11 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # A short training budget keeps every answer well under schemathesis' 10 s response-time check.
-    srv = Server(tmp_path_factory.mktemp("fuzz"), SOLA_MAX_NEW_TOKENS="8", SOLA_MAX_TRAIN_SECONDS="5")
-    srv.start()
-    yield srv
-    srv.kill()
+    with Server(tmp_path_factory.mktemp("fuzz"), SOLA_MAX_NEW_TOKENS="8", SOLA_MAX_TRAIN_SECONDS="5") as srv:
+        yield srv
 
 
-def fuzz(server: Server, report: Path, *selection: str, examples: int) -> dict:
+def fuzz(server: Server, report: Path, *selection: str, examples: int) -> None:
     cmd = [
         str(SCHEMATHESIS),
         "run",
@@ -55,7 +53,6 @@ def fuzz(server: Server, report: Path, *selection: str, examples: int) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=report.parent)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert server.proc is not None and server.proc.poll() is None, "the server died"
-    return {"stdout": proc.stdout}
 
 
 def test_every_read_and_query_operation_holds_to_its_schema(server: Server, tmp_path: Path) -> None:
