@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,16 +61,21 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / FINGERPRINT_FILE).write_text(weights_fingerprint(model))
-    if target.exists():
-        for f in target.iterdir():
-            f.unlink()
-        target.rmdir()
-    tmp.rename(target)  # atomic publish: a crash mid-way never leaves a half-written cache
+    # A private staging directory per process: two processes starting at once each write their own copy,
+    # the first to finish publishes it, and the other finds the cache complete and discards its copy.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=cache_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / FINGERPRINT_FILE).write_text(weights_fingerprint(model))
+        if not (target / FINGERPRINT_FILE).is_file():
+            if target.exists():  # a crashed run's leftovers (the fingerprint is written last, so incomplete)
+                shutil.rmtree(target)
+            with contextlib.suppress(OSError):  # lost the race to another process: its copy is as good
+                tmp.rename(target)  # atomic publish: a crash mid-way never leaves a half-written cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
