@@ -1,0 +1,119 @@
+"""Adapter study: what one edit's LoRA does to its own questions, with the router taken out of the picture.
+
+    python scripts/adapter_study.py --n 30 --set max_steps=30 --threads 1
+
+Each of the first N records of each dev file is trained as an edit, activated ALONE, measured and
+revoked, so every figure is the adapter's (routing among many edits is measured by `sola eval` and
+scripts/routing_study.py). Per file: Rel and Gen (teacher-forced token accuracy of the target after
+the prompt / paraphrase), same-subject locality (KnowEdit's Relation_Specificity: teacher-forced
+unchanged rate, the same as `sola eval`), the share of same-subject prompts routed, degeneration of the
+edited answer (chat and raw, greedy, target length + 8 tokens) and the training steps and seconds.
+`--set key=value` overrides an EngineConfig field, so variants run side by side from one script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+from pathlib import Path
+
+import torch
+
+from editors import metrics
+from editors.datasets import load_records
+from editors.engine import EditingEngine
+from editors.evaluation import DEGENERATE_EXTRA_TOKENS
+from editors.model_host import ModelHost
+from editors.types import EngineConfig
+
+FILES = {
+    "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", True),
+    "cf-chat": ("../shared/data/counterfact/counterfact_train.json", "counterfact", True),
+    "cf-raw": ("../shared/data/counterfact/counterfact_train.json", "counterfact", False),
+    "wiki_cf-chat": ("../shared/data/knowedit/wiki_counterfact_train.json", "knowedit", True),
+    "wiki_recent-chat": ("../shared/data/knowedit/wiki_recent_train.json", "knowedit", True),
+}
+
+
+def accuracy(engine: EditingEngine, prompts: list[str], targets: list[str], chat: bool) -> list[float]:
+    return [s.token_accuracy for s in engine.score(prompts, targets, chat=chat)]
+
+
+def study(engine: EditingEngine, name: str, n: int) -> dict[str, float | None]:
+    path, fmt, chat = FILES[name]
+    records = load_records(path, fmt, n=n).records
+    rel: list[float] = []
+    gen: list[float] = []
+    same: list[float] = []
+    same_routed: list[bool] = []
+    degenerate: list[bool] = []
+    steps: list[int] = []
+    seconds: list[float] = []
+    for i, r in enumerate(records):
+        trained = engine.train_edit(r.prompt, r.target)
+        steps.append(trained.steps)
+        seconds.append(trained.seconds)
+        edit_id = f"e{i}"
+        engine.activate(edit_id, trained.adapter, trained.keys, trained.key_kinds, r.prompt, r.target)
+        rel += accuracy(engine, [r.prompt], [r.target], chat)
+        if r.rephrase:
+            gen += accuracy(engine, [r.rephrase], [r.target], chat)
+        if r.relation_locality:
+            prompts, answers = [p for p, _ in r.relation_locality], [a for _, a in r.relation_locality]
+            edited = engine.score(prompts, answers, chat=chat)
+            base = engine.score(prompts, answers, chat=chat, use_edits=False)
+            same += [
+                metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base, edited, strict=True)
+            ]
+            same_routed += [e.routed_edit_id is not None for e in edited]
+        budget = len(engine.host.encode(" " + r.target)) + DEGENERATE_EXTRA_TOKENS
+        for fmt_chat in engine.formats():
+            g = engine.generate([r.prompt], budget, chat=fmt_chat)[0]
+            degenerate.append(metrics.is_degenerate(g.text, r.target))
+        engine.revoke(edit_id)
+
+    def mean(xs: list) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return {
+        "rel": mean(rel),
+        "gen": mean(gen),
+        "same_subject_locality": mean(same),
+        "same_subject_routed": mean(same_routed),
+        "degenerate": mean(degenerate),
+        "steps_median": statistics.median(steps),
+        "edit_s_median": statistics.median(seconds),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--files", default=",".join(FILES))
+    parser.add_argument("--set", action="append", default=[], help="EngineConfig override, e.g. max_steps=30")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    overrides = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        default = getattr(EngineConfig(), key)
+        if isinstance(default, bool):
+            overrides[key] = value.lower() in ("1", "true", "yes")
+        else:
+            overrides[key] = float(value) if default is None else type(default)(value)
+    config = dataclasses.replace(EngineConfig(), **overrides)
+    engine = EditingEngine(ModelHost.load(None, Path("var")), config)
+    print(f"variant: {overrides or 'defaults'}, n={args.n}, torch threads {args.threads}")
+    cols = ["rel", "gen", "same_subject_locality", "same_subject_routed", "degenerate", "steps_median", "edit_s_median"]
+    print("| file | " + " | ".join(cols) + " |")
+    print("| --- |" + " ---: |" * len(cols))
+    for name in args.files.split(","):
+        row = study(engine, name, args.n)
+        cells = ["" if row[c] is None else f"{row[c]:.3f}" for c in cols]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
