@@ -55,7 +55,7 @@ def parse_kind(kind: str) -> tuple[str, int | None]:
 
 
 class EditingEngine:
-    def __init__(self, host: ModelHost, config: EngineConfig | None = None, index_kind: str = "flat"):
+    def __init__(self, host: ModelHost, config: EngineConfig | None = None, index_kind: str = "auto"):
         self.host = host
         self.config = config or EngineConfig()
         layers = host.model.model.layers

@@ -9,9 +9,13 @@ A key is one prompt of an edit (its own, or a rephrase the operator gave) in one
 is ID-mapped: each key row gets a stable int64 id, so removing an edit never renumbers the others.
 Revoking an edit removes its keys: the index is then exactly what it would be had the edit never been made.
 
-The "flat" kind scans every key stored as float16 (half the memory traffic of float32: 0.7 ms instead of
-1.3-1.5 ms per query at 10,000 keys, docs/benchmarks.md) to find the `k` candidates, then scores those
-candidates exactly from float32 copies: every decision and reported similarity is the float32 cosine.
+Candidates come from a FAISS index whose codes are float16 (half the memory traffic of float32: 0.7 ms
+instead of 1.3-1.5 ms per query at 10,000 keys, docs/benchmarks.md); they are then scored exactly from
+float32 copies, so every decision and reported similarity is the float32 cosine whichever index found them.
+Index kinds: "flat" scans every key (exact); "ivf" scans the `nprobe` nearest of about sqrt(n) k-means
+cells (approximate; FAISS removes from it in place, unlike HNSW); "auto" (the default) is flat below
+`approximate_from` keys and IVF above, rebuilt when the key count crosses it or quadruples since the last
+k-means, so the cells keep fitting the keys. The figures behind these choices: docs/benchmarks.md, "Scale".
 """
 
 from __future__ import annotations
@@ -45,34 +49,46 @@ class _Key:
     subject: frozenset[str]
 
 
+KINDS = ("auto", "flat", "ivf")
+
+
 @dataclass
 class KeyIndex:
     dim: int
-    kind: str = "flat"  # "flat" (exact) or "hnsw" (approximate, for very many keys)
-    _index: faiss.IndexIDMap2 = field(init=False, repr=False)
+    kind: str = "auto"  # "auto", "flat" (exact) or "ivf" (approximate, for very many keys); see the module doc
+    approximate_from: int = 50_000  # "auto": IVF from this many keys on, flat below half of it
+    nprobe: int = 64  # IVF cells scanned per query (recall vs time: docs/benchmarks.md, "Scale")
+    _index: faiss.Index = field(init=False, repr=False)
+    _approximate: bool = field(default=False, init=False, repr=False)  # the FAISS index now is IVF
+    _trained_size: int = field(default=0, init=False, repr=False)  # keys when the IVF cells were fitted
     _keys: dict[int, _Key] = field(default_factory=dict, init=False, repr=False)  # key id -> owner
     _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> recency
     _key_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
-    _vectors: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)  # exact [dim] copies
+    # Exact float32 copies, row = key id. Ids of removed keys are reused, so the matrix never outgrows the
+    # most keys ever held at once.
+    _vectors: np.ndarray = field(init=False, repr=False)
+    _free: list[int] = field(default_factory=list, init=False, repr=False)
     _next_id: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind == "flat":
-            inner = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-        elif self.kind == "hnsw":
-            inner = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
-        else:
-            raise ValueError(f"unknown index kind {self.kind!r} (use 'flat' or 'hnsw')")
-        self._index = faiss.IndexIDMap2(inner)
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r} (use one of {', '.join(KINDS)})")
+        self._vectors = np.zeros((0, self.dim), dtype=np.float32)
+        self._rebuild(approximate=self.kind == "ivf")
 
     def __len__(self) -> int:
         """Keys held."""
-        return int(self._index.ntotal)
+        return len(self._keys)
+
+    @property
+    def approximate(self) -> bool:
+        """Whether candidates currently come from the IVF index (else an exact scan)."""
+        return self._approximate
 
     @property
     def nbytes(self) -> int:
-        """Vector memory: the searched codes (float16 when flat) plus the exact float32 copies."""
-        return len(self) * self.dim * (2 if self.kind == "flat" else 4) + len(self._vectors) * self.dim * 4
+        """Vector memory: the searched float16 codes plus the exact float32 copies."""
+        return len(self) * self.dim * 2 + self._vectors.nbytes
 
     def __contains__(self, edit_id: str) -> bool:
         return edit_id in self._key_ids
@@ -89,26 +105,101 @@ class KeyIndex:
             raise ValueError(f"key dimension {contents.shape[1]} != index dimension {self.dim}")
         if len(subjects) != len(contents):
             raise ValueError(f"{len(subjects)} subject word sets for {len(contents)} keys")
-        ids = np.arange(self._next_id, self._next_id + len(contents), dtype=np.int64)
-        self._next_id += len(contents)
-        self._index.add_with_ids(contents, ids)
+        ids = np.array([self._allocate() for _ in range(len(contents))], dtype=np.int64)
+        self._vectors[ids] = contents
         self._key_ids[edit_id] = ids
         self._order[edit_id] = order
-        for key_id, subject, vector in zip(ids.tolist(), subjects, contents, strict=True):
+        for key_id, subject in zip(ids.tolist(), subjects, strict=True):
             self._keys[key_id] = _Key(edit_id, subject)
-            self._vectors[key_id] = vector
+        if self._wants_rebuild():
+            self._rebuild(approximate=self._should_be_approximate())
+        else:
+            self._index.add_with_ids(contents, ids)
 
     def remove(self, edit_id: str) -> bool:
         """Forget an edit's keys; False if it had none here."""
         ids = self._key_ids.pop(edit_id, None)
         if ids is None:
             return False
-        self._index.remove_ids(faiss.IDSelectorBatch(ids))
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        # An id array (not a batch hash set): IVF's id -> cell table accepts only this selector.
+        self._index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
         for key_id in ids.tolist():
             del self._keys[key_id]
-            del self._vectors[key_id]
+        self._free.extend(ids.tolist())
         del self._order[edit_id]
+        if self._wants_rebuild():
+            self._rebuild(approximate=self._should_be_approximate())
         return True
+
+    # ---- the FAISS index behind the candidates ----------------------------------------------------------
+    def _allocate(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next_id == len(self._vectors):  # grow geometrically: amortised O(1) per key
+            grown = np.zeros((max(1024, 2 * len(self._vectors)), self.dim), dtype=np.float32)
+            grown[: len(self._vectors)] = self._vectors
+            self._vectors = grown
+        self._next_id += 1
+        return self._next_id - 1
+
+    def _should_be_approximate(self) -> bool:
+        if self.kind != "auto":
+            return self.kind == "ivf"
+        # Hysteresis: a few revokes around the boundary must not rebuild the index back and forth.
+        return len(self) >= self.approximate_from if not self._approximate else len(self) >= self.approximate_from // 2
+
+    def _wants_rebuild(self) -> bool:
+        if self._should_be_approximate() != self._approximate:
+            return True
+        # IVF cells fitted on few keys (or none, for kind "ivf") grow too big to scan: refit at 4x.
+        return self._approximate and len(self) >= 4 * max(self._trained_size, 256)
+
+    def _rebuild(self, approximate: bool) -> None:
+        """A fresh FAISS index over every key held: flat, or IVF with k-means cells fitted to these keys."""
+        ids = np.array(sorted(self._keys), dtype=np.int64)
+        vectors = self._vectors[ids]
+        if not approximate:
+            index: faiss.Index = faiss.IndexIDMap2(
+                faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+            )
+        else:
+            # sqrt(n) cells balance the two costs of a query: comparing to every centroid, scanning nprobe cells.
+            cells = max(16, int(np.sqrt(max(len(ids), 256))))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            ivf = faiss.IndexIVFScalarQuantizer(
+                quantizer, self.dim, cells, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+            )
+            ivf.own_fields = True
+            quantizer.this.disown()  # the IVF index frees its quantizer
+            ivf.cp.seed = 0  # deterministic cells for the same keys
+            ivf.train(self._training_sample(vectors, cells))
+            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids by id lookup, not a full scan
+            ivf.nprobe = min(self.nprobe, cells)
+            index = ivf
+            self._trained_size = len(ids)
+        if len(ids):
+            index.add_with_ids(vectors, ids)
+        self._index, self._approximate = index, approximate
+
+    def _training_sample(self, vectors: np.ndarray, cells: int) -> np.ndarray:
+        """k-means input: every key when few, else a fixed-seed sample of 64 per cell (FAISS's own advice)."""
+        if len(vectors) >= cells:
+            if len(vectors) <= 64 * cells:
+                return vectors
+            rows = np.random.default_rng(0).choice(len(vectors), 64 * cells, replace=False)
+            return vectors[np.sort(rows)]
+        # Too few keys for the cells (kind "ivf" from empty): random unit vectors give usable cells until
+        # the refit at 4x puts them where the keys are.
+        return normalise(np.random.default_rng(0).standard_normal((max(cells, 256), self.dim)))
+
+    def candidates(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """[n, k] key ids of each query's top-k keys by the index's (float16, maybe approximate) inner
+        product; -1 where fewer were found. `queries` must be normalised."""
+        if not self._keys:
+            return np.full((len(queries), k), -1, dtype=np.int64)
+        _, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self._keys)))
+        return ids
 
     def search(
         self,
@@ -126,13 +217,16 @@ class KeyIndex:
         queries = normalise(queries)
         if len(query_words) != len(queries):
             raise ValueError(f"{len(query_words)} word sets for {len(queries)} queries")
-        if self._index.ntotal == 0:
+        if not self._keys:
             return [Route(None, None) for _ in range(len(queries))]
-        _, ids = self._index.search(queries, min(k, int(self._index.ntotal)))
+        ids = self.candidates(queries, k)
         routes: list[Route] = []
         for query, row_ids, qwords in zip(queries, ids, query_words, strict=True):
             candidates = [int(i) for i in row_ids if i >= 0]
-            cosines = np.stack([self._vectors[i] for i in candidates]) @ query  # exact float32 [k]
+            if not candidates:  # IVF: the probed cells held nothing
+                routes.append(Route(None, None))
+                continue
+            cosines = self._vectors[candidates] @ query  # exact float32 [k]
             scored = [
                 (float(c) * coverage(self._keys[i].subject, qwords) ** 2, self._keys[i].edit_id)
                 for c, i in zip(cosines, candidates, strict=True)

@@ -8,7 +8,7 @@ import torch
 
 from editors.lora_bank import BankedLoRALinear, LoRABank, RowPlan
 from router import lexical
-from router.key_index import KeyIndex
+from router.key_index import KeyIndex, normalise
 
 
 def unit(*xs: float) -> np.ndarray:
@@ -55,8 +55,9 @@ def test_lexical_subject_words_and_coverage() -> None:
     assert lexical.coverage(frozenset(), lexical.words("anything")) == 1.0
 
 
-def test_removal_never_renumbers_other_keys() -> None:
-    index = KeyIndex(3)
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_removal_never_renumbers_other_keys(kind: str) -> None:
+    index = KeyIndex(3, kind=kind)
     for i, name in enumerate("abc"):
         index.add(name, np.eye(3, dtype=np.float32)[i][None], [ACME], order=i)
     assert index.remove("b") and not index.remove("b")
@@ -65,8 +66,9 @@ def test_removal_never_renumbers_other_keys() -> None:
     assert [r.edit_id for r in routes] == ["a", None, "c"]
 
 
-def test_identical_keys_newest_wins_until_removed() -> None:
-    index = KeyIndex(3)
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_identical_keys_newest_wins_until_removed(kind: str) -> None:
+    index = KeyIndex(3, kind=kind)
     index.add("old", unit(1, 1, 0)[None], [ACME], order=1)
     index.add("new", unit(1, 1, 0)[None], [ACME], order=2)
     assert index.search(unit(1, 1, 0)[None], ANY[:1], threshold=0.9)[0].edit_id == "new"
@@ -74,6 +76,32 @@ def test_identical_keys_newest_wins_until_removed() -> None:
     assert index.search(unit(1, 1, 0)[None], ANY[:1], threshold=0.9)[0].edit_id == "old"
     with pytest.raises(KeyError):
         index.add("old", unit(1, 0, 0)[None], [ACME], order=3)
+
+
+def test_auto_index_turns_approximate_with_size_and_back_and_agrees_with_flat() -> None:
+    rng = np.random.default_rng(0)
+    keys = normalise(rng.standard_normal((300, 16)))
+    auto, flat = KeyIndex(16, approximate_from=200, nprobe=4), KeyIndex(16, kind="flat")
+    for i, key in enumerate(keys):
+        for index in (auto, flat):
+            index.add(f"e{i}", key[None], [ACME], order=i)
+    assert auto.approximate and not flat.approximate
+    queries = normalise(keys + 0.05 * rng.standard_normal(keys.shape))  # a little off every key
+    words = [ACME] * len(queries)
+    routed = [r.edit_id for r in auto.search(queries, words, threshold=0.5)]
+    assert routed == [r.edit_id for r in flat.search(queries, words, threshold=0.5)]
+    assert routed == [f"e{i}" for i in range(len(keys))]
+    for i in range(250):  # revoke most: below half the threshold it is an exact scan again
+        assert auto.remove(f"e{i}")
+    assert not auto.approximate and len(auto) == 50
+    auto.add("e0", keys[0][None], [ACME], order=1000)  # restore reuses a freed key id
+    assert [r.edit_id for r in auto.search(keys[:1], words[:1], threshold=0.9)] == ["e0"]
+    assert [r.edit_id for r in auto.search(keys[1:2], words[:1], threshold=0.9)] == [None]
+
+
+def test_unknown_index_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown index kind 'hnsw'"):
+        KeyIndex(3, kind="hnsw")
 
 
 def test_bank_applies_each_rows_own_adapter_and_leaves_others_untouched() -> None:
