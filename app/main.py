@@ -88,14 +88,14 @@ async def _load(svc: EditService, on_fatal: Callable[[str], None] | None) -> Non
 
 
 async def _follow_database(svc: EditService, interval: float) -> None:
-    """Replicas sharing one database keep their index in step by reconciling with it periodically."""
+    """Replicas sharing one database keep their index in step by following its audit log (EditService.sync)."""
     while True:
         await asyncio.sleep(interval)
         if svc.state != "ready":
             continue
         try:
-            await svc.worker.run(svc.reconcile)
+            await svc.worker.run(svc.sync)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.warning("could not reconcile the index with the database", exc_info=True)
+            log.warning("could not follow the audit log", exc_info=True)

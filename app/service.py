@@ -13,6 +13,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -38,6 +39,8 @@ from storage.repository import (
 )
 
 log = logging.getLogger(__name__)
+# How long a skipped audit-log number is asked for again before it counts as burned (EditService.sync).
+GAP_PATIENCE_S = 60.0
 
 
 def new_edit_id() -> str:
@@ -112,6 +115,8 @@ class EditService:
         self.startup_error: str | None = None
         self.refused: dict[str, str] = {}  # edit id -> why it was refused (never used while listed)
         self._active: set[str] = set()  # edit ids this process put into the engine
+        self._cursor = 0  # audit-log seq up to which this process has applied every change (sync)
+        self._gaps: dict[int, float] = {}  # event seqs skipped below the cursor -> when first missed
         self._pending: queue.SimpleQueue[_GenerateJob] = queue.SimpleQueue()
         self._state_lock = threading.Lock()
 
@@ -130,6 +135,8 @@ class EditService:
         engine = EditingEngine(host, engine_config(s))
         with self._state_lock:
             self.host, self.engine = host, engine
+            # The cursor is read first: an edit changed while loading is seen again by sync(), never missed.
+            self._cursor = self.repo.last_event_seq()
             loaded = sum(self._activate_payload(p) for p in self.repo.active_payloads())
             self._publish()
         self.state = "ready"
@@ -141,20 +148,35 @@ class EditService:
             len(self.refused),
         )
 
-    def reconcile(self) -> None:
-        """Bring the index in step with the database (edits made or revoked by other replicas)."""
+    def sync(self) -> None:
+        """Follow the audit log from the cursor: every edit with new events gets its current status here.
+
+        With nothing new this is one primary-key query, however many edits exist. Event numbers can become
+        visible out of order on PostgreSQL (a transaction that drew seq 10 may commit after seq 11), so a
+        number skipped on the way is asked for again on later polls until it shows up or GAP_PATIENCE_S
+        passes (a rolled-back transaction burns its number for good)."""
         if self.engine is None:
             return
-        by_status = self.repo.edit_ids_by_status()
-        wanted = by_status[ACTIVE]
-        have = set(self._active)
-        for edit_id in sorted(have - wanted):
-            with self._state_lock:
-                self._deactivate(edit_id)
-        for edit_id in sorted(wanted - have - set(self.refused)):
-            self._load_and_activate(edit_id)
-        for edit_id in set(self.refused) - wanted:  # revoked elsewhere: no longer a problem
-            self.refused.pop(edit_id, None)
+        events = self.repo.events_since(self._cursor, self._gaps)
+        if not events:
+            return
+        now = time.monotonic()
+        seen = {seq for seq, _ in events}
+        newest = max(seen)
+        for seq in range(self._cursor + 1, newest):
+            if seq not in seen:
+                self._gaps.setdefault(seq, now)
+        self._gaps = {seq: t for seq, t in self._gaps.items() if seq not in seen and now - t < GAP_PATIENCE_S}
+        self._cursor = max(self._cursor, newest)
+        touched = list(dict.fromkeys(edit_id for _, edit_id in events))  # first-touched order, once each
+        statuses = self.repo.statuses(touched)
+        for edit_id in touched:
+            if statuses.get(edit_id) == ACTIVE:
+                if edit_id not in self._active and edit_id not in self.refused:
+                    self._load_and_activate(edit_id)
+            elif edit_id in self._active or edit_id in self.refused:  # revoked here or by another replica
+                with self._state_lock:
+                    self._deactivate(edit_id)
         self._publish()
 
     # ---- engine bookkeeping (worker thread) -------------------------------------------------------

@@ -6,12 +6,12 @@ The events table is append-only: this module has no code path that updates or de
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -294,13 +294,25 @@ class Repository:
         for edit_id, _, rows in self.keys_with_status(ACTIVE):
             yield edit_id, rows
 
-    def edit_ids_by_status(self) -> dict[str, set[str]]:
-        """{"active": ids, "revoked": ids} in one query (replica sync polls it)."""
-        found: dict[str, set[str]] = {ACTIVE: set(), REVOKED: set()}
+    def last_event_seq(self) -> int:
+        """The audit log's newest sequence number (0 when empty): where a replica starts following it."""
         with self.session() as s:
-            for edit_id, status in s.execute(select(Edit.id, Edit.status)):
-                found[status].add(edit_id)
-        return found
+            return int(s.scalar(select(func.max(Event.seq))) or 0)
+
+    def events_since(self, cursor: int, also: Collection[int] = ()) -> list[tuple[int, str]]:
+        """(seq, edit id) of every event after `cursor`, plus those numbered in `also`, in log order.
+
+        One query on the primary key: a replica polls it, and with nothing new it returns at once."""
+        newer = Event.seq > cursor
+        query = select(Event.seq, Event.edit_id).where(or_(newer, Event.seq.in_(list(also))) if also else newer)
+        with self.session() as s:
+            return [(int(seq), edit_id) for seq, edit_id in s.execute(query.order_by(Event.seq))]
+
+    def statuses(self, edit_ids: Collection[str]) -> dict[str, str]:
+        """edit id -> its current status, for those of `edit_ids` that exist."""
+        with self.session() as s:
+            rows = s.execute(select(Edit.id, Edit.status).where(Edit.id.in_(list(edit_ids))))
+            return {edit_id: status for edit_id, status in rows}
 
     def keys_with_status(
         self, status: str, edit_ids: Iterable[str] | None = None

@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
 from app.errors import ApiError
 from app.main import create_app
-from app.schemas import GenerateRequest
+from app.schemas import EditCreate, GenerateRequest
 from app.service import EditService, GenerateResult
 from app.settings import Settings
 from tests.server import MODEL_CACHE
@@ -43,3 +44,53 @@ def test_a_row_the_tokenizer_refuses_fails_alone_and_is_counted(tmp_path: Path) 
         assert isinstance(bad_result, ApiError) and bad_result.status == 422, bad_result
         assert isinstance(good_result, GenerateResult) and good_result.text
         assert "sola_generate_failures_total 1.0" in generate_latest(svc.metrics.registry).decode()
+
+
+def _ready(client: TestClient) -> EditService:
+    svc: EditService = client.app.state.service  # type: ignore[attr-defined]
+    for _ in range(600):
+        if svc.state == "ready":
+            break
+        time.sleep(0.1)
+    assert svc.state == "ready", svc.startup_error
+    return svc
+
+
+def test_a_replica_follows_the_audit_log_by_cursor_with_one_query_when_idle(tmp_path: Path) -> None:
+    """Two services on one database: B applies A's edit and revoke from the event log, and a poll that
+    finds nothing new is a single SQL statement (not a listing of every edit)."""
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    common = {"model_cache_dir": MODEL_CACHE, "sync_interval": 0, "torch_threads": 1, "database_url": shared}
+    a_settings = Settings(data_dir=tmp_path / "a", **common)  # type: ignore[arg-type]
+    b_settings = Settings(data_dir=tmp_path / "b", **common)  # type: ignore[arg-type]
+    # One after the other: transformers' model loading is not thread-safe within one process.
+    with TestClient(create_app(a_settings)) as client_a:
+        a = _ready(client_a)
+        with TestClient(create_app(b_settings)) as client_b:
+            b = _ready(client_b)
+            _follow(a, b, client_a, client_b)
+
+
+def _follow(a: EditService, b: EditService, client_a: TestClient, client_b: TestClient) -> None:
+    """A makes an edit and revokes it; B sees each after one sync."""
+    question = GenerateRequest(prompt="What is the capital of Zorbania?", max_new_tokens=4, chat=True)
+
+    def b_syncs_and_answers() -> GenerateResult:
+        client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
+        return client_b.portal.call(b.generate, question)  # type: ignore[union-attr]
+
+    edit, _ = client_a.portal.call(  # type: ignore[union-attr]
+        a.create_edit, EditCreate(prompt=question.prompt, target="Quexiville"), "alice", None
+    )
+    answer = b_syncs_and_answers()
+    assert answer.routed_edit_id == edit.id and answer.text.startswith("Quexiville")
+
+    statements: list[str] = []
+    sqlalchemy.event.listen(b.repo.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+    client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
+    queries = [sql for sql in statements if sql not in ("BEGIN", "COMMIT", "ROLLBACK")]  # transaction control
+    assert len(queries) == 1 and "FROM events" in queries[0], statements
+
+    client_a.portal.call(a.revoke, edit.id, "alice")  # type: ignore[union-attr]
+    assert b_syncs_and_answers().routed_edit_id is None
+    assert b.engine is not None and edit.id not in b.engine.active_edit_ids()

@@ -161,6 +161,20 @@ def test_events_follow_the_global_log(repo: Repository) -> None:
     assert not rest.has_more
 
 
+def test_a_replica_reads_the_log_from_its_cursor_and_asks_again_for_skipped_numbers(repo: Repository) -> None:
+    assert repo.last_event_seq() == 0 and repo.events_since(0) == []
+    a = repo.create_edit(new_edit("a"))
+    cursor = repo.last_event_seq()
+    b = repo.create_edit(new_edit("b"))
+    repo.revoke(a.id, "bob")
+    since = repo.events_since(cursor)
+    assert [edit_id for _, edit_id in since] == [b.id, a.id] and since[0][0] > cursor
+    assert repo.events_since(since[-1][0]) == []
+    # A number below the cursor asked for again (it may have committed late): returned with the new ones.
+    assert repo.events_since(since[-1][0], also=[cursor]) == [(cursor, a.id)]
+    assert repo.statuses([a.id, b.id, "ed_missing"]) == {a.id: "revoked", b.id: "active"}
+
+
 def test_idempotency_lookup_and_unique_key(repo: Repository) -> None:
     rec = repo.create_edit(new_edit(idempotency_key="k-1", request_hash="h" * 64))
     found = repo.find_by_idempotency_key("k-1")
