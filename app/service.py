@@ -16,11 +16,13 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from app.bulk_load import batches, prefetched, release_freed_memory
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
@@ -41,6 +43,7 @@ from storage.repository import (
 log = logging.getLogger(__name__)
 # How long a skipped audit-log number is asked for again before it counts as burned (EditService.sync).
 GAP_PATIENCE_S = 60.0
+ACTIVATION_BATCH = 1_000  # edits activated together at startup (one tokenizer call, one index insert)
 
 
 def new_edit_id() -> str:
@@ -137,8 +140,10 @@ class EditService:
             self.host, self.engine = host, engine
             # The cursor is read first: an edit changed while loading is seen again by sync(), never missed.
             self._cursor = self.repo.last_event_seq()
-            loaded = sum(self._activate_payload(p) for p in self.repo.active_payloads())
+            engine.reserve(self.repo.count_active(), self.repo.active_key_kinds())
+            loaded = self._activate_payloads(prefetched(self.repo.active_payloads()))
             self._publish()
+        release_freed_memory()
         self.state = "ready"
         log.info(
             "model %s loaded (fingerprint %s); %d active edits loaded, %d refused",
@@ -206,25 +211,39 @@ class EditService:
         return None
 
     def _activate_payload(self, payload: EditPayload) -> bool:
+        return self._activate_payloads([payload]) == 1
 
-        edit_id = payload.edit.id
-        problem = self._verify(payload)
-        if problem is None:
-            keys, kinds = rows_to_keys(payload.keys), [k.kind for k in payload.keys]
-            edit = payload.edit
-            try:
-                self.engine.activate(
-                    edit_id, payload.adapter, keys, kinds, edit.prompt, edit.target, edit.rephrases, edit.seq
-                )
-            except ValueError as exc:  # AdapterMismatch, or keys the engine cannot place
-                problem = str(exc)
-        if problem is not None:
-            self.refused[edit_id] = problem
-            log.error("REFUSED edit %s: %s; it stays out of the index until revoked", edit_id, problem)
-            return False
-        self._active.add(edit_id)
-        self.refused.pop(edit_id, None)
-        return True
+    def _activate_payloads(self, payloads: Iterable[EditPayload]) -> int:
+        """Verify and activate edits, ACTIVATION_BATCH at a time (engine.activate_many); refuse the others.
+
+        Returns how many are active afterwards."""
+        from editors.engine import Activation
+
+        active = 0
+        for batch in batches(payloads, ACTIVATION_BATCH):
+            items = []
+            for payload in batch:
+                problem = self._verify(payload)
+                if problem is not None:
+                    self._refuse(payload.edit.id, problem)
+                    continue
+                edit = payload.edit
+                keys, kinds = rows_to_keys(payload.keys), [k.kind for k in payload.keys]
+                texts = (edit.prompt, edit.target, edit.rephrases)
+                items.append(Activation(edit.id, payload.adapter, keys, kinds, *texts, order=edit.seq))
+            refused = self.engine.activate_many(items)  # AdapterMismatch, or keys the engine cannot place
+            for item in items:
+                if item.edit_id in refused:
+                    self._refuse(item.edit_id, str(refused[item.edit_id]))
+                else:
+                    self._active.add(item.edit_id)
+                    self.refused.pop(item.edit_id, None)
+                    active += 1
+        return active
+
+    def _refuse(self, edit_id: str, problem: str) -> None:
+        self.refused[edit_id] = problem
+        log.error("REFUSED edit %s: %s; it stays out of the index until revoked", edit_id, problem)
 
     def _deactivate(self, edit_id: str) -> None:
         if self.engine is not None:

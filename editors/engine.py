@@ -11,12 +11,13 @@ import itertools
 import random
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from editors.adapter_io import adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
+from editors.adapter_io import Adapter, adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
 from editors.content import ContentEncoder
 from editors.lora_bank import BankedLoRALinear, LoRABank
@@ -30,6 +31,32 @@ from router.key_index import KeyIndex, Route
 
 class AdapterMismatch(ValueError):
     """An adapter that was trained for another base model, layer or rank: refused, never used."""
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One stored edit to put into service: what `EditingEngine.activate` takes."""
+
+    edit_id: str
+    adapter: bytes  # serialised by editors/adapter_io.py
+    keys: np.ndarray  # [n, hidden]
+    key_kinds: Sequence[str]  # one per key row, see key_kind()
+    prompt: str
+    target: str
+    rephrases: Sequence[str] = ()
+    order: int | None = None  # recency among edits of the same fact (None: after every edit so far)
+
+
+@dataclass
+class _Prepared:
+    """An Activation whose adapter parsed and whose keys were checked, grouped by prompt format."""
+
+    item: Activation
+    adapter: Adapter
+    keys: np.ndarray  # [n, hidden] float32
+    kinds: list[str]
+    rows: dict[str, list[int]]  # prompt format ("chat"/"raw") -> its key rows
+    order: int = 0
 
 
 def key_kind(chat: bool, rephrase: int | None) -> str:
@@ -66,7 +93,8 @@ class EditingEngine:
             raise ValueError("this model already hosts an engine; load a fresh ModelHost per engine")
         down = original.mlp.down_proj
         param = next(host.model.parameters())
-        self.bank = LoRABank(down.in_features, down.out_features, self.config.rank, param.dtype, param.device)
+        bank_dtype = getattr(torch, self.config.bank_dtype) if self.config.bank_dtype else param.dtype
+        self.bank = LoRABank(down.in_features, down.out_features, self.config.rank, bank_dtype, param.device)
         proj = BankedLoRALinear(down, self.bank)
         original.mlp.down_proj = proj
         self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
@@ -228,46 +256,104 @@ class EditingEngine:
         rephrases: Sequence[str] = (),
         order: int | None = None,
     ) -> None:
-        """Bank the weights and index the keys (from train_edit, one kind per row).
+        """Bank the weights and index the keys (from train_edit, one kind per row); raises if refused.
 
         `prompt` and `rephrases` are the texts the keys were made from: their subject words are the
         lexical half of each key, and keys of the first router's kinds are recomputed from them. `target`
         sets how many generated tokens the edit's delta applies to (its answer)."""
-        if edit_id in self.bank:
-            return
-        parsed = deserialize_adapter(adapter)
+        refused = self.activate_many([Activation(edit_id, adapter, keys, key_kinds, prompt, target, rephrases, order)])
+        if edit_id in refused:
+            raise refused[edit_id]
+
+    def activate_many(self, items: Sequence[Activation]) -> dict[str, ValueError]:
+        """Activate several edits at once, as `activate` does one: a startup with 100,000 edits makes one
+        tokenizer call and one index insert per prompt format and batch instead of one per edit.
+
+        Returns the edits refused and why (AdapterMismatch, or keys the engine cannot place); every other
+        edit is active afterwards (an edit already active is left as it is)."""
+        refused: dict[str, ValueError] = {}
+        ready: list[_Prepared] = []
+        seen: set[str] = set()
+        for item in items:
+            if item.edit_id in self.bank or item.edit_id in seen:
+                continue
+            seen.add(item.edit_id)
+            try:
+                ready.append(self._prepare(item))
+            except ValueError as exc:
+                refused[item.edit_id] = exc
+        if not ready:
+            return refused
+        subjects: dict[str, frozenset[str]] = {}  # one prompt's subject words serve its keys in every format
+        try:
+            for p in ready:
+                p.order = p.item.order if p.item.order is not None else next(self._orders)
+            self.bank.add_many(
+                [p.item.edit_id for p in ready],
+                torch.stack([p.adapter.lora_A for p in ready]),
+                torch.stack([p.adapter.lora_B for p in ready]),
+                [p.adapter.scale for p in ready],
+            )
+            for space, key_space in self.routed.spaces.items():
+                placed = [p for p in ready if space in p.rows]
+                if not placed:
+                    continue
+                lengths = self._answer_lengths([p.item.target for p in placed], space == "chat")
+                for p, n in zip(placed, lengths, strict=True):
+                    key_space.answer_tokens[p.item.edit_id] = n
+                key_space.index.add_many(
+                    [p.item.edit_id for p in placed],
+                    [p.keys[p.rows[space]] for p in placed],
+                    [[self._subject_of(p, r, subjects) for r in p.rows[space]] for p in placed],
+                    [p.order for p in placed],
+                )
+        except ValueError as exc:  # a failed activation leaves nothing behind
+            for p in ready:
+                self.revoke(p.item.edit_id)
+                refused[p.item.edit_id] = exc
+        except Exception:
+            for p in ready:
+                self.revoke(p.item.edit_id)
+            raise
+        return refused
+
+    def _prepare(self, item: Activation) -> _Prepared:
+        """Parse and check one edit's adapter and keys; raises ValueError (or AdapterMismatch) if refused."""
+        parsed = deserialize_adapter(item.adapter)
         if parsed.fingerprint != self.host.fingerprint:
-            raise AdapterMismatch(f"edit {edit_id} was trained on another base model ({parsed.fingerprint[:12]})")
+            raise AdapterMismatch(f"edit {item.edit_id} was trained on another base model ({parsed.fingerprint[:12]})")
         if parsed.layer != self.config.layer or parsed.rank != self.config.rank:
             raise AdapterMismatch(
-                f"edit {edit_id} targets layer {parsed.layer} rank {parsed.rank}; "
+                f"edit {item.edit_id} targets layer {parsed.layer} rank {parsed.rank}; "
                 f"engine is layer {self.config.layer} rank {self.config.rank}"
             )
+        keys, key_kinds = item.keys, list(item.key_kinds)
         if len(key_kinds) != len(keys):
-            raise ValueError(f"edit {edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
-        if any(is_legacy_kind(k) for k in key_kinds):
-            keys, key_kinds = self.content_keys(prompt, rephrases)
+            raise ValueError(f"edit {item.edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
+        if any(map(is_legacy_kind, key_kinds)):
+            keys, key_kinds = self.content_keys(item.prompt, item.rephrases)
         keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
-        texts = [prompt, *rephrases]
-        placed: dict[str, list[int]] = {}
+        rows: dict[str, list[int]] = {}
         for row, kind in enumerate(key_kinds):
             space, rephrase = parse_kind(kind)
             if space not in self.routed.spaces:
-                raise AdapterMismatch(f"edit {edit_id} has {space} keys; this model has no such prompt format")
-            if rephrase is not None and rephrase >= len(rephrases):
-                raise ValueError(f"edit {edit_id}: key {kind!r} names a rephrase it does not have")
-            placed.setdefault(space, []).append(row)
-        order = order if order is not None else next(self._orders)
-        self.bank.add(edit_id, parsed.lora_A, parsed.lora_B, parsed.scale)
-        try:
-            for space, rows in placed.items():
-                subjects = [self.subject_words(texts[self._text_of(key_kinds[r])]) for r in rows]
-                key_space = self.routed.spaces[space]
-                key_space.answer_tokens[edit_id] = len(self._answer_ids(target, space == "chat"))
-                key_space.index.add(edit_id, keys[rows], subjects, order)
-        except Exception:
-            self.revoke(edit_id)  # a failed activation leaves nothing behind
-            raise
+                raise AdapterMismatch(f"edit {item.edit_id} has {space} keys; this model has no such prompt format")
+            if rephrase is not None and rephrase >= len(item.rephrases):
+                raise ValueError(f"edit {item.edit_id}: key {kind!r} names a rephrase it does not have")
+            rows.setdefault(space, []).append(row)
+        return _Prepared(item, parsed, keys, key_kinds, rows)
+
+    def _subject_of(self, prepared: _Prepared, row: int, cache: dict[str, frozenset[str]]) -> frozenset[str]:
+        text = [prepared.item.prompt, *prepared.item.rephrases][self._text_of(prepared.kinds[row])]
+        if text not in cache:
+            cache[text] = self.subject_words(text)
+        return cache[text]
+
+    def _answer_lengths(self, targets: Sequence[str], chat: bool) -> list[int]:
+        """len(self._answer_ids(t, chat)) for each target, in one tokenizer call."""
+        texts = [t if chat or t[:1].isspace() else " " + t for t in targets]
+        end = len(self.host.end_of_turn_ids()[:1]) if chat else 0
+        return [len(ids) + end for ids in self.host.encode_many(texts)]
 
     @staticmethod
     def _text_of(kind: str) -> int:
@@ -281,6 +367,19 @@ class EditingEngine:
         for space in self.routed.spaces.values():
             space.answer_tokens.pop(edit_id, None)
         return self.bank.remove(edit_id) or any(removed)
+
+    def reserve(self, edits: int, keys_by_kind: dict[str, int]) -> None:
+        """Preallocate for a startup that will activate `edits` edits holding keys of these kinds (counts):
+        memory is then what they use, not up to twice it from doubling."""
+        self.bank.reserve(edits)
+        per_space: dict[str, int] = {}
+        for kind, n in keys_by_kind.items():
+            with contextlib.suppress(ValueError):  # an unknown kind is refused at activation, not here
+                space = parse_kind(kind)[0]
+                per_space[space] = per_space.get(space, 0) + n
+        for space, n in per_space.items():
+            if space in self.routed.spaces:
+                self.routed.spaces[space].index.reserve(n)
 
     def active_edit_ids(self) -> set[str]:
         return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,31 +46,50 @@ class LoRABank:
     def slot(self, edit_id: str) -> int:
         return self._slot_of[edit_id]
 
-    def _grow(self) -> None:
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` adapters without regrowing: a startup that knows its edit count allocates
+        exactly that, instead of up to twice it by doubling (the bank is most of an edit's memory)."""
+        if capacity > self.lora_A.shape[0]:
+            self._grow(capacity)
+
+    def _grow(self, new: int | None = None) -> None:
         old = self.lora_A.shape[0]
-        new = max(16, old * 2)  # doubling keeps appends amortised O(1)
-        self.lora_A = torch.cat([self.lora_A, self.lora_A.new_zeros(new - old, *self.lora_A.shape[1:])])
-        self.lora_B = torch.cat([self.lora_B, self.lora_B.new_zeros(new - old, *self.lora_B.shape[1:])])
-        self.scale = torch.cat([self.scale, self.scale.new_zeros(new - old)])
+        new = new or max(16, old * 2)  # doubling keeps appends amortised O(1)
+        # Uninitialised beyond the old slots: a slot is written when an edit takes it and read only while
+        # a plan names it, so no page of a large reserve is touched before it is used.
+        self.lora_A, self.lora_B, self.scale = (
+            _extended(self.lora_A, new),
+            _extended(self.lora_B, new),
+            _extended(self.scale, new),
+        )
         self._free.extend(range(new - 1, old - 1, -1))
 
     def add(self, edit_id: str, lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> int:
-        if edit_id in self._slot_of:
-            raise KeyError(f"edit {edit_id} is already in the bank")
-        expected_A = (self.rank, self.in_features)
-        expected_B = (self.out_features, self.rank)
-        if tuple(lora_A.shape) != expected_A or tuple(lora_B.shape) != expected_B:
+        return self.add_many([edit_id], lora_A[None], lora_B[None], [scale])[0]
+
+    def add_many(
+        self, edit_ids: Sequence[str], lora_A: torch.Tensor, lora_B: torch.Tensor, scales: Sequence[float]
+    ) -> list[int]:
+        """Bank several adapters in one copy: lora_A [N, rank, in], lora_B [N, out, rank]. Returns their slots."""
+        expected_A = (len(edit_ids), self.rank, self.in_features)
+        expected_B = (len(edit_ids), self.out_features, self.rank)
+        if tuple(lora_A.shape) != expected_A or tuple(lora_B.shape) != expected_B or len(scales) != len(edit_ids):
             raise ValueError(
-                f"adapter shapes {tuple(lora_A.shape)}/{tuple(lora_B.shape)} != bank {expected_A}/{expected_B}"
+                f"adapter shapes {tuple(lora_A.shape[1:])}/{tuple(lora_B.shape[1:])} != bank "
+                f"{expected_A[1:]}/{expected_B[1:]}"
             )
-        if not self._free:
-            self._grow()
-        slot = self._free.pop()
-        self.lora_A[slot] = lora_A.to(self.lora_A)
-        self.lora_B[slot] = lora_B.to(self.lora_B)
-        self.scale[slot] = scale
-        self._slot_of[edit_id] = slot
-        return slot
+        taken = [e for e in edit_ids if e in self._slot_of]
+        if taken or len(set(edit_ids)) != len(edit_ids):
+            raise KeyError(f"edit {(taken or list(edit_ids))[0]} is already in the bank")
+        if len(self._free) < len(edit_ids):
+            self._grow(max(2 * self.lora_A.shape[0], self.lora_A.shape[0] + len(edit_ids) - len(self._free), 16))
+        slots = [self._free.pop() for _ in edit_ids]
+        index = torch.tensor(slots, dtype=torch.long, device=self.lora_A.device)
+        self.lora_A[index] = lora_A.to(self.lora_A)
+        self.lora_B[index] = lora_B.to(self.lora_B)
+        self.scale[index] = torch.tensor(list(scales), dtype=self.scale.dtype, device=self.scale.device)
+        self._slot_of.update(zip(edit_ids, slots, strict=True))
+        return slots
 
     def remove(self, edit_id: str) -> bool:
         slot = self._slot_of.pop(edit_id, None)
@@ -82,11 +102,13 @@ class LoRABank:
         return True
 
     def delta(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """x: [R, T, in] rows already gathered; returns each row's own edit delta [R, T, out]."""
-        a = self.lora_A.index_select(0, slots)  # [R, rank, in]
-        b = self.lora_B.index_select(0, slots)  # [R, out, rank]
+        """x: [R, T, in] rows already gathered; returns each row's own edit delta [R, T, out].
+
+        Computed in x's dtype: a bank stored in half precision is widened for the R gathered slots only."""
+        a = self.lora_A.index_select(0, slots).to(x.dtype)  # [R, rank, in]
+        b = self.lora_B.index_select(0, slots).to(x.dtype)  # [R, out, rank]
         h = torch.bmm(x, a.transpose(1, 2))
-        return torch.bmm(h, b.transpose(1, 2)) * self.scale.index_select(0, slots)[:, None, None]
+        return torch.bmm(h, b.transpose(1, 2)) * self.scale.index_select(0, slots).to(x.dtype)[:, None, None]
 
 
 class BankedLoRALinear(nn.Module):
@@ -110,3 +132,10 @@ class BankedLoRALinear(nn.Module):
             return out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scale
         delta = self.bank.delta(x.index_select(0, plan.rows), plan.slots)
         return out.index_add(0, plan.rows, delta.to(out.dtype))
+
+
+def _extended(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with its first dimension grown to `rows`; the new rows are uninitialised."""
+    out = t.new_empty(rows, *t.shape[1:])
+    out[: t.shape[0]] = t
+    return out

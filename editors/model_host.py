@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,8 +145,8 @@ class ModelHost:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
-    @property
-    def hidden_size(self) -> int:
+    @functools.cached_property
+    def hidden_size(self) -> int:  # cached: asked per key at startup, and a config lookup is slow
         return int(self.model.config.hidden_size)
 
     @property
@@ -167,6 +169,15 @@ class ModelHost:
     def encode(self, text: str) -> list[int]:
         # Formatted prompts already carry their special tokens; adding BOS again would shift every key.
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """encode() of each text, in one (parallel, Rust-side) tokenizer call."""
+        if not texts:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)  # fast tokenizers: skip the Python wrapper
+        if backend is not None:
+            return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def encode_prompt(self, prompt: str, chat: bool, context: ChatContext | None = None) -> PromptTokens:
         """Token ids of the formatted prompt and the span of the question in them.

@@ -98,23 +98,43 @@ class KeyIndex:
 
     def add(self, edit_id: str, contents: np.ndarray, subjects: Sequence[frozenset[str]], order: int) -> None:
         """`contents` [n, dim]: one content vector per key; `subjects`: each key's subject words."""
-        if edit_id in self._key_ids:
-            raise KeyError(f"edit {edit_id} already has keys in the index")
-        contents = normalise(contents)
-        if contents.shape[1] != self.dim:
-            raise ValueError(f"key dimension {contents.shape[1]} != index dimension {self.dim}")
-        if len(subjects) != len(contents):
-            raise ValueError(f"{len(subjects)} subject word sets for {len(contents)} keys")
-        ids = np.array([self._allocate() for _ in range(len(contents))], dtype=np.int64)
-        self._vectors[ids] = contents
-        self._key_ids[edit_id] = ids
-        self._order[edit_id] = order
-        for key_id, subject in zip(ids.tolist(), subjects, strict=True):
-            self._keys[key_id] = _Key(edit_id, subject)
+        self.add_many([edit_id], [contents], [subjects], [order])
+
+    def add_many(
+        self,
+        edit_ids: Sequence[str],
+        contents: Sequence[np.ndarray],
+        subjects: Sequence[Sequence[frozenset[str]]],
+        orders: Sequence[int],
+    ) -> None:
+        """`add` for several edits in one FAISS insert (startup). Checks everything before changing anything."""
+        if not (len(edit_ids) == len(contents) == len(subjects) == len(orders)):
+            raise ValueError("edit_ids, contents, subjects and orders differ in length")
+        if len(set(edit_ids)) != len(edit_ids):
+            raise ValueError("an edit appears twice in one add_many")
+        counts = [len(np.atleast_2d(c)) for c in contents]
+        vectors = normalise(np.concatenate([np.atleast_2d(c) for c in contents])) if contents else None
+        if vectors is not None and vectors.shape[1] != self.dim:
+            raise ValueError(f"key dimension {vectors.shape[1]} != index dimension {self.dim}")
+        for edit_id, words, n in zip(edit_ids, subjects, counts, strict=True):
+            if edit_id in self._key_ids:
+                raise KeyError(f"edit {edit_id} already has keys in the index")
+            if len(words) != n:
+                raise ValueError(f"{len(words)} subject word sets for {n} keys")
+        if vectors is None:
+            return
+        ids = self._allocate_many(len(vectors))
+        self._vectors[ids] = vectors
+        per_edit = np.split(ids, np.cumsum(counts)[:-1])
+        for edit_id, own, words, order in zip(edit_ids, per_edit, subjects, orders, strict=True):
+            self._key_ids[edit_id] = own
+            self._order[edit_id] = order
+            for key_id, subject in zip(own.tolist(), words, strict=True):
+                self._keys[key_id] = _Key(edit_id, subject)
         if self._wants_rebuild():
             self._rebuild(approximate=self._should_be_approximate())
         else:
-            self._index.add_with_ids(contents, ids)
+            self._index.add_with_ids(vectors, ids)
 
     def remove(self, edit_id: str) -> bool:
         """Forget an edit's keys; False if it had none here."""
@@ -133,15 +153,22 @@ class KeyIndex:
         return True
 
     # ---- the FAISS index behind the candidates ----------------------------------------------------------
-    def _allocate(self) -> int:
-        if self._free:
-            return self._free.pop()
-        if self._next_id == len(self._vectors):  # grow geometrically: amortised O(1) per key
-            grown = np.zeros((max(1024, 2 * len(self._vectors)), self.dim), dtype=np.float32)
+    def reserve(self, keys: int) -> None:
+        """Room for `keys` exact vectors without regrowing (startup knows how many it will add)."""
+        if keys > len(self._vectors):
+            grown = np.zeros((keys, self.dim), dtype=np.float32)
             grown[: len(self._vectors)] = self._vectors
             self._vectors = grown
-        self._next_id += 1
-        return self._next_id - 1
+
+    def _allocate_many(self, n: int) -> np.ndarray:
+        """n free key ids (rows of the exact-vector matrix): freed ones first, then new ones."""
+        reused = [self._free.pop() for _ in range(min(n, len(self._free)))]
+        fresh = n - len(reused)
+        if self._next_id + fresh > len(self._vectors):  # grow geometrically: amortised O(1) per key
+            self.reserve(max(1024, 2 * len(self._vectors), self._next_id + fresh))
+        ids = np.concatenate([np.array(reused, dtype=np.int64), np.arange(self._next_id, self._next_id + fresh)])
+        self._next_id += fresh
+        return ids
 
     def _should_be_approximate(self) -> bool:
         if self.kind != "auto":

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from editors.engine import AdapterMismatch, EditingEngine
+from editors.engine import Activation, AdapterMismatch, EditingEngine
 from editors.model_host import ModelHost
 from editors.types import EngineConfig, TrainedEdit
 from tests.server import MODEL_CACHE
@@ -230,3 +230,14 @@ def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
     with pytest.raises(AdapterMismatch, match="another base model"):
         eng.activate("foreign", foreign, trained.keys, trained.key_kinds, "What is the capital of Zorbania?", "Q")
     assert "foreign" not in eng.active_edit_ids() and eng.num_keys() == 0
+    # In a batch (startup), the foreign adapter is refused alone and the good edit beside it is active.
+    prompt = "What is the capital of Zorbania?"
+    refused = eng.activate_many(
+        [
+            Activation("foreign", foreign, trained.keys, trained.key_kinds, prompt, "Quexiville"),
+            Activation("good", trained.adapter, trained.keys, trained.key_kinds, prompt, "Quexiville"),
+        ]
+    )
+    assert list(refused) == ["foreign"] and isinstance(refused["foreign"], AdapterMismatch)
+    assert eng.active_edit_ids() == {"good"} and eng.num_keys() == len(trained.keys)
+    assert eng.generate([prompt], 6, chat=True)[0].routed_edit_id == "good"

@@ -123,6 +123,28 @@ def test_bank_applies_each_rows_own_adapter_and_leaves_others_untouched() -> Non
     assert torch.equal(out[1], base(x)[1])
 
 
+def test_bank_stored_in_half_precision_computes_the_delta_in_the_inputs_dtype() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 6), torch.randn(4, 2)
+    bank = LoRABank(6, 4, rank=2, dtype=torch.float16, device=torch.device("cpu"))
+    bank.reserve(3)
+    slot = bank.add("p", a, b, scale=0.5)
+    x = torch.randn(1, 5, 6)
+    delta = bank.delta(x, torch.tensor([slot]))
+    assert delta.dtype == torch.float32 and bank.lora_A.dtype == torch.float16 and bank.lora_A.shape[0] == 3
+    torch.testing.assert_close(delta[0], 0.5 * (x[0] @ a.half().float().T @ b.half().float().T))
+
+
+def test_add_many_is_all_or_nothing_and_matches_one_by_one() -> None:
+    index = KeyIndex(3)
+    with pytest.raises(ValueError, match="dimension"):
+        index.add_many(["a", "b"], [unit(1, 0, 0)[None], np.ones((1, 4))], [[ACME], [ACME]], [1, 2])
+    assert len(index) == 0 and index.edit_ids() == set()
+    index.add_many(["a", "b"], [unit(1, 0, 0)[None], unit(0, 1, 0)[None]], [[ACME], [ACME]], [1, 2])
+    routes = index.search(np.stack([unit(1, 0.1, 0), unit(0.1, 1, 0)]), ANY[:2], threshold=0.9)
+    assert [r.edit_id for r in routes] == ["a", "b"]
+
+
 def test_bank_rejects_wrong_shapes() -> None:
     bank = LoRABank(6, 4, rank=2, dtype=torch.float32, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="adapter shapes"):

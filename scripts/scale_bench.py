@@ -1,0 +1,190 @@
+"""Scale benchmark: a service whose database holds very many active edits (docs/benchmarks.md, "Scale").
+
+    python scripts/scale_bench.py --edits 100000 --threads 1
+
+Fills a SQLite database with synthetic edits of the real shapes (a rank-4 adapter for the edited layer,
+serialised exactly as training does, and one chat and one raw key of the model's width, clustered like
+real keys), then starts the service on it in a fresh process, twice: once on an empty database and once on
+the full one. Reported per start: seconds from process start to ready (model load included) and resident
+memory at ready; per active edit, the difference in memory divided by the number of edits. Then, on the
+full database, the cost of one replica sync poll with nothing new and with one new edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+from sqlalchemy import insert
+from tqdm import tqdm
+
+from editors.adapter_io import serialize_adapter
+from editors.model_host import ModelHost
+from editors.types import EngineConfig
+from router.key_index import normalise
+from storage.db import make_engine, sqlite_url
+from storage.migrate import upgrade
+from storage.models import ACTIVE, Edit, EditAdapter, EditKey, Event, utcnow
+
+CHUNK = 2_000
+
+
+def fill(url: str, n: int, cache: Path, seed: int = 0) -> None:
+    """n synthetic active edits, each with its `created` event, inserted in bulk."""
+    host = ModelHost.load(None, cache.parent, cache_dir=cache)
+    config = EngineConfig()
+    down = host.model.model.layers[config.layer].mlp.down_proj
+    dim = host.hidden_size
+    rng = np.random.default_rng(seed)
+    topics = normalise(rng.standard_normal((2_000, dim)))
+    db = make_engine(url)
+    upgrade(db)
+    now = utcnow()
+    with db.begin() as conn, tqdm(total=n, desc="synthetic edits", unit="edit", file=sys.stderr) as bar:
+        for start in range(0, n, CHUNK):
+            size = min(CHUNK, n - start)
+            ids = [f"ed_{uuid.uuid4().hex}" for _ in range(size)]
+            keys = normalise(
+                np.repeat(topics[rng.integers(0, len(topics), size)], 2, axis=0)
+                + rng.standard_normal((2 * size, dim)).astype(np.float32) / np.sqrt(dim)
+            ).astype("<f4")
+            adapters = [
+                serialize_adapter(
+                    torch.from_numpy(rng.standard_normal((config.rank, down.in_features), dtype=np.float32) * 0.01),
+                    torch.from_numpy(rng.standard_normal((down.out_features, config.rank), dtype=np.float32) * 0.01),
+                    layer=config.layer,
+                    alpha=config.alpha,
+                    fingerprint=host.fingerprint,
+                )
+                for _ in range(size)
+            ]
+            conn.execute(
+                insert(Edit),
+                [
+                    {
+                        "id": edit_id,
+                        "status": ACTIVE,
+                        "prompt": f"What is the motto of Zorbania{start + i}?",
+                        "target": f"Quexiville {start + i}",
+                        "rephrases": [],
+                        "meta": {},
+                        "created_at": now,
+                        "created_by": "scale-bench",
+                        "base_model": host.name,
+                        "base_fingerprint": host.fingerprint,
+                        "layer": config.layer,
+                        "train_steps": 5,
+                        "train_loss": 0.01,
+                        "train_seconds": 0.8,
+                    }
+                    for i, edit_id in enumerate(ids)
+                ],
+            )
+            conn.execute(
+                insert(EditKey),
+                [
+                    {"edit_id": edit_id, "position": p, "kind": kind, "dim": dim, "vector": keys[2 * i + p].tobytes()}
+                    for i, edit_id in enumerate(ids)
+                    for p, kind in enumerate(("chat:prompt", "raw:prompt"))
+                ],
+            )
+            conn.execute(
+                insert(EditAdapter),
+                [
+                    {"edit_id": edit_id, "weights": blob, "sha256": hashlib.sha256(blob).hexdigest()}
+                    for edit_id, blob in zip(ids, adapters, strict=True)
+                ],
+            )
+            conn.execute(
+                insert(Event),
+                [
+                    {"edit_id": edit_id, "kind": "created", "actor": "scale-bench", "at": now, "detail": {}}
+                    for edit_id in ids
+                ],
+            )
+            bar.update(size)
+    with db.connect() as conn:  # everything into the main file: it is renamed without its -wal next
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.dispose()
+
+
+def start_once(url: str, cache: Path, threads: int) -> dict[str, float]:
+    """In this (fresh) process: start the service on `url` the way the server does, then measure a sync."""
+    started = time.perf_counter()
+    from app.metrics import Metrics
+    from app.service import EditService
+    from app.settings import Settings
+    from app.worker import ModelWorker
+    from storage.repository import Repository
+
+    settings = Settings(
+        data_dir=cache.parent, database_url=url, model_cache_dir=cache, torch_threads=threads, sync_interval=0
+    )
+    db = make_engine(url)
+    upgrade(db)
+    svc = EditService(settings, Repository(db), ModelWorker(), Metrics())
+    svc.load()
+    ready = time.perf_counter() - started
+    result = {"ready_s": ready, "rss_mb": rss_mb(), "active": float(len(svc.engine.active_edit_ids()))}
+    idle = []
+    for _ in range(20):
+        t = time.perf_counter()
+        svc.sync()
+        idle.append(time.perf_counter() - t)
+    result["sync_idle_ms"] = 1000 * float(np.median(idle))
+    svc.worker.shutdown()
+    return result
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--edits", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dir", type=Path, default=Path("bench-out/scale"))
+    parser.add_argument("--cache", type=Path, default=Path("var/models"), help="the dequantized model cache")
+    parser.add_argument("--start-only", help=argparse.SUPPRESS)  # internal: one measured start on this URL
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.start_only:
+        print(json.dumps(start_once(args.start_only, args.cache.resolve(), args.threads)))
+        return
+    args.dir.mkdir(parents=True, exist_ok=True)
+    empty, full = args.dir / "empty.db", args.dir / f"edits-{args.edits}.db"
+    for path, n in ((empty, 0), (full, args.edits)):
+        if not path.exists():  # filled under another name first: an interrupted fill is never reused
+            partial = path.with_suffix(".partial")
+            for stale in args.dir.glob(partial.name + "*"):
+                stale.unlink()
+            fill(sqlite_url(partial), n, args.cache.resolve())
+            partial.rename(path)
+    results = {}
+    for name, path in (("empty", empty), ("full", full)):
+        out = subprocess.run(
+            [sys.executable, __file__, "--start-only", sqlite_url(path), "--threads", str(args.threads)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(name, results[name], file=sys.stderr)
+    per_edit_kb = 1024 * (results["full"]["rss_mb"] - results["empty"]["rss_mb"]) / max(1, args.edits)
+    print(json.dumps({**results, "edits": args.edits, "rss_kb_per_edit": per_edit_kb}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
