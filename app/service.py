@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from app.bulk_load import batches, prefetched, release_freed_memory
+from app.bulk_load import batches, release_freed_memory
 from app.errors import ApiError
 from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
@@ -78,6 +78,7 @@ def engine_config(settings: Settings) -> Any:
         "rank": settings.rank,
         "max_steps": settings.max_train_steps,
         "max_train_seconds": settings.max_train_seconds,
+        "bank_dtype": settings.bank_dtype,
     }
     return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
 
@@ -141,7 +142,7 @@ class EditService:
             # The cursor is read first: an edit changed while loading is seen again by sync(), never missed.
             self._cursor = self.repo.last_event_seq()
             engine.reserve(self.repo.count_active(), self.repo.active_key_kinds())
-            loaded = self._activate_payloads(prefetched(self.repo.active_payloads()))
+            loaded = self._activate_payloads(self.repo.active_payloads())
             self._publish()
         release_freed_memory()
         self.state = "ready"

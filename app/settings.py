@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     layer: int | None = None
     threshold: float | None = None  # routing score an edit needs to fire (chat and raw prompts)
     rank: int | None = None
+    # Active adapters' storage in memory (None: the model's dtype); see docs/benchmarks.md, "Scale".
+    bank_dtype: Literal["float16", "bfloat16"] | None = None
     # Bounds on training one edit: it runs on the model worker, so every query waits while it does. An edit
     # not learnt within max_train_seconds fails with 422 training_timeout and commits nothing.
     max_train_steps: int | None = Field(None, ge=1)

@@ -85,9 +85,10 @@ class LoRABank:
             self._grow(max(2 * self.lora_A.shape[0], self.lora_A.shape[0] + len(edit_ids) - len(self._free), 16))
         slots = [self._free.pop() for _ in edit_ids]
         index = torch.tensor(slots, dtype=torch.long, device=self.lora_A.device)
-        self.lora_A[index] = lora_A.to(self.lora_A)
-        self.lora_B[index] = lora_B.to(self.lora_B)
-        self.scale[index] = torch.tensor(list(scales), dtype=self.scale.dtype, device=self.scale.device)
+        # index_copy_, not `bank[index] = ...`: the indexed assignment runs several times slower on large banks
+        self.lora_A.index_copy_(0, index, lora_A.to(self.lora_A))
+        self.lora_B.index_copy_(0, index, lora_B.to(self.lora_B))
+        self.scale.index_copy_(0, index, torch.tensor(list(scales), dtype=self.scale.dtype, device=self.scale.device))
         self._slot_of.update(zip(edit_ids, slots, strict=True))
         return slots
 

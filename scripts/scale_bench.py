@@ -116,7 +116,7 @@ def fill(url: str, n: int, cache: Path, seed: int = 0) -> None:
     db.dispose()
 
 
-def start_once(url: str, cache: Path, threads: int) -> dict[str, float]:
+def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> dict[str, float]:
     """In this (fresh) process: start the service on `url` the way the server does, then measure a sync."""
     started = time.perf_counter()
     from app.metrics import Metrics
@@ -126,7 +126,12 @@ def start_once(url: str, cache: Path, threads: int) -> dict[str, float]:
     from storage.repository import Repository
 
     settings = Settings(
-        data_dir=cache.parent, database_url=url, model_cache_dir=cache, torch_threads=threads, sync_interval=0
+        data_dir=cache.parent,
+        database_url=url,
+        model_cache_dir=cache,
+        torch_threads=threads,
+        sync_interval=0,
+        bank_dtype=bank_dtype,
     )
     db = make_engine(url)
     upgrade(db)
@@ -157,11 +162,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path("bench-out/scale"))
     parser.add_argument("--cache", type=Path, default=Path("var/models"), help="the dequantized model cache")
+    parser.add_argument("--bank-dtype", choices=["float16", "bfloat16"], help="SOLA_BANK_DTYPE (default: model's)")
     parser.add_argument("--start-only", help=argparse.SUPPRESS)  # internal: one measured start on this URL
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.start_only:
-        print(json.dumps(start_once(args.start_only, args.cache.resolve(), args.threads)))
+        print(json.dumps(start_once(args.start_only, args.cache.resolve(), args.threads, args.bank_dtype)))
         return
     args.dir.mkdir(parents=True, exist_ok=True)
     empty, full = args.dir / "empty.db", args.dir / f"edits-{args.edits}.db"
@@ -175,7 +181,8 @@ def main() -> None:
     results = {}
     for name, path in (("empty", empty), ("full", full)):
         out = subprocess.run(
-            [sys.executable, __file__, "--start-only", sqlite_url(path), "--threads", str(args.threads)],
+            [sys.executable, __file__, "--start-only", sqlite_url(path), "--threads", str(args.threads)]
+            + (["--bank-dtype", args.bank_dtype] if args.bank_dtype else []),
             check=True,
             capture_output=True,
             text=True,
