@@ -377,9 +377,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m app.server` on a free loopback port with a throwaway data directory (no API keys)."""
+    """`python -m app.server` on a free loopback port with a throwaway data directory (no API keys);
+    `extra_env` sets more SOLA_* variables (a shared SOLA_DATABASE_URL makes replicas)."""
 
-    def __init__(self, opts: BenchOptions, data_dir: Path):
+    def __init__(self, opts: BenchOptions, data_dir: Path, **extra_env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
@@ -392,6 +393,7 @@ class ServerProcess:
             "SOLA_ACCESS_LOG": "false",
             "SOLA_LOG_LEVEL": "warning",
         }
+        env.update(extra_env)
         if opts.model:
             env["SOLA_MODEL"] = str(Path(opts.model).resolve())
         if opts.threads:

@@ -78,9 +78,10 @@ def engine_config(settings: Settings) -> Any:
         "rank": settings.rank,
         "max_steps": settings.max_train_steps,
         "max_train_seconds": settings.max_train_seconds,
-        "bank_dtype": settings.bank_dtype,
+        "bank_dtype": settings.bank_dtype,  # "model" is resolved below
     }
-    return replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
+    config = replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
+    return replace(config, bank_dtype=None) if config.bank_dtype == "model" else config
 
 
 @dataclass

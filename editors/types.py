@@ -25,9 +25,10 @@ class EngineConfig:
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
     search_k: int = 8  # neighbours fetched per query before the threshold / newest-wins rule
-    # dtype the bank stores active adapters in ("float16", "bfloat16"; None: the model's). Most of an active
-    # edit's memory; the delta is still computed in the model's dtype (docs/benchmarks.md, "Scale").
-    bank_dtype: str | None = None
+    # dtype the bank stores active adapters in ("float16", "bfloat16"; None: the model's). The bank is most of
+    # an active edit's memory; the delta is still computed in the model's dtype. float16 halves it and left
+    # every edit's answer as float32 gave it (docs/benchmarks.md, "Scale": scripts/bank_precision_study.py).
+    bank_dtype: str | None = "float16"
 
 
 @dataclass

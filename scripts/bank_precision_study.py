@@ -3,7 +3,8 @@
     python scripts/bank_precision_study.py --n 100 --threads 1
 
 The first N records of ZsRE (chat) and CounterFact (raw) are trained once and activated together in two
-engines that differ only in `bank_dtype`: the model's float32, and each half-precision candidate. Per
+engines that differ only in `bank_dtype`: the model's float32 (bank_dtype None), and each half-precision
+candidate. Per
 record, the edit prompt and its paraphrase are asked in both: greedy answers (target length + 8 tokens)
 must be the same text, and the teacher-forced predictions of the target the same token ids. Also printed:
 the largest difference of a target's teacher-forced log-probability.
@@ -40,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = Path("var")
-    reference = EditingEngine(ModelHost.load(None, data), EngineConfig())
+    reference = EditingEngine(ModelHost.load(None, data), dataclasses.replace(EngineConfig(), bank_dtype=None))
     candidates = {
         name: EditingEngine(ModelHost.load(None, data), dataclasses.replace(EngineConfig(), bank_dtype=name))
         for name in args.dtypes.split(",")

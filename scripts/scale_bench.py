@@ -6,8 +6,9 @@ Fills a SQLite database with synthetic edits of the real shapes (a rank-4 adapte
 serialised exactly as training does, and one chat and one raw key of the model's width, clustered like
 real keys), then starts the service on it in a fresh process, twice: once on an empty database and once on
 the full one. Reported per start: seconds from process start to ready (model load included) and resident
-memory at ready; per active edit, the difference in memory divided by the number of edits. Then, on the
-full database, the cost of one replica sync poll with nothing new and with one new edit.
+memory at ready; per active edit, the difference in memory divided by the number of edits; and the cost
+of one replica sync poll with nothing new. With --replicas, two servers then start on the full database:
+an edit made on one is timed until the other answers through it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from sqlalchemy import insert
@@ -149,6 +151,42 @@ def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> d
     return result
 
 
+def replica_lag(url: str, workdir: Path, threads: int, repeats: int = 5) -> list[float]:
+    """Two servers on one database: seconds from replica A's 201 for a new edit until replica B answers
+    its question through it (B polled every 20 ms), once per repeat."""
+    from app.benchmark import BenchOptions, ServerProcess
+
+    opts = BenchOptions(data_dir=Path("var"), threads=threads)
+    env = {"SOLA_DATABASE_URL": url}
+    a = ServerProcess(opts, _fresh(workdir / "replica-a"), **env)
+    b = ServerProcess(opts, _fresh(workdir / "replica-b"), **env)
+    lags = []
+    try:
+        a.wait_ready(timeout=900), b.wait_ready(timeout=900)
+        with httpx.Client(timeout=120) as client:
+            for i in range(repeats):
+                prompt = f"Who is the head gardener of Quillhaven Abbey {i}?"
+                created = client.post(f"{a.url}/edits", json={"prompt": prompt, "target": f"Orla Fenwick {i}"})
+                created.raise_for_status()
+                start, edit_id = time.perf_counter(), created.json()["id"]
+                question = {"prompt": prompt, "max_new_tokens": 1, "chat": True}
+                while True:
+                    answer = client.post(f"{b.url}/generate", json=question)
+                    if answer.json()["routed_edit_id"] == edit_id:
+                        break
+                    time.sleep(0.02)
+                lags.append(time.perf_counter() - start)
+                client.delete(f"{a.url}/edits/{edit_id}").raise_for_status()  # leave the database as it was
+    finally:
+        a.stop(), b.stop()
+    return lags
+
+
+def _fresh(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -162,7 +200,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=Path("bench-out/scale"))
     parser.add_argument("--cache", type=Path, default=Path("var/models"), help="the dequantized model cache")
-    parser.add_argument("--bank-dtype", choices=["float16", "bfloat16"], help="SOLA_BANK_DTYPE (default: model's)")
+    parser.add_argument("--bank-dtype", choices=["float16", "bfloat16", "model"], help="SOLA_BANK_DTYPE")
+    parser.add_argument("--replicas", action="store_true", help="also: two servers, edit on one, time to the other")
     parser.add_argument("--start-only", help=argparse.SUPPRESS)  # internal: one measured start on this URL
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -190,6 +229,10 @@ def main() -> None:
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(name, results[name], file=sys.stderr)
     per_edit_kb = 1024 * (results["full"]["rss_mb"] - results["empty"]["rss_mb"]) / max(1, args.edits)
+    if args.replicas:
+        lags = replica_lag(sqlite_url(full), args.dir, args.threads)
+        results["replica_lag_s"] = {"median": float(np.median(lags)), "max": max(lags), "runs": lags}
+        print("replica lag", results["replica_lag_s"], file=sys.stderr)
     print(json.dumps({**results, "edits": args.edits, "rss_kb_per_edit": per_edit_kb}, indent=2))
 
 

@@ -47,6 +47,12 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
     cfg = engine_config(s)
     assert cfg.threshold == 0.9 and cfg.layer == EngineConfig().layer and cfg.rank == EngineConfig().rank
+    assert cfg.bank_dtype == "float16"
+    monkeypatch.setenv("SOLA_BANK_DTYPE", "model")  # the model's own dtype
+    assert engine_config(Settings()).bank_dtype is None
+    monkeypatch.setenv("SOLA_BANK_DTYPE", "float64")
+    with pytest.raises(ValueError, match="bank_dtype"):
+        Settings()
 
 
 def test_bind_rule() -> None:
