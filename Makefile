@@ -18,13 +18,14 @@ setup: .venv/.installed
 
 test: setup
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 serve: setup
 	.venv/bin/sola serve
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
 
 clean:
 	rm -rf .venv var .pytest_cache

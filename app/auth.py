@@ -57,7 +57,7 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None) 
     return authenticate(request.app.state.settings.keys, credentials.credentials if credentials else None)
 
 
-def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     """FastAPI dependency: the caller's principal, with at least `role`."""
 
     async def dependency(request: Request, credentials: Credentials) -> Principal:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import importlib.util
 import json
@@ -268,6 +269,7 @@ def latency_points(
     opts: BenchOptions,
 ) -> list[dict[str, Any]]:
     """Batch 1 (one real edit's prompt) and batch 8 (each row a different real edit, cycling if fewer)."""
+    cases: list[tuple[list[str], list[str | None]]]
     if real:
         batches = [real[:1], [real[i % len(real)] for i in range(8)]]
         cases = [([e.record.prompt for e in b], [e.edit_id for e in b]) for b in batches]
@@ -357,7 +359,7 @@ def _search_times(
     times = []
     for r in range(repeats):
         rows = [(r * batch + j) % len(queries) for j in range(batch)]
-        times.append(_timed(lambda rows=rows: index.search(queries[rows], [words[i] for i in rows], threshold, k)))
+        times.append(_timed(functools.partial(index.search, queries[rows], [words[i] for i in rows], threshold, k)))
     return times
 
 

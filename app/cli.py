@@ -13,7 +13,8 @@ from editors.datasets import FORMATS
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
 
 
-Format = StrEnum("Format", {name: name for name in FORMATS})  # the loaders' formats, as CLI choices
+# the loaders' formats, as CLI choices (built from FORMATS, which mypy cannot enumerate)
+Format = StrEnum("Format", {name: name for name in FORMATS})  # type: ignore[misc]
 
 # Options that `eval` and `bench` share.
 DataDir = Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")]

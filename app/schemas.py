@@ -90,7 +90,7 @@ class EditOut(BaseModel):
             status=r.status,
             prompt=r.prompt,
             target=r.target,
-            rephrases=r.rephrases,  # type: ignore[arg-type]
+            rephrases=r.rephrases,
             metadata=r.metadata,
             created_at=r.created_at,
             created_by=r.created_by,
@@ -113,7 +113,7 @@ class EventOut(BaseModel):
 
     @classmethod
     def of(cls, r: EventRecord) -> EventOut:
-        return cls(seq=r.seq, edit_id=r.edit_id, kind=r.kind, actor=r.actor, at=r.at, detail=r.detail)  # type: ignore[arg-type]
+        return cls(seq=r.seq, edit_id=r.edit_id, kind=r.kind, actor=r.actor, at=r.at, detail=r.detail)
 
 
 class EditPage(BaseModel):

@@ -72,7 +72,7 @@ def engine_config(settings: Settings) -> Any:
     """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
     from editors.types import EngineConfig
 
-    knobs = {
+    knobs: dict[str, Any] = {
         "layer": settings.layer,
         "threshold": settings.threshold,
         "rank": settings.rank,
@@ -306,12 +306,13 @@ class EditService:
             request_hash=req_hash if idempotency_key else None,
         )
         with self._state_lock:
+            record: EditRecord | None
             try:
-                record = self.repo.create_edit(new, superseded)
+                record = created = self.repo.create_edit(new, superseded)
             except IdempotencyKeyTaken:
                 record = None
             else:  # committed: from here on the edit exists. Only now may the engine change.
-                payload = EditPayload(record, new.adapter, new.adapter_sha256, new.keys)
+                payload = EditPayload(created, new.adapter, new.adapter_sha256, new.keys)
                 activated = self._activate_payload(payload)
                 self._publish()
         if record is None:  # another replica committed this key while we trained: theirs is the edit

@@ -102,7 +102,7 @@ def parse_api_keys(spec: str) -> list[ApiKey]:
             raise ValueError(f"API key {name!r}: role must be one of {', '.join(ROLES)}, not {role!r}")
         if any(k.name == name for k in keys) or any(k.secret == secret for k in keys):
             raise ValueError(f"API key {name!r}: names and secrets must be unique")
-        keys.append(ApiKey(name=name, secret=secret, role=role))  # type: ignore[arg-type]
+        keys.append(ApiKey(name=name, secret=secret, role=role))
     return keys
 
 

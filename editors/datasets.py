@@ -76,36 +76,43 @@ class _Reader:
         return value if value and value.strip() else None
 
 
-def _locality(prompt: str | None, answer: str | None) -> dict[str, str | None]:
+def _locality(prompt: str | None, answer: str | None) -> tuple[str | None, str | None]:
+    """(locality prompt, answer), both None unless both are there."""
     if prompt is None or answer is None:
-        return {"locality_prompt": None, "locality_answer": None}
-    return {"locality_prompt": prompt, "locality_answer": answer}
+        return None, None
+    return prompt, answer
 
 
 def _zsre(r: _Reader) -> EditRecord:
+    locality_prompt, locality_answer = _locality(r.probe("loc"), r.probe("loc_ans"))
     return EditRecord(
         prompt=r.edit("src"),
         target=r.edit("alt"),
         rephrase=r.probe("rephrase"),
-        **_locality(r.probe("loc"), r.probe("loc_ans")),
+        locality_prompt=locality_prompt,
+        locality_answer=locality_answer,
     )
 
 
 def _counterfact(r: _Reader) -> EditRecord:
+    locality_prompt, locality_answer = _locality(r.probe("locality_prompt"), r.probe("locality_ground_truth"))
     return EditRecord(
         prompt=r.edit("prompt"),
         target=r.edit("target_new"),
         rephrase=r.probe("rephrase_prompt"),
-        **_locality(r.probe("locality_prompt"), r.probe("locality_ground_truth")),
+        locality_prompt=locality_prompt,
+        locality_answer=locality_answer,
     )
 
 
 def _hallucination(r: _Reader) -> EditRecord:
+    locality_prompt, locality_answer = _locality(r.probe("locality_prompt"), r.probe("locality_ground_truth"))
     return EditRecord(
         prompt=r.edit("prompt"),
         target=r.edit("target_new"),
         rephrase=None,  # WISE's hallucination set has no paraphrases
-        **_locality(r.probe("locality_prompt"), r.probe("locality_ground_truth")),
+        locality_prompt=locality_prompt,
+        locality_answer=locality_answer,
     )
 
 
@@ -135,12 +142,14 @@ def _knowedit(r: _Reader) -> EditRecord:
         raise DatasetError(f"record {r.index}: field 'locality' must be an object")
     relation = _cases(r, locality, "Relation_Specificity")
     first = (relation or _cases(r, locality, "Forgetfulness") or [(None, None)])[0]
+    locality_prompt, locality_answer = _locality(*first)
     return EditRecord(
         prompt=r.edit("prompt", "text"),
         target=r.edit("target_new", "labels"),
         rephrase=r.probe("rephrase_prompt", "rephrase", required=False),
         relation_locality=tuple((p, a) for p, a in relation if p is not None and a is not None),
-        **_locality(*first),
+        locality_prompt=locality_prompt,
+        locality_answer=locality_answer,
     )
 
 

@@ -431,7 +431,7 @@ class EditingEngine:
         stop = self.host.end_of_turn_ids()
         session = self._routing(prompts, encoded, chat, left=True)
         with self._session(session if use_edits else None):
-            out = self.host.model.generate(
+            out = self.host.model.generate(  # type: ignore[operator]  # transformers' mixin, untyped here
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
@@ -453,7 +453,7 @@ class EditingEngine:
             fired = route.edit_id is not None
             results.append(
                 Generation(
-                    text=self.host.tokenizer.decode(tokens, skip_special_tokens=True),
+                    text=str(self.host.tokenizer.decode(tokens, skip_special_tokens=True)),  # one sequence: a str
                     routed_edit_id=route.edit_id,
                     similarity=route.similarity if fired else None,
                     token_ids=tokens,
@@ -484,14 +484,14 @@ class EditingEngine:
             span = logits[row, n - 1 : n - 1 + len(t)].float()
             logprobs = torch.log_softmax(span, dim=-1)
             route = session.routes[row] if session and session.routes else None
-            fired = route is not None and route.edit_id is not None
+            fired = route if route is not None and route.edit_id is not None else None
             scores.append(
                 Score(
                     target_ids=t,
                     predicted_ids=span.argmax(-1).tolist(),
                     target_logprob=float(logprobs[torch.arange(len(t)), torch.tensor(t)].sum()),
-                    routed_edit_id=route.edit_id if fired else None,
-                    similarity=route.similarity if fired else None,
+                    routed_edit_id=fired.edit_id if fired else None,
+                    similarity=fired.similarity if fired else None,
                 )
             )
         return scores

@@ -60,7 +60,7 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantized weights are plain float32; drop the GGUF marker so transformers will serialise them.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as a submodule lookup
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     # A private staging directory per process: two processes starting at once each write their own copy,
@@ -121,7 +121,8 @@ class ModelHost:
             name = path.name
             artifact_dir = None  # never write into somebody else's model directory
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        lm.to(device)  # type: ignore[arg-type]  # in place; transformers wraps .to so mypy misreads it
         lm.eval()
         lm.requires_grad_(False)
         if tokenizer.pad_token_id is None:
@@ -164,7 +165,9 @@ class ModelHost:
         messages = [{"role": "system", "content": context.system}] if context.system is not None else []
         messages += [{"role": role, "content": content} for role, content in context.history]
         messages.append({"role": "user", "content": prompt})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert isinstance(text, str)  # tokenize=False: the formatted text
+        return text
 
     def encode(self, text: str) -> list[int]:
         # Formatted prompts already carry their special tokens; adding BOS again would shift every key.

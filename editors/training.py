@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from editors.lora_bank import TrainPlan
 from editors.routed_layer import RoutedLayer, TrainSession
@@ -50,7 +50,7 @@ def _init_lora(rank: int, in_features: int, out_features: int, seed: int) -> tup
 
 
 def train_lora(
-    model: nn.Module,
+    model: Any,  # a transformers causal LM: model.model.layers, model.model.norm, model.lm_head
     routed: RoutedLayer,
     config: EngineConfig,
     hidden: torch.Tensor,

@@ -197,11 +197,11 @@ class KeyIndex:
             ivf = faiss.IndexIVFScalarQuantizer(
                 quantizer, self.dim, cells, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
             )
-            ivf.own_fields = True
-            quantizer.this.disown()  # the IVF index frees its quantizer
+            # faiss's Python wrapper keeps `quantizer` alive as long as `ivf` (a reference in its constructor)
             ivf.cp.seed = 0  # deterministic cells for the same keys
             ivf.train(self._training_sample(vectors, cells))
-            ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids by id lookup, not a full scan
+            hashtable = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]  # (not in faiss's type stubs)
+            ivf.set_direct_map_type(hashtable)  # remove_ids by id lookup, not a full scan
             ivf.nprobe = min(self.nprobe, cells)
             index = ivf
             self._trained_size = len(ids)
@@ -218,7 +218,7 @@ class KeyIndex:
             return vectors[np.sort(rows)]
         # Too few keys for the cells (kind "ivf" from empty): random unit vectors give usable cells until
         # the refit at 4x puts them where the keys are.
-        return normalise(np.random.default_rng(0).standard_normal((max(cells, 256), self.dim)))
+        return normalise(np.random.default_rng(0).standard_normal((max(39 * cells, 256), self.dim)))
 
     def candidates(self, queries: np.ndarray, k: int) -> np.ndarray:
         """[n, k] key ids of each query's top-k keys by the index's (float16, maybe approximate) inner

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {}
+    overrides: dict[str, Any] = {}
     for item in args.set:
         key, value = item.split("=", 1)
         default = getattr(EngineConfig(), key)

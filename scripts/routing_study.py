@@ -15,7 +15,6 @@ these dev records as the lowest that keeps every "routed (lower is better)" colu
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -73,10 +72,10 @@ def main() -> None:
     thresholds = [float(t) for t in args.thresholds.split(",")]
     table: dict[str, list[str]] = {f"{t:.2f}": [] for t in thresholds}
     header = []
-    for name, (texts, owners, context) in own_probes.items():
+    for name, (texts, owners, probe_context) in own_probes.items():
         if not texts:
             continue
-        c, w = keys_of(engine, texts, args.chat, context)
+        c, w = keys_of(engine, texts, args.chat, probe_context)
         routes = index.search(c, w, threshold=-1.0, k=engine.config.search_k)
         header += [f"{name} -> own", f"{name} -> wrong"]
         for t in thresholds:
@@ -96,9 +95,9 @@ def main() -> None:
     print(f"{args.format}, first {len(records)} records as keys, {fmt} prompts, layer {engine.config.layer}")
     print("| threshold | " + " | ".join(header) + " |")
     print("| ---: |" + " ---: |" * len(header))
-    for t, row in table.items():
-        print(f"| {t} | " + " | ".join(row) + " |")
+    for label, row in table.items():
+        print(f"| {label} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -162,7 +162,8 @@ def replica_lag(url: str, workdir: Path, threads: int, repeats: int = 5) -> list
     b = ServerProcess(opts, _fresh(workdir / "replica-b"), **env)
     lags = []
     try:
-        a.wait_ready(timeout=900), b.wait_ready(timeout=900)
+        a.wait_ready(timeout=900)
+        b.wait_ready(timeout=900)
         with httpx.Client(timeout=120) as client:
             for i in range(repeats):
                 prompt = f"Who is the head gardener of Quillhaven Abbey {i}?"
@@ -178,7 +179,8 @@ def replica_lag(url: str, workdir: Path, threads: int, repeats: int = 5) -> list
                 lags.append(time.perf_counter() - start)
                 client.delete(f"{a.url}/edits/{edit_id}").raise_for_status()  # leave the database as it was
     finally:
-        a.stop(), b.stop()
+        a.stop()
+        b.stop()
     return lags
 
 

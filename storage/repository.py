@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import Engine, func, or_, select, text, update
+from sqlalchemy import CursorResult, Engine, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,7 +80,7 @@ class EditRecord:
     request_hash: str | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> EditRecord:
+    def from_row(cls, row: Mapping[Any, Any]) -> EditRecord:
         """From a Core row of the edits table (its column names are these field names)."""
         fields = {name: row[name] for name in cls.__dataclass_fields__}
         fields["rephrases"], fields["metadata"] = list(fields["rephrases"] or []), dict(fields["metadata"] or {})
@@ -226,7 +226,8 @@ class Repository:
         }
         with self.session() as s, s.begin():
             # Conditional UPDATE: of two replicas racing, exactly one changes the row and logs the event.
-            changed = s.execute(update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values)).rowcount
+            result = s.execute(update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values))
+            changed = cast("CursorResult[Any]", result).rowcount  # an UPDATE's result is a cursor result
             if changed:
                 s.add(Event(edit_id=edit_id, kind=kind, actor=actor, at=now, detail={}))
             edit = s.scalars(select(Edit).where(Edit.id == edit_id).execution_options(populate_existing=True)).first()

@@ -144,7 +144,7 @@ def test_list_paginates_with_cursor_and_status_filter(admin: httpx.Client, reade
     b = edit(admin, "Who founded the city of Brisk?", "Orla Menn")
     admin.delete(f"/edits/{b['id']}").raise_for_status()
 
-    def collect(**params: object) -> list[dict]:
+    def collect(**params: str) -> list[dict]:
         items, after = [], None
         while True:
             r = reader.get("/edits", params={"limit": 1, **params, **({"after": after} if after else {})})
@@ -192,7 +192,7 @@ def test_auth_roles(server: Server) -> None:
                 ("POST", "/edits", {"json": body}),
                 ("GET", "/events", {}),
             ]:
-                r = client.request(method, path, **kw)
+                r = client.request(method, path, json=kw.get("json"))
                 assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
                 assert r.headers["www-authenticate"] == "Bearer"
         some_id = reader.get("/edits").json()["data"][0]["id"]

@@ -30,10 +30,12 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[
     b = Server(tmp_path_factory.mktemp("replica-b"), **env)
     try:
         a.launch(), b.launch()  # both load the model at once; PostgreSQL's advisory lock serialises migrations
-        a.wait(), b.wait()
+        a.wait()
+        b.wait()
         yield a, b
     finally:
-        a.kill(), b.kill()
+        a.kill()
+        b.kill()
 
 
 def ask(server: Server, prompt: str = PROMPT) -> dict:
@@ -139,4 +141,5 @@ def test_a_replica_that_replays_an_edit_answers_through_it_at_once(
         answer = ask(b, prompt)
         assert answer["routed_edit_id"] == created.json()["id"] and "Lena Morrow" in answer["text"]
     finally:
-        a.kill(), b.kill()
+        a.kill()
+        b.kill()

@@ -100,7 +100,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield c
 
 
-def error(response, status: int) -> dict:  # type: ignore[no-untyped-def]
+def error(response, status: int) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}

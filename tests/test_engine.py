@@ -187,8 +187,10 @@ def test_revoking_one_of_two_overlapping_edits_is_as_if_it_was_never_made(
     probes = [a, b, "Which city is the capital of Zorbania?", "Who wrote the novel War and Peace?"]
     for got, want in zip(eng.generate(probes, 10, chat=True), never.generate(probes, 10, chat=True), strict=True):
         assert (got.token_ids, got.routed_edit_id) == (want.token_ids, want.routed_edit_id)
-    for got, want in zip(eng.prompt_logits(probes, chat=True), never.prompt_logits(probes, chat=True), strict=True):
-        assert torch.equal(got, want)
+    for got_logits, want_logits in zip(
+        eng.prompt_logits(probes, chat=True), never.prompt_logits(probes, chat=True), strict=True
+    ):
+        assert torch.equal(got_logits, want_logits)
     assert torch.equal(eng.prompt_logits([b], chat=True)[0], base_b)
     eng.activate("b", trained_b.adapter, trained_b.keys, trained_b.key_kinds, b, "Brindlemoor")  # restore
     assert eng.generate([b], 10, chat=True)[0].routed_edit_id == "b" and eng.num_keys() == 4

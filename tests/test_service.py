@@ -35,7 +35,7 @@ def test_a_row_the_tokenizer_refuses_fails_alone_and_is_counted(tmp_path: Path) 
         bad = GenerateRequest.model_construct(prompt="Hi \udfff", max_new_tokens=4, chat=True)
         good = GenerateRequest(prompt="Name a colour.", max_new_tokens=4, chat=True)
 
-        async def ask_both() -> list[object]:
+        async def ask_both() -> tuple[GenerateResult | BaseException, GenerateResult | BaseException]:
             return await asyncio.wait_for(
                 asyncio.gather(svc.generate(bad), svc.generate(good), return_exceptions=True), timeout=120
             )
