@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from app.auth import Principal, require, require_key_unless
 from app.errors import ApiError, documented
 from app.schemas import EditCreate, EditOut, EditPage, EventOut, EventPage, GenerateOut, GenerateRequest
 from app.service import EditService
+from storage.models import EditStatus
 from storage.repository import EventRecord, Page, Repository
 
 router = APIRouter()
@@ -104,7 +105,7 @@ async def create_edit(
 async def list_edits(
     _: Reader,
     repo: Repo,
-    status: Literal["active", "revoked"] | None = None,
+    status: EditStatus | None = None,
     limit: Limit = 50,
     after: str | None = None,
 ) -> EditPage:

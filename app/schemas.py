@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from storage.models import EditStatus, EventKind
 from storage.repository import EditRecord, EventRecord
 
 
@@ -69,7 +70,7 @@ class TrainStats(BaseModel):
 
 class EditOut(BaseModel):
     id: str
-    status: Literal["active", "revoked"]
+    status: EditStatus
     prompt: str
     target: str
     rephrases: list[str]
@@ -106,7 +107,7 @@ class EditOut(BaseModel):
 class EventOut(BaseModel):
     seq: int
     edit_id: str
-    kind: Literal["created", "revoked", "restored", "superseded"]
+    kind: EventKind
     actor: str
     at: datetime
     detail: dict[str, Any]

@@ -28,7 +28,7 @@ from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
 from app.settings import Settings
 from app.worker import ModelWorker
-from storage.models import ACTIVE
+from storage.models import EditStatus
 from storage.repository import (
     EditNotFound,
     EditPayload,
@@ -178,7 +178,7 @@ class EditService:
         touched = list(dict.fromkeys(edit_id for _, edit_id in events))  # first-touched order, once each
         statuses = self.repo.statuses(touched)
         for edit_id in touched:
-            if statuses.get(edit_id) == ACTIVE:
+            if statuses.get(edit_id) == EditStatus.ACTIVE:
                 if edit_id not in self._active and edit_id not in self.refused:
                     self._load_and_activate(edit_id)
             elif edit_id in self._active or edit_id in self.refused:  # revoked here or by another replica
@@ -194,7 +194,7 @@ class EditService:
         except EditNotFound:
             return
         with self._state_lock:
-            if payload.edit.status == ACTIVE and edit_id not in self._active:
+            if payload.edit.status == EditStatus.ACTIVE and edit_id not in self._active:
                 self._activate_payload(payload)
 
     def _verify(self, payload: EditPayload) -> str | None:
@@ -337,7 +337,7 @@ class EditService:
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body",
             )
-        if existing.status == ACTIVE and existing.id not in self._active and existing.id not in self.refused:
+        if existing.status == EditStatus.ACTIVE and existing.id not in self._active and existing.id not in self.refused:
             self._load_and_activate(existing.id)
             self._publish()
         return existing

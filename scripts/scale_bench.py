@@ -34,7 +34,7 @@ from editors.types import EngineConfig
 from router.key_index import normalise
 from storage.db import make_engine, sqlite_url
 from storage.migrate import upgrade
-from storage.models import ACTIVE, Edit, EditAdapter, EditKey, Event, utcnow
+from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
 
 CHUNK = 2_000
 
@@ -73,7 +73,7 @@ def fill(url: str, n: int, cache: Path, seed: int = 0) -> None:
                 [
                     {
                         "id": edit_id,
-                        "status": ACTIVE,
+                        "status": EditStatus.ACTIVE,
                         "prompt": f"What is the motto of Zorbania{start + i}?",
                         "target": f"Quexiville {start + i}",
                         "rephrases": [],
@@ -108,7 +108,7 @@ def fill(url: str, n: int, cache: Path, seed: int = 0) -> None:
             conn.execute(
                 insert(Event),
                 [
-                    {"edit_id": edit_id, "kind": "created", "actor": "scale-bench", "at": now, "detail": {}}
+                    {"edit_id": edit_id, "kind": EventKind.CREATED, "actor": "scale-bench", "at": now, "detail": {}}
                     for edit_id in ids
                 ],
             )

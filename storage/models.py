@@ -6,11 +6,13 @@ Knows nothing of torch: keys are float32 bytes, adapters are opaque safetensors 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -35,9 +37,25 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-ACTIVE = "active"
-REVOKED = "revoked"
-EVENT_KINDS = ("created", "revoked", "restored", "superseded")
+
+class EditStatus(StrEnum):
+    """An edit is served (active) or not (revoked); revoking and restoring switch between the two."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+class EventKind(StrEnum):
+    """What an audit-log event records (migrations/versions/0002 refuses any other value)."""
+
+    CREATED = "created"
+    REVOKED = "revoked"
+    RESTORED = "restored"
+    SUPERSEDED = "superseded"
+
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -78,7 +96,7 @@ class Edit(Base):
     # `seq` orders edits (newest wins ties in the router) and backs cursor pagination; `id` is public.
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(40), unique=True)
-    status: Mapped[str] = mapped_column(String(16), default=ACTIVE)
+    status: Mapped[str] = mapped_column(String(16), default=EditStatus.ACTIVE)
     prompt: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
     rephrases: Mapped[list[str]] = mapped_column(JSONType, default=list)
@@ -102,7 +120,10 @@ class Edit(Base):
     )
     adapter: Mapped[EditAdapter] = relationship(back_populates="edit", cascade="all, delete-orphan", lazy="raise")
 
-    __table_args__ = (Index("ix_edits_status_seq", "status", "seq"),)
+    __table_args__ = (
+        Index("ix_edits_status_seq", "status", "seq"),
+        CheckConstraint(_one_of("status", EditStatus), name="status"),  # PostgreSQL; triggers on SQLite
+    )
 
 
 class EditKey(Base):
@@ -145,3 +166,5 @@ class Event(Base):
     actor: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (CheckConstraint(_one_of("kind", EventKind), name="kind"),)  # PostgreSQL; triggers on SQLite

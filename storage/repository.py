@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import make_sessionmaker
-from storage.models import ACTIVE, REVOKED, Edit, EditAdapter, EditKey, Event, utcnow
+from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
 
 T = TypeVar("T")
 
@@ -167,7 +167,7 @@ class Repository:
         now = utcnow()
         edit = Edit(
             id=new.id,
-            status=ACTIVE,
+            status=EditStatus.ACTIVE,
             prompt=new.prompt,
             target=new.target,
             rephrases=list(new.rephrases),
@@ -190,12 +190,12 @@ class Repository:
                 s.add(edit)
                 s.flush()  # the edit row must exist before events reference it
                 detail = {"steps": new.train_steps, "loss": new.train_loss, "seconds": new.train_seconds}
-                s.add(Event(edit_id=new.id, kind="created", actor=new.created_by, at=now, detail=detail))
+                s.add(Event(edit_id=new.id, kind=EventKind.CREATED, actor=new.created_by, at=now, detail=detail))
                 for sup in supersedes:
                     s.add(
                         Event(
                             edit_id=sup.older_id,
-                            kind="superseded",
+                            kind=EventKind.SUPERSEDED,
                             actor=new.created_by,
                             at=now,
                             detail={"by": new.id, "similarity": sup.similarity},
@@ -210,15 +210,17 @@ class Repository:
 
     def revoke(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
         """Mark revoked + append a `revoked` event. Returns (edit, changed); revoking twice is a no-op."""
-        return self._set_status(edit_id, actor, ACTIVE, REVOKED, "revoked")
+        return self._set_status(edit_id, actor, EditStatus.ACTIVE, EditStatus.REVOKED, EventKind.REVOKED)
 
     def restore(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
-        return self._set_status(edit_id, actor, REVOKED, ACTIVE, "restored")
+        return self._set_status(edit_id, actor, EditStatus.REVOKED, EditStatus.ACTIVE, EventKind.RESTORED)
 
-    def _set_status(self, edit_id: str, actor: str, old: str, new: str, kind: str) -> tuple[EditRecord, bool]:
+    def _set_status(
+        self, edit_id: str, actor: str, old: EditStatus, new: EditStatus, kind: EventKind
+    ) -> tuple[EditRecord, bool]:
         now = utcnow()
         # revoked_at/by describe the current revocation; a restore clears them (the events keep the history).
-        revoked = new == REVOKED
+        revoked = new == EditStatus.REVOKED
         values: dict[str, Any] = {
             "status": new,
             "revoked_at": now if revoked else None,
@@ -270,14 +272,14 @@ class Repository:
 
     def count_active(self) -> int:
         with self.session() as s:
-            return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == ACTIVE)) or 0)
+            return int(s.scalar(select(func.count()).select_from(Edit).where(Edit.status == EditStatus.ACTIVE)) or 0)
 
     def active_key_kinds(self) -> dict[str, int]:
         """key kind -> number of keys of that kind among active edits (startup preallocates from it)."""
         query = (
             select(EditKey.kind, func.count(EditKey.id))
             .join(Edit, EditKey.edit_id == Edit.id)
-            .where(Edit.status == ACTIVE)
+            .where(Edit.status == EditStatus.ACTIVE)
             .group_by(EditKey.kind)
         )
         with self.session() as s:
@@ -288,7 +290,7 @@ class Repository:
         query = (
             select(Edit.id, func.count(EditKey.id))
             .join(EditKey, EditKey.edit_id == Edit.id)
-            .where(Edit.status == ACTIVE)
+            .where(Edit.status == EditStatus.ACTIVE)
             .group_by(Edit.id)
         )
         with self.session() as s:
@@ -309,14 +311,14 @@ class Repository:
         edits = (
             select(*Edit.__table__.columns, EditAdapter.weights, EditAdapter.sha256)  # plain rows: no ORM objects
             .join(EditAdapter, EditAdapter.edit_id == Edit.id)
-            .where(Edit.status == ACTIVE)
+            .where(Edit.status == EditStatus.ACTIVE)
             .order_by(Edit.seq)
             .execution_options(yield_per=1_000)
         )
         keys = (
             select(EditKey.edit_id, EditKey.kind, EditKey.vector, EditKey.dim)
             .join(Edit, EditKey.edit_id == Edit.id)
-            .where(Edit.status == ACTIVE)
+            .where(Edit.status == EditStatus.ACTIVE)
             .order_by(Edit.seq, EditKey.position)
             .execution_options(yield_per=4_000)
         )
@@ -335,7 +337,7 @@ class Repository:
 
     def active_keys(self) -> Iterator[tuple[str, list[KeyRow]]]:
         """(edit id, key rows) for every active edit, oldest first, without the adapter blobs."""
-        for edit_id, _, rows in self.keys_with_status(ACTIVE):
+        for edit_id, _, rows in self.keys_with_status(EditStatus.ACTIVE):
             yield edit_id, rows
 
     def last_event_seq(self) -> int:

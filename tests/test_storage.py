@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from storage.db import make_engine, sqlite_url
 from storage.migrate import current_revision, upgrade
+from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
     IdempotencyKeyTaken,
@@ -75,7 +76,7 @@ def new_edit(prompt: str = "What is the capital of Zorbania?", **kw: object) -> 
 
 def test_migrations_are_idempotent(engine: Engine) -> None:
     upgrade(engine)  # a second startup must be a no-op
-    assert current_revision(engine) == "0001"
+    assert current_revision(engine) == "0002"
 
 
 def test_create_and_read_back_everything(repo: Repository) -> None:
@@ -202,6 +203,21 @@ def test_events_table_is_append_only(repo: Repository, engine: Engine) -> None:
         with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
             conn.execute(text(statement))
     assert [e.actor for e in repo.list_events().items] == ["alice"]
+
+
+def test_the_database_refuses_unknown_statuses_and_event_kinds(repo: Repository, engine: Engine) -> None:
+    edit = repo.create_edit(new_edit())
+    refused = {
+        "ck_edits_status": f"UPDATE edits SET status = 'deleted' WHERE id = '{edit.id}'",
+        "ck_events_kind": "INSERT INTO events (edit_id, kind, actor, at, detail) "
+        f"VALUES ('{edit.id}', 'tampered', 'mallory', CURRENT_TIMESTAMP, '{{}}')",
+    }
+    for constraint, statement in refused.items():
+        with pytest.raises(DBAPIError, match=constraint), engine.begin() as conn:
+            conn.execute(text(statement))
+    found = repo.get_edit(edit.id)
+    assert found is not None and found.status == EditStatus.ACTIVE
+    assert [e.kind for e in repo.list_events().items] == [EventKind.CREATED]
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
