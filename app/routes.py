@@ -98,7 +98,7 @@ async def create_edit(
     record, replayed = await svc.create_edit(body, principal.name, idempotency_key)
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return EditOut.of(record)
+    return EditOut.model_validate(record)
 
 
 @router.get("/edits", response_model=EditPage, responses=documented(400, 401, 422))
@@ -111,7 +111,7 @@ async def list_edits(
 ) -> EditPage:
     page = await run_in_threadpool(repo.list_edits, status, limit, decode_edit_cursor(after))
     return EditPage(
-        data=[EditOut.of(e) for e in page.items],
+        data=[EditOut.model_validate(e) for e in page.items],
         has_more=page.has_more,
         next_after=encode_edit_cursor(page.last_seq),
     )
@@ -122,17 +122,17 @@ async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     record = await run_in_threadpool(repo.get_edit, edit_id)
     if record is None:
         raise ApiError(404, "not_found", f"no edit with id {edit_id!r}")
-    return EditOut.of(record)
+    return EditOut.model_validate(record)
 
 
 @router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
 async def revoke_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
-    return EditOut.of(await svc.revoke(edit_id, principal.name))
+    return EditOut.model_validate(await svc.revoke(edit_id, principal.name))
 
 
 @router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
 async def restore_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
-    return EditOut.of(await svc.restore(edit_id, principal.name))
+    return EditOut.model_validate(await svc.restore(edit_id, principal.name))
 
 
 # ---- audit log ---------------------------------------------------------------------------------------
@@ -153,7 +153,9 @@ async def events(_: Reader, repo: Repo, limit: Limit = 100, after: str | None = 
 
 def _event_page(page: Page[EventRecord]) -> EventPage:
     next_after = None if page.last_seq is None else str(page.last_seq)
-    return EventPage(data=[EventOut.of(e) for e in page.items], has_more=page.has_more, next_after=next_after)
+    return EventPage(
+        data=[EventOut.model_validate(e) for e in page.items], has_more=page.has_more, next_after=next_after
+    )
 
 
 # ---- generation ---------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from storage.models import EditStatus, EventKind
-from storage.repository import EditRecord, EventRecord
 
 
 class _Request(BaseModel):
@@ -63,12 +62,18 @@ class GenerateRequest(_Request):
 
 
 class TrainStats(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     steps: int
     loss: float
     seconds: float
 
 
 class EditOut(BaseModel):
+    """An edit as the API shows it: built from the stored EditRecord by attribute (model_validate)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     status: EditStatus
     prompt: str
@@ -84,37 +89,16 @@ class EditOut(BaseModel):
     layer: int
     train: TrainStats
 
-    @classmethod
-    def of(cls, r: EditRecord) -> EditOut:
-        return cls(
-            id=r.id,
-            status=r.status,
-            prompt=r.prompt,
-            target=r.target,
-            rephrases=r.rephrases,
-            metadata=r.metadata,
-            created_at=r.created_at,
-            created_by=r.created_by,
-            revoked_at=r.revoked_at,
-            revoked_by=r.revoked_by,
-            base_model=r.base_model,
-            base_fingerprint=r.base_fingerprint,
-            layer=r.layer,
-            train=TrainStats(steps=r.train_steps, loss=r.train_loss, seconds=r.train_seconds),
-        )
-
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     seq: int
     edit_id: str
     kind: EventKind
     actor: str
     at: datetime
     detail: dict[str, Any]
-
-    @classmethod
-    def of(cls, r: EventRecord) -> EventOut:
-        return cls(seq=r.seq, edit_id=r.edit_id, kind=r.kind, actor=r.actor, at=r.at, detail=r.detail)
 
 
 class EditPage(BaseModel):

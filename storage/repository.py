@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 from sqlalchemy import CursorResult, Engine, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
@@ -57,6 +57,14 @@ class NewEdit:
     request_hash: str | None = None
 
 
+class TrainingRun(NamedTuple):
+    """How an edit's adapter was trained (the API's `train` object)."""
+
+    steps: int
+    loss: float
+    seconds: float
+
+
 @dataclass(frozen=True)
 class EditRecord:
     seq: int
@@ -78,6 +86,10 @@ class EditRecord:
     train_seconds: float
     idempotency_key: str | None
     request_hash: str | None
+
+    @property
+    def train(self) -> TrainingRun:
+        return TrainingRun(self.train_steps, self.train_loss, self.train_seconds)
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> EditRecord:
