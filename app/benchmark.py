@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from editors import metrics
 from editors.adapter_io import serialize_adapter
-from editors.datasets import EditRecord, load_records
+from editors.datasets import BenchmarkRecord, load_records
 from editors.engine import EditingEngine, key_kind
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
@@ -92,7 +92,7 @@ class BenchOptions:
 @dataclass
 class RealEdit:
     edit_id: str
-    record: EditRecord
+    record: BenchmarkRecord
     keys: np.ndarray  # raw routing keys, one row per kind
     key_kinds: list[str]
 
@@ -121,7 +121,7 @@ class EditCommitter:
         self.repo = Repository(self.db)
         self.host, self.layer = host, layer
 
-    def commit(self, edit_id: str, record: EditRecord, trained: Any) -> float:
+    def commit(self, edit_id: str, record: BenchmarkRecord, trained: Any) -> float:
         new = self._new_edit(
             id=edit_id,
             prompt=record.prompt,
@@ -148,7 +148,11 @@ class EditCommitter:
 
 
 def add_real_edits(
-    engine: EditingEngine, records: Sequence[EditRecord], first: int, committer: EditCommitter, timings: EditTimings
+    engine: EditingEngine,
+    records: Sequence[BenchmarkRecord],
+    first: int,
+    committer: EditCommitter,
+    timings: EditTimings,
 ) -> list[RealEdit]:
     """Train each edit, commit its row, then activate it: the service's order of operations."""
     added: list[RealEdit] = []
@@ -228,7 +232,7 @@ def latency_point(
     return point
 
 
-def bench_generation(opts: BenchOptions, records: Sequence[EditRecord]) -> tuple[dict[str, Any], EditTimings]:
+def bench_generation(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> tuple[dict[str, Any], EditTimings]:
     """Latency at each active-edit count (ascending): real edits first, random filler beyond the cap."""
     host = ModelHost.load(opts.model, opts.data_dir)
     base_host = ModelHost.load(opts.model, opts.data_dir)  # a second copy of the weights: the unedited engine
@@ -265,7 +269,7 @@ def latency_points(
     edited: EditingEngine,
     unedited: EditingEngine,
     real: Sequence[RealEdit],
-    records: Sequence[EditRecord],
+    records: Sequence[BenchmarkRecord],
     opts: BenchOptions,
 ) -> list[dict[str, Any]]:
     """Batch 1 (one real edit's prompt) and batch 8 (each row a different real edit, cycling if fewer)."""
@@ -469,7 +473,7 @@ async def _load_level(
     }
 
 
-def bench_http(opts: BenchOptions, records: Sequence[EditRecord]) -> dict[str, Any]:
+def bench_http(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> dict[str, Any]:
     """Requests per second and latency percentiles of POST /generate against a real server subprocess."""
     if importlib.util.find_spec("app.server") is None:
         return {"skipped": "app.server is not available"}

@@ -1,6 +1,6 @@
 """Model-editing benchmark files (ZsRE, CounterFact, KnowEdit, WISE hallucination) as one record type.
 
-Each format names its fields differently; `load_records` normalises all of them into `EditRecord`.
+Each format names its fields differently; `load_records` normalises all of them into `BenchmarkRecord`.
 A record that lacks a field the format requires raises `DatasetError` naming the record and the field;
 a record whose prompt or target is blank (a few upstream records are) is skipped and reported; a blank
 paraphrase or locality answer only removes that record from the metric it would measure.
@@ -22,7 +22,7 @@ class DatasetError(ValueError):
 
 
 @dataclass(frozen=True)
-class EditRecord:
+class BenchmarkRecord:
     prompt: str
     target: str
     rephrase: str | None = None  # generalization prompt (None: the format has none)
@@ -83,9 +83,9 @@ def _locality(prompt: str | None, answer: str | None) -> tuple[str | None, str |
     return prompt, answer
 
 
-def _zsre(r: _Reader) -> EditRecord:
+def _zsre(r: _Reader) -> BenchmarkRecord:
     locality_prompt, locality_answer = _locality(r.probe("loc"), r.probe("loc_ans"))
-    return EditRecord(
+    return BenchmarkRecord(
         prompt=r.edit("src"),
         target=r.edit("alt"),
         rephrase=r.probe("rephrase"),
@@ -94,9 +94,9 @@ def _zsre(r: _Reader) -> EditRecord:
     )
 
 
-def _counterfact(r: _Reader) -> EditRecord:
+def _counterfact(r: _Reader) -> BenchmarkRecord:
     locality_prompt, locality_answer = _locality(r.probe("locality_prompt"), r.probe("locality_ground_truth"))
-    return EditRecord(
+    return BenchmarkRecord(
         prompt=r.edit("prompt"),
         target=r.edit("target_new"),
         rephrase=r.probe("rephrase_prompt"),
@@ -105,9 +105,9 @@ def _counterfact(r: _Reader) -> EditRecord:
     )
 
 
-def _hallucination(r: _Reader) -> EditRecord:
+def _hallucination(r: _Reader) -> BenchmarkRecord:
     locality_prompt, locality_answer = _locality(r.probe("locality_prompt"), r.probe("locality_ground_truth"))
-    return EditRecord(
+    return BenchmarkRecord(
         prompt=r.edit("prompt"),
         target=r.edit("target_new"),
         rephrase=None,  # WISE's hallucination set has no paraphrases
@@ -134,7 +134,7 @@ def _cases(r: _Reader, locality: dict[str, Any], name: str) -> list[tuple[str | 
     return out
 
 
-def _knowedit(r: _Reader) -> EditRecord:
+def _knowedit(r: _Reader) -> BenchmarkRecord:
     # Field fallbacks follow EasyEdit's KnoweditDataset (WikiBio uses text/labels, some splits lack rephrases).
     # Some upstream records have no locality cases at all (`{}`): they measure no locality, like a blank one.
     locality = r.raw.get("locality", {})
@@ -143,7 +143,7 @@ def _knowedit(r: _Reader) -> EditRecord:
     relation = _cases(r, locality, "Relation_Specificity")
     first = (relation or _cases(r, locality, "Forgetfulness") or [(None, None)])[0]
     locality_prompt, locality_answer = _locality(*first)
-    return EditRecord(
+    return BenchmarkRecord(
         prompt=r.edit("prompt", "text"),
         target=r.edit("target_new", "labels"),
         rephrase=r.probe("rephrase_prompt", "rephrase", required=False),
@@ -153,7 +153,7 @@ def _knowedit(r: _Reader) -> EditRecord:
     )
 
 
-PARSERS: dict[str, Callable[[_Reader], EditRecord]] = {
+PARSERS: dict[str, Callable[[_Reader], BenchmarkRecord]] = {
     "zsre": _zsre,
     "counterfact": _counterfact,
     "knowedit": _knowedit,
@@ -163,12 +163,13 @@ PARSERS: dict[str, Callable[[_Reader], EditRecord]] = {
 
 @dataclass
 class Loaded:
-    records: list[EditRecord]
+    records: list[BenchmarkRecord]
     skipped: list[str]  # why each unusable record was left out ("record 534: field 'alt' is blank")
 
 
 def parse_records(raw: Any, fmt: str, n: int | None = None) -> Loaded:
-    """Normalise the first `n` records of decoded JSON (a list of records) into EditRecords.
+    """Normalise the first `n` records of decoded JSON (a list of records) into BenchmarkRecords (records of a
+    benchmark file, not stored edits: those are storage.repository.EditRecord).
 
     A malformed record (missing field, wrong type) raises DatasetError; a well-formed record that cannot
     be an edit (blank prompt or target, as a few upstream records have) is skipped and reported, so the

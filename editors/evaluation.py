@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from editors import metrics
-from editors.datasets import EditRecord, load_records
+from editors.datasets import BenchmarkRecord, load_records
 from editors.engine import EditingEngine
 from editors.model_host import ChatContext, ModelHost
 from editors.types import EngineConfig, Score, TrainedEdit
@@ -127,7 +127,7 @@ def _fraction(flags: Sequence[bool]) -> float | None:
 
 
 def apply_edits(
-    engine: EditingEngine, records: Sequence[EditRecord], ids: Sequence[str], trained_out: dict[str, TrainedEdit]
+    engine: EditingEngine, records: Sequence[BenchmarkRecord], ids: Sequence[str], trained_out: dict[str, TrainedEdit]
 ) -> dict[str, list[float]]:
     """Train and activate every record in order (lifelong: all stay active). Returns per-edit timings;
     the trained edits go into `trained_out` (the counterfactual rollback check re-activates them).
@@ -155,7 +155,7 @@ def apply_edits(
 
 
 def measure(
-    m: Measurer, records: Sequence[EditRecord], ids: Sequence[str], with_perplexity: bool
+    m: Measurer, records: Sequence[BenchmarkRecord], ids: Sequence[str], with_perplexity: bool
 ) -> dict[str, float | None]:
     """Reliability, generalization, locality, exact match and routing on the current (edited) model."""
     prompts, targets = [r.prompt for r in records], [r.target for r in records]
@@ -221,12 +221,14 @@ MAX_NEIGHBOURS = 500
 MAX_DEGENERATE_PROBES = 200
 
 
-def neighbour_prompts(neighbours: Sequence[EditRecord]) -> list[str]:
+def neighbour_prompts(neighbours: Sequence[BenchmarkRecord]) -> list[str]:
     """Unedited records of the same file: their prompts and paraphrases (same templates, other subjects)."""
     return [p for r in neighbours for p in (r.prompt, r.rephrase) if p is not None]
 
 
-def hard_cases(m: Measurer, records: Sequence[EditRecord], neighbours: Sequence[EditRecord]) -> dict[str, float | None]:
+def hard_cases(
+    m: Measurer, records: Sequence[BenchmarkRecord], neighbours: Sequence[BenchmarkRecord]
+) -> dict[str, float | None]:
     """The questions users ask next to an edit (routing issue): neighbours, same subject, in context, degeneration."""
     out: dict[str, float | None] = {}
     probes = neighbour_prompts(neighbours)
@@ -271,7 +273,7 @@ def hard_cases(m: Measurer, records: Sequence[EditRecord], neighbours: Sequence[
 
 
 def rollback(
-    m: Measurer, records: Sequence[EditRecord], ids: Sequence[str], fraction: float, seed: int
+    m: Measurer, records: Sequence[BenchmarkRecord], ids: Sequence[str], fraction: float, seed: int
 ) -> tuple[dict[str, float | None], list[int]]:
     """Revoke a seeded random `fraction` of the edits; check exact rollback and the kept edits' reliability.
     Returns the metrics and the indices of the revoked records."""
@@ -302,9 +304,9 @@ MAX_KEPT_PROBES = 100
 def rollback_counterfactual(
     m: Measurer,
     never_revoked: EditingEngine,
-    records: Sequence[EditRecord],
+    records: Sequence[BenchmarkRecord],
     revoked: Sequence[int],
-    neighbours: Sequence[EditRecord],
+    neighbours: Sequence[BenchmarkRecord],
 ) -> float | None:
     """After revoking, every probe answers exactly as an engine in which the revoked edits were never made.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from editors.datasets import DatasetError, EditRecord, load_records, parse_records
+from editors.datasets import BenchmarkRecord, DatasetError, load_records, parse_records
 
 ZSRE = {
     "subject": "UniFirst",
@@ -56,7 +56,7 @@ KNOWEDIT = {
 
 def test_zsre() -> None:
     assert parse_records([ZSRE], "zsre").records == [
-        EditRecord(
+        BenchmarkRecord(
             prompt="What is the product made by UniFirst?",
             target="unmanned aircraft",
             rephrase="What will be the product of UniFirst?",
@@ -68,7 +68,9 @@ def test_zsre() -> None:
 
 def test_counterfact() -> None:
     assert parse_records([COUNTERFACT], "counterfact").records == [
-        EditRecord("Toko Yasuda, the", "piano", "Toko Yasuda is incredible at", "John Lennon performs on the", "guitar")
+        BenchmarkRecord(
+            "Toko Yasuda, the", "piano", "Toko Yasuda is incredible at", "John Lennon performs on the", "guitar"
+        )
     ]
 
 
@@ -81,7 +83,7 @@ def test_hallucination_has_no_rephrase() -> None:
 
 def test_knowedit_keeps_every_same_subject_case_with_first_strings() -> None:
     (record,) = parse_records([KNOWEDIT], "knowedit").records
-    assert record == EditRecord(
+    assert record == BenchmarkRecord(
         prompt="Which family does Epaspidoceras belong to?",
         target="Noctuidae",
         rephrase="What family are Epaspidoceras?",
