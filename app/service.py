@@ -183,7 +183,7 @@ class EditService:
                     self._load_and_activate(edit_id)
             elif edit_id in self._active or edit_id in self.refused:  # revoked here or by another replica
                 with self._state_lock:
-                    self._deactivate(edit_id)
+                    self._revoke_in_engine(edit_id)
         self._publish()
 
     # ---- engine bookkeeping (worker thread) -------------------------------------------------------
@@ -247,7 +247,7 @@ class EditService:
         self.refused[edit_id] = problem
         log.error("REFUSED edit %s: %s; it stays out of the index until revoked", edit_id, problem)
 
-    def _deactivate(self, edit_id: str) -> None:
+    def _revoke_in_engine(self, edit_id: str) -> None:
         if self.engine is not None:
             self.engine.revoke(edit_id)
         self._active.discard(edit_id)
@@ -371,7 +371,7 @@ class EditService:
     def _revoke(self, edit_id: str, actor: str) -> EditRecord:
         with self._state_lock:
             record, changed = self._or_404(self.repo.revoke, edit_id, actor)
-            self._deactivate(edit_id)  # also on a repeat: heals an index that missed an earlier revoke
+            self._revoke_in_engine(edit_id)  # also on a repeat: heals an index that missed an earlier revoke
             self._publish()
         if changed:
             log.info("edit %s revoked by %s", edit_id, actor)

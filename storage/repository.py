@@ -163,15 +163,15 @@ class Supersession:
 
 
 class Repository:
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self._sessions = make_sessionmaker(engine)
+    def __init__(self, db: Engine):
+        self.db = db  # SQLAlchemy's Engine: the database, never the editing engine
+        self._sessions = make_sessionmaker(db)
 
     def session(self) -> Session:
         return self._sessions()
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.db.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     # ---- writes: one transaction each, the audit event inside it ---------------------------------

@@ -86,7 +86,7 @@ def _follow(a: EditService, b: EditService, client_a: TestClient, client_b: Test
     assert answer.routed_edit_id == edit.id and answer.text.startswith("Quexiville")
 
     statements: list[str] = []
-    sqlalchemy.event.listen(b.repo.engine, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+    sqlalchemy.event.listen(b.repo.db, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
     client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
     queries = [sql for sql in statements if sql not in ("BEGIN", "COMMIT", "ROLLBACK")]  # transaction control
     assert len(queries) == 1 and "FROM events" in queries[0], statements

@@ -27,7 +27,7 @@ from tests.pg import pg_schema_url, requires_pg
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, requires_pg])])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
         eng = make_engine(sqlite_url(tmp_path / "sola.db"))
         upgrade(eng)
@@ -42,8 +42,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.fixture
-def repo(engine: Engine) -> Repository:
-    return Repository(engine)
+def repo(db: Engine) -> Repository:
+    return Repository(db)
 
 
 def vec(*values: float) -> bytes:
@@ -74,9 +74,9 @@ def new_edit(prompt: str = "What is the capital of Zorbania?", **kw: object) -> 
     return NewEdit(**fields)  # type: ignore[arg-type]
 
 
-def test_migrations_are_idempotent(engine: Engine) -> None:
-    upgrade(engine)  # a second startup must be a no-op
-    assert current_revision(engine) == "0002"
+def test_migrations_are_idempotent(db: Engine) -> None:
+    upgrade(db)  # a second startup must be a no-op
+    assert current_revision(db) == "0002"
 
 
 def test_create_and_read_back_everything(repo: Repository) -> None:
@@ -197,15 +197,15 @@ def test_active_payloads_and_keys_skip_revoked(repo: Repository) -> None:
     assert repo.active_key_kinds() == {"chat": 2, "raw": 2}
 
 
-def test_events_table_is_append_only(repo: Repository, engine: Engine) -> None:
+def test_events_table_is_append_only(repo: Repository, db: Engine) -> None:
     repo.create_edit(new_edit())
     for statement in ("UPDATE events SET actor = 'mallory'", "DELETE FROM events"):
-        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        with pytest.raises(DBAPIError, match="append-only"), db.begin() as conn:
             conn.execute(text(statement))
     assert [e.actor for e in repo.list_events().items] == ["alice"]
 
 
-def test_the_database_refuses_unknown_statuses_and_event_kinds(repo: Repository, engine: Engine) -> None:
+def test_the_database_refuses_unknown_statuses_and_event_kinds(repo: Repository, db: Engine) -> None:
     edit = repo.create_edit(new_edit())
     refused = {
         "ck_edits_status": f"UPDATE edits SET status = 'deleted' WHERE id = '{edit.id}'",
@@ -213,7 +213,7 @@ def test_the_database_refuses_unknown_statuses_and_event_kinds(repo: Repository,
         f"VALUES ('{edit.id}', 'tampered', 'mallory', CURRENT_TIMESTAMP, '{{}}')",
     }
     for constraint, statement in refused.items():
-        with pytest.raises(DBAPIError, match=constraint), engine.begin() as conn:
+        with pytest.raises(DBAPIError, match=constraint), db.begin() as conn:
             conn.execute(text(statement))
     found = repo.get_edit(edit.id)
     assert found is not None and found.status == EditStatus.ACTIVE
