@@ -274,7 +274,6 @@ class EditService:
         if idempotency_key is not None and (existing := self.repo.find_by_idempotency_key(idempotency_key)):
             return self._replay(existing, req_hash), True
         self._check_edit_fits(body)
-        superseded = self._supersessions(body.prompt)  # asked before the new edit exists
         from editors.training import TrainingTimeout  # editors (torch) load with the model, not at import
 
         try:
@@ -286,6 +285,7 @@ class EditService:
                 f"{exc}; nothing was stored. Shorten the prompt, target or rephrases, or raise SOLA_MAX_TRAIN_SECONDS",
             ) from None
         self.metrics.train_seconds.observe(trained.seconds)
+        superseded = self._supersessions(trained, body.prompt)  # the new edit is not in the index yet
         new = NewEdit(
             id=new_edit_id(),
             prompt=body.prompt,
@@ -354,13 +354,13 @@ class EditService:
                     f"prompt + target take {total} tokens; the model's context is {self.host.max_context}",
                 )
 
-    def _supersessions(self, prompt: str) -> list[Supersession]:
+    def _supersessions(self, trained: Any, prompt: str) -> list[Supersession]:
         """The active edit answering this very prompt now, if the router scores it (near-)identical to the new
         edit's (same content and every subject word): the new edit takes over (newest wins ties); the older
-        one answers again if the newer is revoked."""
+        one answers again if the newer is revoked. Read from the keys training made (no forward pass)."""
         best: dict[str, float] = {}
-        for chat in [True, False] if self.host.has_chat_template else [False]:
-            (edit_id, similarity), *_ = self.engine.routes_for([prompt], chat=chat)
+        for route in self.engine.prompt_routes(trained, prompt):
+            edit_id, similarity = route.edit_id, route.similarity
             if edit_id is not None and similarity is not None and similarity >= self.settings.supersede_similarity:
                 best[edit_id] = max(float(similarity), best.get(edit_id, -1.0))
         return [Supersession(older_id=k, similarity=round(v, 6)) for k, v in best.items()]

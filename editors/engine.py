@@ -516,6 +516,17 @@ class EditingEngine:
         contents = self._contents(hidden, [e.span for e in encoded], [key_kind(chat, None)] * len(encoded))
         return contents, [lexical.words(p) for p in prompts]
 
+    def prompt_routes(self, trained: TrainedEdit, prompt: str) -> list[Route]:
+        """Where `prompt` routes now, in each prompt format, from the keys train_edit made for it: the same
+        decision as routes_for([prompt]) without its forward pass (the keys are the prompt's content)."""
+        words = [lexical.words(prompt)]
+        routes = []
+        for row, kind in enumerate(trained.key_kinds):
+            space, rephrase = parse_kind(kind)
+            if rephrase is None and space in self.routed.spaces:
+                routes += self.routed.search(trained.keys[row][None], words, space)
+        return routes
+
     def routes_for(
         self, prompts: Sequence[str], chat: bool = False, context: ChatContext | None = None
     ) -> list[tuple[str | None, float | None]]:

@@ -204,6 +204,17 @@ def test_first_router_keys_are_recomputed_from_the_prompt(eng: EditingEngine) ->
     assert eng.routes_for([prompt], chat=True)[0] == ("old", pytest.approx(1.0, abs=1e-5))
 
 
+def test_a_new_edits_own_keys_route_as_its_prompt_does(eng: EditingEngine) -> None:
+    """Supersession reads the new edit's trained keys instead of a forward pass: same decisions."""
+    prompt = "What is the capital of Zorbania?"
+    apply(eng, "old", prompt, "Quexiville")
+    newer = eng.train_edit(prompt, "Brindlemoor")
+    by_keys = [(r.edit_id, r.similarity) for r in eng.prompt_routes(newer, prompt)]
+    by_forward = [eng.routes_for([prompt], chat=chat)[0] for chat in eng.formats()]
+    assert [edit for edit, _ in by_keys] == [edit for edit, _ in by_forward] == ["old"] * len(eng.formats())
+    assert [s for _, s in by_keys] == pytest.approx([s for _, s in by_forward], abs=1e-5)
+
+
 def test_exported_peft_adapter_reproduces_the_edit(eng: EditingEngine, tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
