@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -167,12 +168,7 @@ async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Serv
     if len(body.prompt) > settings.max_prompt_chars:
         raise ApiError(413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters")
     result = await svc.generate(body)
-    return GenerateOut(
-        text=result.text,
-        routed_edit_id=result.routed_edit_id,
-        similarity=result.similarity,
-        model=result.model,
-    )
+    return GenerateOut.model_validate({**dataclasses.asdict(result), "model": svc.host.name})
 
 
 # ---- operations ---------------------------------------------------------------------------------------

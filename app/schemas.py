@@ -114,6 +114,8 @@ class EventPage(BaseModel):
 
 
 class GenerateOut(BaseModel):
+    """editors.types.Generation (what the engine produced for one request) plus the serving model's name."""
+
     text: str
     routed_edit_id: str | None
     similarity: float | None

@@ -28,6 +28,7 @@ from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
 from app.settings import Settings
 from app.worker import ModelWorker
+from editors.types import Generation  # plain dataclasses: no torch at import
 from storage.models import EditStatus
 from storage.repository import (
     EditNotFound,
@@ -85,17 +86,9 @@ def engine_config(settings: Settings) -> Any:
 
 
 @dataclass
-class GenerateResult:
-    text: str
-    routed_edit_id: str | None
-    similarity: float | None
-    model: str
-
-
-@dataclass
 class _GenerateJob:
     request: GenerateRequest
-    future: asyncio.Future[GenerateResult]
+    future: asyncio.Future[Generation]
     loop: asyncio.AbstractEventLoop
 
 
@@ -406,10 +399,10 @@ class EditService:
             raise ApiError(404, "not_found", f"no edit with id {args[0]!r}") from None
 
     # ---- generation: requests arriving together are decoded as one batch --------------------------
-    async def generate(self, request: GenerateRequest) -> GenerateResult:
+    async def generate(self, request: GenerateRequest) -> Generation:
         self._require_model()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[GenerateResult] = loop.create_future()
+        future: asyncio.Future[Generation] = loop.create_future()
         self._pending.put(_GenerateJob(request, future, loop))
         try:
             self.worker.submit(self._drain_generate)  # one drain per job: none is ever left waiting
@@ -456,8 +449,7 @@ class EditService:
                     job.loop.call_soon_threadsafe(_resolve, job.future, None, exc)
                 continue
             for job, out in zip(group, outs, strict=True):
-                result = GenerateResult(out.text, out.routed_edit_id, out.similarity, self.host.name)
-                job.loop.call_soon_threadsafe(_resolve, job.future, result)
+                job.loop.call_soon_threadsafe(_resolve, job.future, out)
 
     def _check_prompt_fits(self, request: GenerateRequest) -> ApiError | None:
         try:

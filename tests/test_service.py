@@ -14,8 +14,9 @@ from prometheus_client import generate_latest
 from app.errors import ApiError
 from app.main import create_app
 from app.schemas import EditCreate, GenerateRequest
-from app.service import EditService, GenerateResult
+from app.service import EditService
 from app.settings import Settings
+from editors.types import Generation
 from tests.server import MODEL_CACHE
 
 pytestmark = pytest.mark.slow
@@ -35,14 +36,14 @@ def test_a_row_the_tokenizer_refuses_fails_alone_and_is_counted(tmp_path: Path) 
         bad = GenerateRequest.model_construct(prompt="Hi \udfff", max_new_tokens=4, chat=True)
         good = GenerateRequest(prompt="Name a colour.", max_new_tokens=4, chat=True)
 
-        async def ask_both() -> tuple[GenerateResult | BaseException, GenerateResult | BaseException]:
+        async def ask_both() -> tuple[Generation | BaseException, Generation | BaseException]:
             return await asyncio.wait_for(
                 asyncio.gather(svc.generate(bad), svc.generate(good), return_exceptions=True), timeout=120
             )
 
         bad_result, good_result = client.portal.call(ask_both)  # type: ignore[union-attr]
         assert isinstance(bad_result, ApiError) and bad_result.status == 422, bad_result
-        assert isinstance(good_result, GenerateResult) and good_result.text
+        assert isinstance(good_result, Generation) and good_result.text
         assert "sola_generate_failures_total 1.0" in generate_latest(svc.metrics.registry).decode()
 
 
@@ -75,7 +76,7 @@ def _follow(a: EditService, b: EditService, client_a: TestClient, client_b: Test
     """A makes an edit and revokes it; B sees each after one sync."""
     question = GenerateRequest(prompt="What is the capital of Zorbania?", max_new_tokens=4, chat=True)
 
-    def b_syncs_and_answers() -> GenerateResult:
+    def b_syncs_and_answers() -> Generation:
         client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
         return client_b.portal.call(b.generate, question)  # type: ignore[union-attr]
 
