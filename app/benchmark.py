@@ -324,9 +324,9 @@ def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.40, k: int 
                 n = min(group, size - len(exact))
                 keys = shaped_keys(n)
                 stored.append(keys[:1])  # a few stored keys to move into queries
-                name, order = f"g{len(exact)}", len(exact)
+                name, seq = f"g{len(exact)}", len(exact)
                 for index in (exact, default):
-                    index.add(name, keys, [subject] * n, order=order)
+                    index.add(name, keys, [subject] * n, seq=seq)
                 bar.update(n)
         picks = np.concatenate(stored)[rng.integers(0, len(stored), 256)]
         queries = normalise(picks + 0.5 * rng.standard_normal(picks.shape).astype(np.float32) / np.sqrt(dim))

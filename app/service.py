@@ -225,7 +225,7 @@ class EditService:
                 edit = payload.edit
                 keys, kinds = rows_to_keys(payload.keys), [k.kind for k in payload.keys]
                 texts = (edit.prompt, edit.target, edit.rephrases)
-                items.append(Activation(edit.id, payload.adapter, keys, kinds, *texts, order=edit.seq))
+                items.append(Activation(edit.id, payload.adapter, keys, kinds, *texts, seq=edit.seq))
             refused = self.engine.activate_many(items)  # AdapterMismatch, or keys the engine cannot place
             for item in items:
                 if item.edit_id in refused:

@@ -44,7 +44,7 @@ class Activation:
     prompt: str
     target: str
     rephrases: Sequence[str] = ()
-    order: int | None = None  # recency among edits of the same fact (None: after every edit so far)
+    seq: int | None = None  # recency among edits of the same fact (None: after every edit so far)
 
 
 @dataclass
@@ -56,7 +56,7 @@ class _Prepared:
     keys: np.ndarray  # [n, hidden] float32
     kinds: list[str]
     rows: dict[str, list[int]]  # prompt format ("chat"/"raw") -> its key rows
-    order: int = 0
+    seq: int = 0
 
 
 def key_kind(chat: bool, rephrase: int | None) -> str:
@@ -103,7 +103,7 @@ class EditingEngine:
             index = KeyIndex(host.hidden_size, kind=index_kind)
             key_space = KeySpace(index, self.config.threshold, self._content_encoder(chat))
             self.routed.spaces["chat" if chat else "raw"] = key_space
-        self._orders = itertools.count(1)
+        self._seqs = itertools.count(1)
 
     def _content_encoder(self, chat: bool) -> ContentEncoder:
         """Background token states of fixed generic prompts (editors/calibration.py) in one prompt format.
@@ -254,14 +254,14 @@ class EditingEngine:
         prompt: str,
         target: str,
         rephrases: Sequence[str] = (),
-        order: int | None = None,
+        seq: int | None = None,
     ) -> None:
         """Bank the weights and index the keys (from train_edit, one kind per row); raises if refused.
 
         `prompt` and `rephrases` are the texts the keys were made from: their subject words are the
         lexical half of each key, and keys of the first router's kinds are recomputed from them. `target`
         sets how many generated tokens the edit's delta applies to (its answer)."""
-        refused = self.activate_many([Activation(edit_id, adapter, keys, key_kinds, prompt, target, rephrases, order)])
+        refused = self.activate_many([Activation(edit_id, adapter, keys, key_kinds, prompt, target, rephrases, seq)])
         if edit_id in refused:
             raise refused[edit_id]
 
@@ -287,7 +287,7 @@ class EditingEngine:
         subjects: dict[str, frozenset[str]] = {}  # one prompt's subject words serve its keys in every format
         try:
             for p in ready:
-                p.order = p.item.order if p.item.order is not None else next(self._orders)
+                p.seq = p.item.seq if p.item.seq is not None else next(self._seqs)
             self.bank.add_many(
                 [p.item.edit_id for p in ready],
                 torch.stack([p.adapter.lora_A for p in ready]),
@@ -305,7 +305,7 @@ class EditingEngine:
                     [p.item.edit_id for p in placed],
                     [p.keys[p.rows[space]] for p in placed],
                     [[self._subject_of(p, r, subjects) for r in p.rows[space]] for p in placed],
-                    [p.order for p in placed],
+                    [p.seq for p in placed],
                 )
         except ValueError as exc:  # a failed activation leaves nothing behind
             for p in ready:

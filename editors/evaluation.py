@@ -135,14 +135,14 @@ def apply_edits(
     Paraphrases are NOT given to training: they are the held-out generalization test.
     """
     timings: dict[str, list[float]] = {"edit": [], "key": [], "train": [], "activate": [], "steps": []}
-    for order, (edit_id, record) in enumerate(
+    for seq, (edit_id, record) in enumerate(
         tqdm(list(zip(ids, records, strict=True)), desc="editing", unit="edit", file=sys.stderr), start=1
     ):
         start = time.perf_counter()
         trained = engine.train_edit(record.prompt, record.target)
         activate_start = time.perf_counter()
         engine.activate(
-            edit_id, trained.adapter, trained.keys, trained.key_kinds, record.prompt, record.target, order=order
+            edit_id, trained.adapter, trained.keys, trained.key_kinds, record.prompt, record.target, seq=seq
         )
         end = time.perf_counter()
         trained_out[edit_id] = trained
@@ -398,10 +398,10 @@ def run_eval(
     hard = hard_cases(m, records, neighbours)
     after_rollback, revoked = rollback(m, records, ids, revoke_fraction, seed)
     never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
-    for order, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
-        if order - 1 not in revoked:
+    for seq, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
+        if seq - 1 not in revoked:
             t = trained[edit_id]
-            never_made.activate(edit_id, t.adapter, t.keys, t.key_kinds, record.prompt, record.target, order=order)
+            never_made.activate(edit_id, t.adapter, t.keys, t.key_kinds, record.prompt, record.target, seq=seq)
     counterfactual = rollback_counterfactual(m, never_made, records, revoked, neighbours)
 
     config = engine.config

@@ -62,7 +62,7 @@ class KeyIndex:
     _approximate: bool = field(default=False, init=False, repr=False)  # the FAISS index now is IVF
     _trained_size: int = field(default=0, init=False, repr=False)  # keys when the IVF cells were fitted
     _keys: dict[int, _Key] = field(default_factory=dict, init=False, repr=False)  # key id -> owner
-    _order: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> recency
+    _seq: dict[str, int] = field(default_factory=dict, init=False, repr=False)  # edit id -> its seq (recency)
     _key_ids: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     # Exact float32 copies, row = key id. Ids of removed keys are reused, so the matrix never outgrows the
     # most keys ever held at once.
@@ -96,20 +96,20 @@ class KeyIndex:
     def edit_ids(self) -> set[str]:
         return set(self._key_ids)
 
-    def add(self, edit_id: str, contents: np.ndarray, subjects: Sequence[frozenset[str]], order: int) -> None:
+    def add(self, edit_id: str, contents: np.ndarray, subjects: Sequence[frozenset[str]], seq: int) -> None:
         """`contents` [n, dim]: one content vector per key; `subjects`: each key's subject words."""
-        self.add_many([edit_id], [contents], [subjects], [order])
+        self.add_many([edit_id], [contents], [subjects], [seq])
 
     def add_many(
         self,
         edit_ids: Sequence[str],
         contents: Sequence[np.ndarray],
         subjects: Sequence[Sequence[frozenset[str]]],
-        orders: Sequence[int],
+        seqs: Sequence[int],
     ) -> None:
         """`add` for several edits in one FAISS insert (startup). Checks everything before changing anything."""
-        if not (len(edit_ids) == len(contents) == len(subjects) == len(orders)):
-            raise ValueError("edit_ids, contents, subjects and orders differ in length")
+        if not (len(edit_ids) == len(contents) == len(subjects) == len(seqs)):
+            raise ValueError("edit_ids, contents, subjects and seqs differ in length")
         if len(set(edit_ids)) != len(edit_ids):
             raise ValueError("an edit appears twice in one add_many")
         counts = [len(np.atleast_2d(c)) for c in contents]
@@ -126,9 +126,9 @@ class KeyIndex:
         ids = self._allocate_many(len(vectors))
         self._vectors[ids] = vectors
         per_edit = np.split(ids, np.cumsum(counts)[:-1])
-        for edit_id, own, words, order in zip(edit_ids, per_edit, subjects, orders, strict=True):
+        for edit_id, own, words, seq in zip(edit_ids, per_edit, subjects, seqs, strict=True):
             self._key_ids[edit_id] = own
-            self._order[edit_id] = order
+            self._seq[edit_id] = seq
             for key_id, subject in zip(own.tolist(), words, strict=True):
                 self._keys[key_id] = _Key(edit_id, subject)
         if self._wants_rebuild():
@@ -147,7 +147,7 @@ class KeyIndex:
         for key_id in ids.tolist():
             del self._keys[key_id]
         self._free.extend(ids.tolist())
-        del self._order[edit_id]
+        del self._seq[edit_id]
         if self._wants_rebuild():
             self._rebuild(approximate=self._should_be_approximate())
         return True
@@ -263,5 +263,5 @@ class KeyIndex:
                 routes.append(Route(None, best))
                 continue
             tied = {edit_id for score, edit_id in scored if score >= best - tie_margin}
-            routes.append(Route(max(tied, key=self._order.__getitem__), best))
+            routes.append(Route(max(tied, key=self._seq.__getitem__), best))
         return routes

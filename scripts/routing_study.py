@@ -55,7 +55,7 @@ def main() -> None:
     index = KeyIndex(engine.host.hidden_size)
     contents, _ = keys_of(engine, [r.prompt for r in records], args.chat)
     for i, (record, content) in enumerate(zip(records, contents, strict=True)):
-        index.add(f"e{i}", content[None], [engine.subject_words(record.prompt)], order=i)
+        index.add(f"e{i}", content[None], [engine.subject_words(record.prompt)], seq=i)
 
     own_probes: dict[str, tuple[list[str], list[str], ChatContext | None]] = {}
     with_reph = [i for i, r in enumerate(records) if r.rephrase]

@@ -22,8 +22,8 @@ ANY: list[frozenset[str]] = [frozenset({"acme", "globex"})] * 3  # queries that 
 
 def test_search_applies_threshold_and_returns_nearest_edit() -> None:
     index = KeyIndex(3)
-    index.add("x", unit(1, 0, 0)[None], [ACME], order=1)
-    index.add("y", unit(0, 1, 0)[None], [ACME], order=2)
+    index.add("x", unit(1, 0, 0)[None], [ACME], seq=1)
+    index.add("y", unit(0, 1, 0)[None], [ACME], seq=2)
     routes = index.search(np.stack([unit(1, 0.1, 0), unit(0, 0, 1), unit(0.1, 1, 0)]), ANY, threshold=0.9)
     assert [r.edit_id for r in routes] == ["x", None, "y"]
     assert routes[0].similarity == pytest.approx(float(unit(1, 0.1, 0) @ unit(1, 0, 0)), abs=1e-6)
@@ -31,7 +31,7 @@ def test_search_applies_threshold_and_returns_nearest_edit() -> None:
 
 def test_score_is_cosine_times_squared_subject_coverage() -> None:
     index = KeyIndex(3)
-    index.add("acme-ceo", unit(1, 0, 0)[None], [frozenset({"acme", "corp"})], order=1)
+    index.add("acme-ceo", unit(1, 0, 0)[None], [frozenset({"acme", "corp"})], seq=1)
     query = unit(1, 0.1, 0)[None]
     cosine = float(query[0] @ unit(1, 0, 0))
     full, half, none = (
@@ -59,7 +59,7 @@ def test_lexical_subject_words_and_coverage() -> None:
 def test_removal_never_renumbers_other_keys(kind: str) -> None:
     index = KeyIndex(3, kind=kind)
     for i, name in enumerate("abc"):
-        index.add(name, np.eye(3, dtype=np.float32)[i][None], [ACME], order=i)
+        index.add(name, np.eye(3, dtype=np.float32)[i][None], [ACME], seq=i)
     assert index.remove("b") and not index.remove("b")
     assert len(index) == 2 and index.edit_ids() == {"a", "c"}
     routes = index.search(np.eye(3, dtype=np.float32), ANY, threshold=0.5)
@@ -69,13 +69,13 @@ def test_removal_never_renumbers_other_keys(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_identical_keys_newest_wins_until_removed(kind: str) -> None:
     index = KeyIndex(3, kind=kind)
-    index.add("old", unit(1, 1, 0)[None], [ACME], order=1)
-    index.add("new", unit(1, 1, 0)[None], [ACME], order=2)
+    index.add("old", unit(1, 1, 0)[None], [ACME], seq=1)
+    index.add("new", unit(1, 1, 0)[None], [ACME], seq=2)
     assert index.search(unit(1, 1, 0)[None], ANY[:1], threshold=0.9)[0].edit_id == "new"
     index.remove("new")
     assert index.search(unit(1, 1, 0)[None], ANY[:1], threshold=0.9)[0].edit_id == "old"
     with pytest.raises(KeyError):
-        index.add("old", unit(1, 0, 0)[None], [ACME], order=3)
+        index.add("old", unit(1, 0, 0)[None], [ACME], seq=3)
 
 
 def test_auto_index_turns_approximate_with_size_and_back_and_agrees_with_flat() -> None:
@@ -84,7 +84,7 @@ def test_auto_index_turns_approximate_with_size_and_back_and_agrees_with_flat() 
     auto, flat = KeyIndex(16, approximate_from=200, nprobe=4), KeyIndex(16, kind="flat")
     for i, key in enumerate(keys):
         for index in (auto, flat):
-            index.add(f"e{i}", key[None], [ACME], order=i)
+            index.add(f"e{i}", key[None], [ACME], seq=i)
     assert auto.approximate and not flat.approximate
     queries = normalise(keys + 0.05 * rng.standard_normal(keys.shape))  # a little off every key
     words = [ACME] * len(queries)
@@ -94,7 +94,7 @@ def test_auto_index_turns_approximate_with_size_and_back_and_agrees_with_flat() 
     for i in range(250):  # revoke most: below half the threshold it is an exact scan again
         assert auto.remove(f"e{i}")
     assert not auto.approximate and len(auto) == 50
-    auto.add("e0", keys[0][None], [ACME], order=1000)  # restore reuses a freed key id
+    auto.add("e0", keys[0][None], [ACME], seq=1000)  # restore reuses a freed key id
     assert [r.edit_id for r in auto.search(keys[:1], words[:1], threshold=0.9)] == ["e0"]
     assert [r.edit_id for r in auto.search(keys[1:2], words[:1], threshold=0.9)] == [None]
 
