@@ -14,6 +14,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY editors ./editors
+COPY evaluation ./evaluation
 COPY router ./router
 COPY storage ./storage
 COPY migrations ./migrations

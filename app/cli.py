@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from editors.datasets import FORMATS
+from evaluation.datasets import FORMATS
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
 
@@ -60,8 +60,8 @@ def evaluate(
     threads: Threads = None,
 ) -> None:
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
-    from editors.datasets import DatasetError
-    from editors.evaluation import markdown_table, run_eval
+    from evaluation.datasets import DatasetError
+    from evaluation.quality import markdown_table, run_eval
 
     if not dataset.is_file():
         raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")
@@ -103,7 +103,7 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Small smoke run of every section (a few minutes).")] = False,
 ) -> None:
     """Latency (edited vs unedited, 0 to 10k edits), routing time vs keys, edit latency split, HTTP throughput."""
-    from app.benchmark import BenchOptions, run_bench
+    from evaluation.serving import BenchOptions, run_bench
 
     opts = BenchOptions.make(
         quick,

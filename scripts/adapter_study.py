@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from editors import metrics
-from editors.datasets import load_records
 from editors.engine import EditingEngine
-from editors.evaluation import DEGENERATE_EXTRA_TOKENS
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
+from evaluation import edit_metrics
+from evaluation.datasets import load_records
+from evaluation.quality import DEGENERATE_EXTRA_TOKENS
 
 FILES = {
     "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", True),
@@ -65,13 +65,13 @@ def study(engine: EditingEngine, name: str, n: int) -> dict[str, float | None]:
             edited = engine.score(prompts, answers, chat=chat)
             base = engine.score(prompts, answers, chat=chat, use_edits=False)
             same += [
-                metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base, edited, strict=True)
+                edit_metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base, edited, strict=True)
             ]
             same_routed += [e.routed_edit_id is not None for e in edited]
         budget = len(engine.host.encode(" " + r.target)) + DEGENERATE_EXTRA_TOKENS
         for fmt_chat in engine.formats():
             g = engine.generate([r.prompt], budget, chat=fmt_chat)[0]
-            degenerate.append(metrics.is_degenerate(g.text, r.target))
+            degenerate.append(edit_metrics.is_degenerate(g.text, r.target))
         engine.revoke(edit_id)
 
     def mean(xs: list) -> float | None:

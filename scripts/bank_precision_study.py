@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from editors.datasets import load_records
 from editors.engine import EditingEngine
-from editors.evaluation import DEGENERATE_EXTRA_TOKENS
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
+from evaluation.datasets import load_records
+from evaluation.quality import DEGENERATE_EXTRA_TOKENS
 
 FILES = {
     "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", True),

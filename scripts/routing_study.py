@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from editors.datasets import load_records
 from editors.engine import EditingEngine
-from editors.evaluation import IN_CONTEXT, neighbour_prompts
 from editors.model_host import ChatContext, ModelHost
+from evaluation.datasets import load_records
+from evaluation.quality import IN_CONTEXT, neighbour_prompts
 from router.key_index import KeyIndex
 
 

@@ -154,7 +154,7 @@ def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> d
 def replica_lag(url: str, workdir: Path, threads: int, repeats: int = 5) -> list[float]:
     """Two servers on one database: seconds from replica A's 201 for a new edit until replica B answers
     its question through it (B polled every 20 ms), once per repeat."""
-    from app.benchmark import BenchOptions, ServerProcess
+    from evaluation.serving import BenchOptions, ServerProcess
 
     opts = BenchOptions(data_dir=Path("var"), threads=threads)
     env = {"SOLA_DATABASE_URL": url}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.benchmark import BenchOptions, bench_routing, run_bench
+from evaluation.serving import BenchOptions, bench_routing, run_bench
 from tests.server import MODEL_CACHE
 
 FIXTURES = Path(__file__).parent / "fixtures"

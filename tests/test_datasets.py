@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from editors.datasets import BenchmarkRecord, DatasetError, load_records, parse_records
+from evaluation.datasets import BenchmarkRecord, DatasetError, load_records, parse_records
 
 ZSRE = {
     "subject": "UniFirst",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from editors.evaluation import engine_config, run_eval
 from editors.types import EngineConfig
+from evaluation.quality import engine_config, run_eval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RATES = [
@@ -35,7 +35,7 @@ def test_layer_and_threshold_override_the_defaults() -> None:
 
 
 def test_bad_file_fails_before_the_model_loads(tmp_path: Path) -> None:
-    from editors.datasets import DatasetError
+    from evaluation.datasets import DatasetError
 
     path = tmp_path / "bad.json"
     path.write_text(json.dumps([{"src": "q", "rephrase": "r", "loc": "l", "loc_ans": "a"}]))

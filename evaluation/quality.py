@@ -20,11 +20,11 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
-from editors import metrics
-from editors.datasets import BenchmarkRecord, load_records
 from editors.engine import EditingEngine
 from editors.model_host import ChatContext, ModelHost
 from editors.types import EngineConfig, Score, TrainedEdit
+from evaluation import edit_metrics
+from evaluation.datasets import BenchmarkRecord, load_records
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -98,7 +98,7 @@ class Measurer:
         def run(chunk: Sequence[tuple[str, str, int]]) -> list[bool]:
             budget = max(n for _, _, n in chunk) + EXACT_EXTRA_TOKENS
             gens = self.engine.generate([p for p, _, _ in chunk], max_new_tokens=budget, chat=self.chat)
-            return [metrics.contains_target(g.text, t) for g, (_, t, _) in zip(gens, chunk, strict=True)]
+            return [edit_metrics.contains_target(g.text, t) for g, (_, t, _) in zip(gens, chunk, strict=True)]
 
         return map_batched(run, rows, self.batch_size, desc)
 
@@ -115,15 +115,17 @@ class Measurer:
 
 
 def _mean_accuracy(scores: Sequence[Score]) -> float | None:
-    return metrics.mean(metrics.token_accuracy(s.predicted_ids, s.target_ids) for s in scores)
+    return edit_metrics.mean(edit_metrics.token_accuracy(s.predicted_ids, s.target_ids) for s in scores)
 
 
 def _mean_perplexity(scores: Sequence[Score]) -> float | None:
-    return metrics.mean(metrics.perplexity(s.target_logprob, len(s.target_ids)) for s in scores if s.target_ids)
+    return edit_metrics.mean(
+        edit_metrics.perplexity(s.target_logprob, len(s.target_ids)) for s in scores if s.target_ids
+    )
 
 
 def _fraction(flags: Sequence[bool]) -> float | None:
-    return metrics.mean(float(f) for f in flags)
+    return edit_metrics.mean(float(f) for f in flags)
 
 
 def apply_edits(
@@ -183,20 +185,20 @@ def measure(
     loc_answers = [r.locality_answer or "" for r in with_loc]
     loc_edited = m.score(loc_prompts, loc_answers, use_edits=True, desc="locality")
     loc_base = m.score(loc_prompts, loc_answers, use_edits=False, desc="locality (unedited)")
-    out["locality"] = metrics.mean(
-        metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(loc_base, loc_edited, strict=True)
+    out["locality"] = edit_metrics.mean(
+        edit_metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(loc_base, loc_edited, strict=True)
     )
 
     # Routing: every edit prompt and paraphrase should go to its own edit; locality prompts to none.
     gen_ids = [ids[i] for i in with_rephrase]
     routed = [s.routed_edit_id for s in rel] + [s.routed_edit_id for s in gen]
-    out["routing_precision"] = metrics.routing_precision(routed, list(ids) + gen_ids)
-    out["edit_routed_rate"] = metrics.routed_to_own_rate([s.routed_edit_id for s in rel], ids)
-    out["rephrase_routed_rate"] = metrics.routed_to_own_rate([s.routed_edit_id for s in gen], gen_ids)
-    out["wrong_edit_rate"] = metrics.mean(
+    out["routing_precision"] = edit_metrics.routing_precision(routed, list(ids) + gen_ids)
+    out["edit_routed_rate"] = edit_metrics.routed_to_own_rate([s.routed_edit_id for s in rel], ids)
+    out["rephrase_routed_rate"] = edit_metrics.routed_to_own_rate([s.routed_edit_id for s in gen], gen_ids)
+    out["wrong_edit_rate"] = edit_metrics.mean(
         float(s.routed_edit_id is not None and s.routed_edit_id != own) for s, own in zip(gen, gen_ids, strict=True)
     )
-    out["locality_routed_rate"] = metrics.routed_rate([s.routed_edit_id for s in loc_edited])
+    out["locality_routed_rate"] = edit_metrics.routed_rate([s.routed_edit_id for s in loc_edited])
 
     if with_perplexity:
         before = m.score(prompts, targets, use_edits=False, desc="perplexity (unedited)")
@@ -235,7 +237,7 @@ def hard_cases(
     if probes:
         edited = m.greedy(probes, NEIGHBOUR_BUDGET, True, "neighbours")
         base = m.greedy(probes, NEIGHBOUR_BUDGET, False, "neighbours (unedited)")
-        out["neighbour_routed_rate"] = metrics.routed_rate([g.routed_edit_id for g in edited])
+        out["neighbour_routed_rate"] = edit_metrics.routed_rate([g.routed_edit_id for g in edited])
         out["neighbour_unchanged"] = _fraction([e.token_ids == b.token_ids for e, b in zip(edited, base, strict=True)])
     out["n_neighbour_prompts"] = len(probes)
 
@@ -244,10 +246,10 @@ def hard_cases(
         prompts, answers = [p for p, _ in same_subject], [a for _, a in same_subject]
         edited_s = m.score(prompts, answers, use_edits=True, desc="same-subject locality")
         base_s = m.score(prompts, answers, use_edits=False, desc="same-subject locality (unedited)")
-        out["same_subject_locality"] = metrics.mean(
-            metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base_s, edited_s, strict=True)
+        out["same_subject_locality"] = edit_metrics.mean(
+            edit_metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base_s, edited_s, strict=True)
         )
-        out["same_subject_routed_rate"] = metrics.routed_rate([s.routed_edit_id for s in edited_s])
+        out["same_subject_routed_rate"] = edit_metrics.routed_rate([s.routed_edit_id for s in edited_s])
 
     if m.chat and m.engine.host.has_chat_template:
         asked = [(r.prompt, r.target) for r in records] + [(r.rephrase, r.target) for r in records if r.rephrase]
@@ -259,7 +261,7 @@ def hard_cases(
             out[f"reliability_in_context_{name}"] = _mean_accuracy(scores[:n_edit])
             out[f"generalization_in_context_{name}"] = _mean_accuracy(scores[n_edit:])
         gens = [out.get(f"generalization_in_context_{name}") for name in IN_CONTEXT]
-        out["generalization_in_context"] = metrics.mean(g for g in gens if g is not None)
+        out["generalization_in_context"] = edit_metrics.mean(g for g in gens if g is not None)
 
     # Degeneration: the edited answer in both prompt formats, a little past the target's end.
     sample = list(records[:MAX_DEGENERATE_PROBES])
@@ -267,7 +269,7 @@ def hard_cases(
     for chat in m.engine.formats():
         budget = max(len(m.engine.host.encode(" " + r.target)) for r in sample) + DEGENERATE_EXTRA_TOKENS
         gens = m.greedy([r.prompt for r in sample], budget, True, f"degeneration ({'chat' if chat else 'raw'})", chat)
-        flags += [metrics.is_degenerate(g.text, r.target) for g, r in zip(gens, sample, strict=True)]
+        flags += [edit_metrics.is_degenerate(g.text, r.target) for g, r in zip(gens, sample, strict=True)]
     out["degenerate_rate"] = _fraction(flags)
     return out
 
@@ -373,7 +375,7 @@ def run_eval(
     `chat=None` picks the benchmark's natural prompt format (DEFAULT_CHAT). `host` lets tests reuse a
     loaded model (it must not already carry an engine); the counterfactual engine loads its own copy of
     `model` from `cache_dir` (default: under `data_dir`). `threads` sets torch's intra-op threads (on a
-    shared machine 1 avoids oversubscription). Raises editors.datasets.DatasetError on bad files.
+    shared machine 1 avoids oversubscription). Raises evaluation.datasets.DatasetError on bad files.
     """
     if not 0.0 <= revoke_fraction <= 1.0:
         raise ValueError(f"revoke fraction {revoke_fraction} outside [0, 1]")
@@ -410,12 +412,12 @@ def run_eval(
         **hard,
         **after_rollback,
         "rollback_counterfactual": counterfactual,
-        "edit_seconds_median": metrics.median(timings["edit"]),
-        "edit_seconds_p90": metrics.percentile(timings["edit"], 90),
-        "key_seconds_median": metrics.median(timings["key"]),
-        "train_seconds_median": metrics.median(timings["train"]),
-        "activate_seconds_median": metrics.median(timings["activate"]),
-        "train_steps_median": metrics.median(timings["steps"]),
+        "edit_seconds_median": edit_metrics.median(timings["edit"]),
+        "edit_seconds_p90": edit_metrics.percentile(timings["edit"], 90),
+        "key_seconds_median": edit_metrics.median(timings["key"]),
+        "train_seconds_median": edit_metrics.median(timings["train"]),
+        "activate_seconds_median": edit_metrics.median(timings["activate"]),
+        "train_steps_median": edit_metrics.median(timings["steps"]),
         "peak_rss_mb": peak_rss_mb(),
         "eval_seconds": time.perf_counter() - started,
         "n": len(records),

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from editors import metrics
 from editors.adapter_io import serialize_adapter
-from editors.datasets import BenchmarkRecord, load_records
 from editors.engine import EditingEngine, key_kind
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
+from evaluation import edit_metrics
+from evaluation.datasets import BenchmarkRecord, load_records
 from router.key_index import KeyIndex, normalise
 
 DEFAULT_DATASET = Path("../shared/data/zsre/zsre_mend_train_1k.json")
@@ -221,9 +221,9 @@ def latency_point(
         runs["unedited"].append(timed_generate(unedited, prompts, opts.max_new_tokens, opts.chat))
     point: dict[str, Any] = {"batch": len(prompts)}
     for name, rs in runs.items():
-        point[f"{name}_ms"] = 1000 * (metrics.median([r["seconds"] for r in rs]) or 0.0)
-        point[f"{name}_ms_per_step"] = 1000 * (metrics.median([r["seconds"] / r["steps"] for r in rs]) or 0.0)
-        point[f"{name}_steps"] = metrics.median([float(r["steps"]) for r in rs])
+        point[f"{name}_ms"] = 1000 * (edit_metrics.median([r["seconds"] for r in rs]) or 0.0)
+        point[f"{name}_ms_per_step"] = 1000 * (edit_metrics.median([r["seconds"] / r["steps"] for r in rs]) or 0.0)
+        point[f"{name}_steps"] = edit_metrics.median([float(r["steps"]) for r in rs])
     point["ratio"] = point["edited_ms"] / point["unedited_ms"]
     point["ratio_per_step"] = point["edited_ms_per_step"] / point["unedited_ms_per_step"]
     routed = runs["edited"][-1]["routed"]
@@ -336,8 +336,8 @@ def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.40, k: int 
         for name, index in (("flat", exact), ("default", default)):
             single = _search_times(index, queries, words, threshold, k, batch=1, repeats=repeats)
             batch = _search_times(index, queries, words, threshold, k, batch=8, repeats=max(3, repeats // 4))
-            point[f"{name}_batch1_ms"] = 1000 * (metrics.median(single) or 0.0)
-            point[f"{name}_batch8_ms_per_query"] = 1000 * (metrics.median(batch) or 0.0) / 8
+            point[f"{name}_batch1_ms"] = 1000 * (edit_metrics.median(single) or 0.0)
+            point[f"{name}_batch8_ms_per_query"] = 1000 * (edit_metrics.median(batch) or 0.0) / 8
         found, truth = default.candidates(queries, k), exact.candidates(queries, k)
         point["recall_at_1"] = float(np.mean(found[:, 0] == truth[:, 0]))
         point[f"recall_at_{k}"] = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
@@ -468,8 +468,8 @@ async def _load_level(
         "requests": len(latencies),
         "errors": errors,
         "rps": len(latencies) / wall,
-        "p50_ms": 1000 * (metrics.percentile(latencies, 50) or 0.0),
-        "p99_ms": 1000 * (metrics.percentile(latencies, 99) or 0.0),
+        "p50_ms": 1000 * (edit_metrics.percentile(latencies, 50) or 0.0),
+        "p99_ms": 1000 * (edit_metrics.percentile(latencies, 99) or 0.0),
     }
 
 
@@ -507,10 +507,10 @@ def bench_http(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> dict[s
 
 def summarise_edits(t: EditTimings) -> dict[str, Any]:
     parts = {"key": t.key, "train": t.train, "commit": t.commit, "activate": t.activate}
-    out: dict[str, Any] = {"n": len(t.key), "steps_median": metrics.median(t.steps)}
+    out: dict[str, Any] = {"n": len(t.key), "steps_median": edit_metrics.median(t.steps)}
     for name, values in parts.items():
-        out[f"{name}_ms_median"] = 1000 * v if (v := metrics.median(values)) is not None else None
-        out[f"{name}_ms_p90"] = 1000 * v if (v := metrics.percentile(values, 90)) is not None else None
+        out[f"{name}_ms_median"] = 1000 * v if (v := edit_metrics.median(values)) is not None else None
+        out[f"{name}_ms_p90"] = 1000 * v if (v := edit_metrics.percentile(values, 90)) is not None else None
     return out
 
 
