@@ -142,10 +142,6 @@ class ModelHost:
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
-    @property
-    def num_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
-
     @functools.cached_property
     def hidden_size(self) -> int:  # cached: asked per key at startup, and a config lookup is slow
         return int(self.model.config.hidden_size)

@@ -6,12 +6,12 @@ The events table is append-only: this module has no code path that updates or de
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
-from sqlalchemy import CursorResult, Engine, func, or_, select, text, update
+from sqlalchemy import CursorResult, Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -170,10 +170,6 @@ class Repository:
     def session(self) -> Session:
         return self._sessions()
 
-    def ping(self) -> None:
-        with self.db.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
     # ---- writes: one transaction each, the audit event inside it ---------------------------------
     def create_edit(self, new: NewEdit, supersedes: Sequence[Supersession] = ()) -> EditRecord:
         now = utcnow()
@@ -241,7 +237,7 @@ class Repository:
         with self.session() as s, s.begin():
             # Conditional UPDATE: of two replicas racing, exactly one changes the row and logs the event.
             result = s.execute(update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values))
-            changed = cast("CursorResult[Any]", result).rowcount  # an UPDATE's result is a cursor result
+            changed = cast(CursorResult[Any], result).rowcount  # an UPDATE's result is a cursor result
             if changed:
                 s.add(Event(edit_id=edit_id, kind=kind, actor=actor, at=now, detail={}))
             edit = s.scalars(select(Edit).where(Edit.id == edit_id).execution_options(populate_existing=True)).first()
@@ -347,11 +343,6 @@ class Repository:
                     pending = next(key_rows, None)
                 yield EditPayload(edit, bytes(row.weights), row.sha256, rows)
 
-    def active_keys(self) -> Iterator[tuple[str, list[KeyRow]]]:
-        """(edit id, key rows) for every active edit, oldest first, without the adapter blobs."""
-        for edit_id, _, rows in self.keys_with_status(EditStatus.ACTIVE):
-            yield edit_id, rows
-
     def last_event_seq(self) -> int:
         """The audit log's newest sequence number (0 when empty): where a replica starts following it."""
         with self.session() as s:
@@ -371,29 +362,6 @@ class Repository:
         with self.session() as s:
             rows = s.execute(select(Edit.id, Edit.status).where(Edit.id.in_(list(edit_ids))))
             return {edit_id: status for edit_id, status in rows}
-
-    def keys_with_status(
-        self, status: str, edit_ids: Iterable[str] | None = None
-    ) -> Iterator[tuple[str, int, list[KeyRow]]]:
-        query = (
-            select(EditKey.edit_id, Edit.seq, EditKey.kind, EditKey.vector, EditKey.dim)
-            .join(Edit, EditKey.edit_id == Edit.id)
-            .where(Edit.status == status)
-            .order_by(Edit.seq, EditKey.position)
-        )
-        if edit_ids is not None:
-            query = query.where(Edit.id.in_(list(edit_ids)))
-        current: tuple[str, int] | None = None
-        rows: list[KeyRow] = []
-        with self.session() as s:
-            for edit_id, seq, kind, vector, dim in s.execute(query):
-                if current is not None and edit_id != current[0]:
-                    yield current[0], current[1], rows
-                    rows = []
-                current = (edit_id, seq)
-                rows.append(KeyRow(kind=kind, vector=bytes(vector), dim=dim))
-        if current is not None:
-            yield current[0], current[1], rows
 
     @staticmethod
     def _payload(s: Session, edit: Edit) -> EditPayload:
