@@ -28,7 +28,7 @@ from app.metrics import Metrics
 from app.schemas import EditCreate, GenerateRequest
 from app.settings import Settings
 from app.worker import ModelWorker
-from editors.types import Generation  # plain dataclasses: no torch at import
+from editors.types import Generation, TrainedEdit  # plain dataclasses: no torch at import
 from storage.models import EditStatus
 from storage.repository import (
     EditNotFound,
@@ -347,7 +347,7 @@ class EditService:
                     f"prompt + target take {total} tokens; the model's context is {self.host.max_context}",
                 )
 
-    def _supersessions(self, trained: Any, prompt: str) -> list[Supersession]:
+    def _supersessions(self, trained: TrainedEdit, prompt: str) -> list[Supersession]:
         """The active edit answering this very prompt now, if the router scores it (near-)identical to the new
         edit's (same content and every subject word): the new edit takes over (newest wins ties); the older
         one answers again if the newer is revoked. Read from the keys training made (no forward pass)."""

@@ -47,7 +47,7 @@ class Activation:
     seq: int | None = None  # recency among edits of the same fact (None: after every edit so far)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Prepared:
     """An Activation whose adapter parsed and whose keys were checked, grouped by prompt format."""
 
@@ -56,7 +56,7 @@ class _Prepared:
     keys: np.ndarray  # [n, hidden] float32
     kinds: list[str]
     rows: dict[str, list[int]]  # prompt format ("chat"/"raw") -> its key rows
-    seq: int = 0
+    seq: int  # the item's, or the next one after every edit so far
 
 
 def key_kind(chat: bool, rephrase: int | None) -> str:
@@ -144,14 +144,26 @@ class EditingEngine:
             return PromptTokens(tokens.ids, (1, end))
         return tokens
 
-    def _target_ids(self, target: str, chat: bool) -> list[int]:
+    @staticmethod
+    def _target_text(target: str, chat: bool) -> str:
         # A completion continues the prompt after a space; a chat answer starts the assistant turn.
-        text = target if chat or target[:1].isspace() else " " + target
-        return self.host.encode(text)
+        return target if chat or target[:1].isspace() else " " + target
+
+    def _target_ids(self, target: str, chat: bool) -> list[int]:
+        return self.host.encode(self._target_text(target, chat))
+
+    def _answer_end(self, chat: bool) -> list[int]:
+        """What follows the target in an edit's answer: in chat the end of the turn, else nothing."""
+        return self.host.end_of_turn_ids()[:1] if chat else []
 
     def _answer_ids(self, target: str, chat: bool) -> list[int]:
         """What the edit answers after a prompt: the target, and in chat the end of the turn."""
-        return self._target_ids(target, chat) + (self.host.end_of_turn_ids()[:1] if chat else [])
+        return self._target_ids(target, chat) + self._answer_end(chat)
+
+    def _answer_lengths(self, targets: Sequence[str], chat: bool) -> list[int]:
+        """len(self._answer_ids(t, chat)) for each target, in one tokenizer call."""
+        end = len(self._answer_end(chat))
+        return [len(ids) + end for ids in self.host.encode_many([self._target_text(t, chat) for t in targets])]
 
     def formats(self) -> list[bool]:
         return [True, False] if self.host.has_chat_template else [False]
@@ -286,8 +298,6 @@ class EditingEngine:
             return refused
         subjects: dict[str, frozenset[str]] = {}  # one prompt's subject words serve its keys in every format
         try:
-            for p in ready:
-                p.seq = p.item.seq if p.item.seq is not None else next(self._seqs)
             self.bank.add_many(
                 [p.item.edit_id for p in ready],
                 torch.stack([p.adapter.lora_A for p in ready]),
@@ -341,19 +351,14 @@ class EditingEngine:
             if rephrase is not None and rephrase >= len(item.rephrases):
                 raise ValueError(f"edit {item.edit_id}: key {kind!r} names a rephrase it does not have")
             rows.setdefault(space, []).append(row)
-        return _Prepared(item, parsed, keys, key_kinds, rows)
+        seq = item.seq if item.seq is not None else next(self._seqs)
+        return _Prepared(item, parsed, keys, key_kinds, rows, seq)
 
     def _subject_of(self, prepared: _Prepared, row: int, cache: dict[str, frozenset[str]]) -> frozenset[str]:
         text = [prepared.item.prompt, *prepared.item.rephrases][self._text_of(prepared.kinds[row])]
         if text not in cache:
             cache[text] = self.subject_words(text)
         return cache[text]
-
-    def _answer_lengths(self, targets: Sequence[str], chat: bool) -> list[int]:
-        """len(self._answer_ids(t, chat)) for each target, in one tokenizer call."""
-        texts = [t if chat or t[:1].isspace() else " " + t for t in targets]
-        end = len(self.host.end_of_turn_ids()[:1]) if chat else 0
-        return [len(ids) + end for ids in self.host.encode_many(texts)]
 
     @staticmethod
     def _text_of(kind: str) -> int:

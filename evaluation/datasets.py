@@ -76,44 +76,32 @@ class _Reader:
         return value if value and value.strip() else None
 
 
-def _locality(prompt: str | None, answer: str | None) -> tuple[str | None, str | None]:
-    """(locality prompt, answer), both None unless both are there."""
-    if prompt is None or answer is None:
-        return None, None
-    return prompt, answer
+def _record(
+    prompt: str,
+    target: str,
+    rephrase: str | None,
+    locality_prompt: str | None,
+    locality_answer: str | None,
+    relation_locality: tuple[tuple[str, str], ...] = (),
+) -> BenchmarkRecord:
+    """A record whose locality case is kept only when both its prompt and answer are there."""
+    if locality_prompt is None or locality_answer is None:
+        locality_prompt = locality_answer = None
+    return BenchmarkRecord(prompt, target, rephrase, locality_prompt, locality_answer, relation_locality)
 
 
 def _zsre(r: _Reader) -> BenchmarkRecord:
-    locality_prompt, locality_answer = _locality(r.probe("loc"), r.probe("loc_ans"))
-    return BenchmarkRecord(
-        prompt=r.edit("src"),
-        target=r.edit("alt"),
-        rephrase=r.probe("rephrase"),
-        locality_prompt=locality_prompt,
-        locality_answer=locality_answer,
-    )
+    return _record(r.edit("src"), r.edit("alt"), r.probe("rephrase"), r.probe("loc"), r.probe("loc_ans"))
 
 
 def _counterfact(r: _Reader) -> BenchmarkRecord:
-    locality_prompt, locality_answer = _locality(r.probe("locality_prompt"), r.probe("locality_ground_truth"))
-    return BenchmarkRecord(
-        prompt=r.edit("prompt"),
-        target=r.edit("target_new"),
-        rephrase=r.probe("rephrase_prompt"),
-        locality_prompt=locality_prompt,
-        locality_answer=locality_answer,
-    )
+    prompt, target, rephrase = r.edit("prompt"), r.edit("target_new"), r.probe("rephrase_prompt")
+    return _record(prompt, target, rephrase, r.probe("locality_prompt"), r.probe("locality_ground_truth"))
 
 
 def _hallucination(r: _Reader) -> BenchmarkRecord:
-    locality_prompt, locality_answer = _locality(r.probe("locality_prompt"), r.probe("locality_ground_truth"))
-    return BenchmarkRecord(
-        prompt=r.edit("prompt"),
-        target=r.edit("target_new"),
-        rephrase=None,  # WISE's hallucination set has no paraphrases
-        locality_prompt=locality_prompt,
-        locality_answer=locality_answer,
-    )
+    prompt, target = r.edit("prompt"), r.edit("target_new")  # WISE's hallucination set has no paraphrases
+    return _record(prompt, target, None, r.probe("locality_prompt"), r.probe("locality_ground_truth"))
 
 
 def _cases(r: _Reader, locality: dict[str, Any], name: str) -> list[tuple[str | None, str | None]]:
@@ -142,14 +130,12 @@ def _knowedit(r: _Reader) -> BenchmarkRecord:
         raise DatasetError(f"record {r.index}: field 'locality' must be an object")
     relation = _cases(r, locality, "Relation_Specificity")
     first = (relation or _cases(r, locality, "Forgetfulness") or [(None, None)])[0]
-    locality_prompt, locality_answer = _locality(*first)
-    return BenchmarkRecord(
-        prompt=r.edit("prompt", "text"),
-        target=r.edit("target_new", "labels"),
-        rephrase=r.probe("rephrase_prompt", "rephrase", required=False),
+    return _record(
+        r.edit("prompt", "text"),
+        r.edit("target_new", "labels"),
+        r.probe("rephrase_prompt", "rephrase", required=False),
+        *first,
         relation_locality=tuple((p, a) for p, a in relation if p is not None and a is not None),
-        locality_prompt=locality_prompt,
-        locality_answer=locality_answer,
     )
 
 

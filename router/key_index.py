@@ -112,8 +112,9 @@ class KeyIndex:
             raise ValueError("edit_ids, contents, subjects and seqs differ in length")
         if len(set(edit_ids)) != len(edit_ids):
             raise ValueError("an edit appears twice in one add_many")
-        counts = [len(np.atleast_2d(c)) for c in contents]
-        vectors = normalise(np.concatenate([np.atleast_2d(c) for c in contents])) if contents else None
+        blocks = [np.atleast_2d(c) for c in contents]  # [n_i, dim] per edit
+        counts = [len(b) for b in blocks]
+        vectors = normalise(np.concatenate(blocks)) if blocks else None
         if vectors is not None and vectors.shape[1] != self.dim:
             raise ValueError(f"key dimension {vectors.shape[1]} != index dimension {self.dim}")
         for edit_id, words, n in zip(edit_ids, subjects, counts, strict=True):

@@ -284,25 +284,21 @@ class Repository:
 
     def active_key_kinds(self) -> dict[str, int]:
         """key kind -> number of keys of that kind among active edits (startup preallocates from it)."""
-        query = (
-            select(EditKey.kind, func.count(EditKey.id))
-            .join(Edit, EditKey.edit_id == Edit.id)
-            .where(Edit.status == EditStatus.ACTIVE)
-            .group_by(EditKey.kind)
-        )
-        with self.session() as s:
-            return {kind: int(n) for kind, n in s.execute(query)}
+        return self._active_keys_counted_by(EditKey.kind)
 
     def active_key_counts(self) -> dict[str, int]:
         """edit id -> number of key rows, for every active edit (readiness: the index must match this)."""
+        return self._active_keys_counted_by(EditKey.edit_id)
+
+    def _active_keys_counted_by(self, column: Any) -> dict[str, int]:
         query = (
-            select(Edit.id, func.count(EditKey.id))
-            .join(EditKey, EditKey.edit_id == Edit.id)
+            select(column, func.count(EditKey.id))
+            .join(Edit, EditKey.edit_id == Edit.id)
             .where(Edit.status == EditStatus.ACTIVE)
-            .group_by(Edit.id)
+            .group_by(column)
         )
         with self.session() as s:
-            return {edit_id: int(n) for edit_id, n in s.execute(query)}
+            return {key: int(n) for key, n in s.execute(query)}
 
     def load_payload(self, edit_id: str) -> EditPayload:
         with self.session() as s:
