@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from editors.types import PromptFormat
 from evaluation.datasets import FORMATS
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
@@ -48,8 +49,11 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed for choosing the revoked edits.")] = 0,
     data_dir: DataDir = Path("var"),
     out: Annotated[Path, typer.Option(help="Where to write the results JSON.")] = Path("results.json"),
-    chat: Annotated[
-        bool | None, typer.Option("--chat/--raw", help="Prompt format (default: the benchmark's natural one).")
+    prompt_format: Annotated[
+        PromptFormat | None,
+        typer.Option(
+            "--prompt-format", help="Ask as a chat turn or as raw text (default: the benchmark's natural one)."
+        ),
     ] = None,
     layer: Annotated[int | None, typer.Option(help="Edited layer (default: the engine's).")] = None,
     threshold: Annotated[
@@ -74,7 +78,7 @@ def evaluate(
             seed=seed,
             data_dir=data_dir,
             out=out,
-            chat=chat,
+            prompt_format=prompt_format,
             layer=layer,
             threshold=threshold,
             model=model,

@@ -1,4 +1,7 @@
-"""One error shape for every failure: {"error": {"code": str, "message": str}}."""
+"""One error shape for every failure: {"error": {"code": str, "message": str}}.
+
+The service raises domain errors (app/service_errors.py, storage's EditNotFound); this module alone decides
+their HTTP status."""
 
 from __future__ import annotations
 
@@ -10,6 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+
+from app import service_errors as se
+from storage.repository import EditNotFound
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,23 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorOut, "description": _DOCUMENTED[status]} for status in statuses}
 
 
+# Domain error -> HTTP status. A subclass not listed takes its nearest listed base's status.
+SERVICE_STATUS: dict[type[se.ServiceError], int] = {
+    se.NotReady: 503,
+    se.ShuttingDown: 503,
+    se.PromptTooLong: 413,
+    se.InvalidPrompt: 422,
+    se.TrainingTimedOut: 422,
+    se.IdempotencyKeyReused: 409,
+    se.AdapterRefused: 409,
+    se.ActivationFailed: 500,
+}
+
+
+def service_status(exc: se.ServiceError) -> int:
+    return next((SERVICE_STATUS[cls] for cls in type(exc).__mro__ if cls in SERVICE_STATUS), 500)
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -82,6 +105,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(se.ServiceError)
+    async def _service_error(_: Request, exc: se.ServiceError) -> JSONResponse:
+        retry = {"Retry-After": "5"} if isinstance(exc, se.NotReady) else None  # loading takes seconds
+        return error_response(service_status(exc), exc.code, exc.message, retry)
+
+    @app.exception_handler(EditNotFound)
+    async def _not_found(_: Request, exc: EditNotFound) -> JSONResponse:
+        return error_response(404, "not_found", f"no edit with id {exc.args[0]!r}")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

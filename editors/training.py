@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from editors.lora_bank import TrainPlan
-from editors.routed_layer import RoutedLayer, TrainSession
+from editors.model_host import DecoderLayout
+from editors.routed_lora import RoutedLayer, TrainPlan, TrainSession
 from editors.types import EngineConfig
 
 
@@ -50,7 +49,7 @@ def _init_lora(rank: int, in_features: int, out_features: int, seed: int) -> tup
 
 
 def train_lora(
-    model: Any,  # a transformers causal LM: model.model.layers, model.model.norm, model.lm_head
+    layout: DecoderLayout,
     routed: RoutedLayer,
     config: EngineConfig,
     hidden: torch.Tensor,
@@ -72,19 +71,18 @@ def train_lora(
     rows = torch.tensor([r for r, e in enumerate(examples) for _ in e.target_ids])
     cols = torch.tensor([len(e.prompt_ids) - 1 + i for e in examples for i in range(len(e.target_ids))])
     labels = torch.tensor([t for e in examples for t in e.target_ids])
-    upper_layers = list(model.model.layers[config.layer :])
+    upper_layers = list(layout.layers[config.layer :])
     kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "past_key_value")}
     session = TrainSession(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
     loss_value = float("nan")
     steps = 0
-    routed.session = session
-    try:
+    with routed.session_scope(session):
         for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
             h = hidden
             for layer in upper_layers:
                 h = layer(h, **kwargs)
                 h = h[0] if isinstance(h, tuple) else h
-            logits = model.lm_head(model.model.norm(h[rows, cols]))
+            logits = layout.lm_head(layout.final_norm(h[rows, cols]))
             loss = F.cross_entropy(logits, labels)
             loss_value = float(loss.detach())
             if bool((logits.detach().argmax(-1) == labels).all()):
@@ -95,6 +93,4 @@ def train_lora(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-    finally:
-        routed.session = None
     return TrainResult(lora_A.detach().clone(), lora_B.detach().clone(), steps, loss_value)

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import numpy as np
+
+
+class PromptFormat(StrEnum):
+    """How a question reaches the model: as the user turn of its chat template, or as raw text to continue.
+
+    Each format has its own routing keys (the same question's states differ between them)."""
+
+    CHAT = "chat"
+    RAW = "raw"
 
 
 @dataclass(frozen=True)

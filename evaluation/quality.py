@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from editors.engine import EditingEngine
 from editors.model_host import ChatContext, ModelHost
-from editors.types import EngineConfig, Score, TrainedEdit
+from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
 
@@ -30,7 +30,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 # Question-style benchmarks are asked as a chat turn; completion-style ones as raw text.
-DEFAULT_CHAT = {"zsre": True, "counterfact": False, "knowedit": False, "hallucination": False}
+NATURAL_FORMAT = {
+    "zsre": PromptFormat.CHAT,
+    "counterfact": PromptFormat.RAW,
+    "knowedit": PromptFormat.RAW,
+    "hallucination": PromptFormat.RAW,
+}
 EXACT_EXTRA_TOKENS = 4  # greedy generation budget beyond the target's own length
 
 
@@ -58,7 +63,7 @@ class Measurer:
     """Batched scoring / generation / logits on one engine in one prompt format."""
 
     engine: EditingEngine
-    chat: bool
+    prompt_format: PromptFormat
     batch_size: int = 16
 
     def score(
@@ -72,18 +77,20 @@ class Measurer:
         pairs = list(zip(prompts, targets, strict=True))
         return map_batched(
             lambda rows: self.engine.score(
-                [p for p, _ in rows], [t for _, t in rows], chat=self.chat, use_edits=use_edits, context=context
+                [p for p, _ in rows], [t for _, t in rows], self.prompt_format, use_edits=use_edits, context=context
             ),
             pairs,
             self.batch_size,
             desc,
         )
 
-    def greedy(self, prompts: Sequence[str], budget: int, use_edits: bool, desc: str, chat: bool | None = None):
-        """Greedy generations (token ids, route) of `budget` tokens at most."""
-        fmt = self.chat if chat is None else chat
+    def greedy(
+        self, prompts: Sequence[str], budget: int, use_edits: bool, desc: str, prompt_format: PromptFormat | None = None
+    ) -> list[Generation]:
+        """Greedy generations (token ids, route) of `budget` tokens at most (in this measurer's format by default)."""
+        asked = prompt_format or self.prompt_format
         return map_batched(
-            lambda rows: self.engine.generate(rows, max_new_tokens=budget, chat=fmt, use_edits=use_edits),
+            lambda rows: self.engine.generate(rows, budget, asked, use_edits=use_edits),
             prompts,
             self.batch_size,
             desc,
@@ -97,7 +104,7 @@ class Measurer:
 
         def run(chunk: Sequence[tuple[str, str, int]]) -> list[bool]:
             budget = max(n for _, _, n in chunk) + EXACT_EXTRA_TOKENS
-            gens = self.engine.generate([p for p, _, _ in chunk], max_new_tokens=budget, chat=self.chat)
+            gens = self.engine.generate([p for p, _, _ in chunk], budget, self.prompt_format)
             return [edit_metrics.contains_target(g.text, t) for g, (_, t, _) in zip(gens, chunk, strict=True)]
 
         return map_batched(run, rows, self.batch_size, desc)
@@ -106,8 +113,8 @@ class Measurer:
         """Per prompt: are the prompt logits with edits bit-identical to the unedited model's?"""
 
         def run(chunk: Sequence[str]) -> list[bool]:
-            edited = self.engine.prompt_logits(chunk, chat=self.chat, use_edits=True)
-            base = self.engine.prompt_logits(chunk, chat=self.chat, use_edits=False)
+            edited = self.engine.prompt_logits(chunk, self.prompt_format, use_edits=True)
+            base = self.engine.prompt_logits(chunk, self.prompt_format, use_edits=False)
             return [torch.equal(a, b) for a, b in zip(edited, base, strict=True)]
 
         # Prompt logits are [prompt_len, vocab] float32 per row: keep the batches small.
@@ -251,7 +258,7 @@ def hard_cases(
         )
         out["same_subject_routed_rate"] = edit_metrics.routed_rate([s.routed_edit_id for s in edited_s])
 
-    if m.chat and m.engine.host.has_chat_template:
+    if m.prompt_format is PromptFormat.CHAT:
         asked = [(r.prompt, r.target) for r in records] + [(r.rephrase, r.target) for r in records if r.rephrase]
         for name, context in IN_CONTEXT.items():
             scores = m.score(
@@ -260,15 +267,15 @@ def hard_cases(
             n_edit = len(records)
             out[f"reliability_in_context_{name}"] = _mean_accuracy(scores[:n_edit])
             out[f"generalization_in_context_{name}"] = _mean_accuracy(scores[n_edit:])
-        gens = [out.get(f"generalization_in_context_{name}") for name in IN_CONTEXT]
-        out["generalization_in_context"] = edit_metrics.mean(g for g in gens if g is not None)
+        in_context = [out.get(f"generalization_in_context_{name}") for name in IN_CONTEXT]
+        out["generalization_in_context"] = edit_metrics.mean(g for g in in_context if g is not None)
 
     # Degeneration: the edited answer in both prompt formats, a little past the target's end.
     sample = list(records[:MAX_DEGENERATE_PROBES])
     flags: list[bool] = []
-    for chat in m.engine.formats():
+    for prompt_format in m.engine.host.prompt_formats:
         budget = max(len(m.engine.host.encode(" " + r.target)) for r in sample) + DEGENERATE_EXTRA_TOKENS
-        gens = m.greedy([r.prompt for r in sample], budget, True, f"degeneration ({'chat' if chat else 'raw'})", chat)
+        gens = m.greedy([r.prompt for r in sample], budget, True, f"degeneration ({prompt_format})", prompt_format)
         flags += [edit_metrics.is_degenerate(g.text, r.target) for g, r in zip(gens, sample, strict=True)]
     out["degenerate_rate"] = _fraction(flags)
     return out
@@ -319,7 +326,7 @@ def rollback_counterfactual(
     kept = sorted(set(range(len(records))) - set(revoked))[:MAX_KEPT_PROBES]
     probes = [p for i in [*revoked, *kept] for p in (records[i].prompt, records[i].rephrase) if p is not None]
     probes += neighbour_prompts(neighbours)[:MAX_KEPT_PROBES]
-    other = Measurer(never_revoked, m.chat, m.batch_size)
+    other = Measurer(never_revoked, m.prompt_format, m.batch_size)
     same_tokens = [
         a.token_ids == b.token_ids and a.routed_edit_id == b.routed_edit_id
         for a, b in zip(
@@ -331,7 +338,7 @@ def rollback_counterfactual(
 
     def logits(engine: EditingEngine, desc: str) -> list[torch.Tensor]:
         return map_batched(
-            lambda rows: engine.prompt_logits(rows, chat=m.chat), probes, max(1, m.batch_size // 2), desc
+            lambda rows: engine.prompt_logits(rows, m.prompt_format), probes, max(1, m.batch_size // 2), desc
         )
 
     same_logits = [
@@ -355,13 +362,13 @@ def engine_config(layer: int | None, threshold: float | None) -> EngineConfig:
 
 def run_eval(
     dataset: Path,
-    fmt: str,
+    record_format: str,
     n: int,
     revoke_fraction: float = 0.2,
     seed: int = 0,
     data_dir: Path = Path("var"),
     out: Path | None = Path("results.json"),
-    chat: bool | None = None,
+    prompt_format: PromptFormat | None = None,
     layer: int | None = None,
     threshold: float | None = None,
     model: str | None = None,
@@ -372,20 +379,20 @@ def run_eval(
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
 
-    `chat=None` picks the benchmark's natural prompt format (DEFAULT_CHAT). `host` lets tests reuse a
+    `prompt_format=None` picks the benchmark's natural one (NATURAL_FORMAT). `host` lets tests reuse a
     loaded model (it must not already carry an engine); the counterfactual engine loads its own copy of
     `model` from `cache_dir` (default: under `data_dir`). `threads` sets torch's intra-op threads (on a
     shared machine 1 avoids oversubscription). Raises evaluation.datasets.DatasetError on bad files.
     """
     if not 0.0 <= revoke_fraction <= 1.0:
         raise ValueError(f"revoke fraction {revoke_fraction} outside [0, 1]")
-    loaded = load_records(dataset, fmt, n)  # fail on a bad file before loading the model
+    loaded = load_records(dataset, record_format, n)  # fail on a bad file before loading the model
     records = loaded.records
     for reason in loaded.skipped:
         print(f"skipped unusable {reason}", file=sys.stderr)
     # Neighbours: the records after the first n (same templates, other subjects), never edited.
-    neighbours = load_records(dataset, fmt).records[len(records) + len(loaded.skipped) :][:MAX_NEIGHBOURS]
-    chat = DEFAULT_CHAT[fmt] if chat is None else chat
+    neighbours = load_records(dataset, record_format).records[len(records) + len(loaded.skipped) :][:MAX_NEIGHBOURS]
+    prompt_format = prompt_format or NATURAL_FORMAT[record_format]
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -395,8 +402,8 @@ def run_eval(
 
     trained: dict[str, TrainedEdit] = {}
     timings = apply_edits(engine, records, ids, trained)
-    m = Measurer(engine, chat, batch_size)
-    quality = measure(m, records, ids, with_perplexity=fmt == "hallucination")
+    m = Measurer(engine, prompt_format, batch_size)
+    quality = measure(m, records, ids, with_perplexity=record_format == "hallucination")
     hard = hard_cases(m, records, neighbours)
     after_rollback, revoked = rollback(m, records, ids, revoke_fraction, seed)
     never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
@@ -425,9 +432,9 @@ def run_eval(
         "model": host.name,
         "layer": config.layer,
         "threshold": config.threshold,
-        "chat": chat,
+        "prompt_format": prompt_format,
         "dataset": str(dataset),
-        "format": fmt,
+        "format": record_format,
         "revoke_fraction": revoke_fraction,
         "seed": seed,
         "torch_threads": torch.get_num_threads(),
@@ -477,7 +484,7 @@ PLAIN_ROWS = [
 def markdown_table(results: dict[str, Any]) -> str:
     head = (
         f"{results['format']} · n={results['n']} · {results['model']} · layer {results['layer']} · "
-        f"threshold {results['threshold']} · {'chat' if results['chat'] else 'raw'} prompts"
+        f"threshold {results['threshold']} · {results['prompt_format']} prompts"
     )
     lines = [head, "", "| metric | value |", "| --- | ---: |"]
     for key, label in TABLE_ROWS:

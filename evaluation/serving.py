@@ -15,9 +15,6 @@ import importlib.util
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +32,13 @@ from tqdm import tqdm
 from editors.adapter_io import serialize_adapter
 from editors.engine import EditingEngine, key_kind
 from editors.model_host import ModelHost
-from editors.types import EngineConfig
+from editors.types import EngineConfig, PromptFormat, TrainedEdit
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
+from evaluation.server_process import ServerProcess
 from router.key_index import KeyIndex, normalise
 
 DEFAULT_DATASET = Path("../shared/data/zsre/zsre_mend_train_1k.json")
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -56,7 +53,7 @@ class BenchOptions:
     max_new_tokens: int = 16
     repeats: int = 5
     # Prompt format of the latency prompts (every run decodes exactly max_new_tokens, so both compare alike).
-    chat: bool = False
+    prompt_format: PromptFormat = PromptFormat.RAW
     http: bool = True
     http_clients: Sequence[int] = (1, 4, 16)
     http_seconds: float = 10.0  # per concurrency level
@@ -107,38 +104,24 @@ class EditTimings:
 
 
 class EditCommitter:
-    """Stores each edit row in a fresh SQLite database through the service's own repository (timed commit)."""
+    """Stores each edit in a fresh SQLite database as the service does: its own row builder and repository."""
 
     def __init__(self, path: Path, host: ModelHost, layer: int):
-        from app.service import keys_to_rows
         from storage.db import make_engine, sqlite_url
         from storage.migrate import upgrade
-        from storage.repository import NewEdit, Repository
+        from storage.repository import Repository
 
-        self._new_edit, self._keys_to_rows = NewEdit, keys_to_rows
         self.db = make_engine(sqlite_url(path))
         upgrade(self.db)
         self.repo = Repository(self.db)
         self.host, self.layer = host, layer
 
-    def commit(self, edit_id: str, record: BenchmarkRecord, trained: Any) -> float:
-        new = self._new_edit(
-            id=edit_id,
-            prompt=record.prompt,
-            target=record.target,
-            rephrases=[],
-            metadata={},
-            created_by="bench",
-            base_model=self.host.name,
-            base_fingerprint=self.host.fingerprint,
-            layer=self.layer,
-            train_steps=int(trained.steps),
-            train_loss=float(trained.loss),
-            train_seconds=float(trained.seconds),
-            adapter=trained.adapter,
-            adapter_sha256=trained.adapter_sha256,
-            keys=self._keys_to_rows(trained.keys, trained.key_kinds),
-        )
+    def commit(self, edit_id: str, record: BenchmarkRecord, trained: TrainedEdit) -> float:
+        from app.schemas import EditCreate
+        from app.service import stored_edit
+
+        body = EditCreate(prompt=record.prompt, target=record.target)
+        new = stored_edit(edit_id, body, trained, self.host, self.layer, actor="bench")
         start = time.perf_counter()
         self.repo.create_edit(new)
         return time.perf_counter() - start
@@ -178,7 +161,7 @@ class RandomEdits:
         self.engine = engine
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        self.spaces = list(engine.routed.spaces)
+        self.formats = list(engine.routed.spaces)
         self.count = 0
 
     def add(self, n: int) -> None:
@@ -189,18 +172,20 @@ class RandomEdits:
             adapter = serialize_adapter(
                 lora_A, lora_B, layer=config.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
             )
-            keys = self.rng.standard_normal((len(self.spaces), self.engine.host.hidden_size)).astype(np.float32)
-            kinds = [key_kind(space == "chat", None) for space in self.spaces]
+            keys = self.rng.standard_normal((len(self.formats), self.engine.host.hidden_size)).astype(np.float32)
+            kinds = [key_kind(prompt_format, None) for prompt_format in self.formats]
             prompt = f"Who founded Qzx{self.count}v Wrk{self.count}?"
             self.engine.activate(f"rand{self.count:06d}", adapter, keys, kinds, prompt, "Jo Random")
             self.count += 1
 
 
-def timed_generate(engine: EditingEngine, prompts: Sequence[str], max_new_tokens: int, chat: bool) -> dict[str, Any]:
+def timed_generate(
+    engine: EditingEngine, prompts: Sequence[str], max_new_tokens: int, prompt_format: PromptFormat
+) -> dict[str, Any]:
     """Exactly `max_new_tokens` decode steps for every row (stop tokens held back): an edited answer and
     the unedited one often differ in length, and latency must compare equal work."""
     start = time.perf_counter()
-    gens = engine.generate(prompts, max_new_tokens=max_new_tokens, chat=chat, min_new_tokens=max_new_tokens)
+    gens = engine.generate(prompts, max_new_tokens, prompt_format, min_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "steps": max_new_tokens, "routed": [g.routed_edit_id for g in gens]}
 
@@ -214,11 +199,11 @@ def latency_point(
 ) -> dict[str, Any]:
     """Interleaved edited/unedited generation of the same batch; medians of wall time and time per step."""
     for engine in (edited, unedited):  # warm-up
-        timed_generate(engine, prompts, opts.max_new_tokens, opts.chat)
+        timed_generate(engine, prompts, opts.max_new_tokens, opts.prompt_format)
     runs: dict[str, list[dict[str, Any]]] = {"edited": [], "unedited": []}
     for _ in range(opts.repeats):
-        runs["edited"].append(timed_generate(edited, prompts, opts.max_new_tokens, opts.chat))
-        runs["unedited"].append(timed_generate(unedited, prompts, opts.max_new_tokens, opts.chat))
+        runs["edited"].append(timed_generate(edited, prompts, opts.max_new_tokens, opts.prompt_format))
+        runs["unedited"].append(timed_generate(unedited, prompts, opts.max_new_tokens, opts.prompt_format))
     point: dict[str, Any] = {"batch": len(prompts)}
     for name, rs in runs.items():
         point[f"{name}_ms"] = 1000 * (edit_metrics.median([r["seconds"] for r in rs]) or 0.0)
@@ -257,7 +242,7 @@ def bench_generation(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> 
         "points": points,
         "real_edits": len(real),
         "max_new_tokens": opts.max_new_tokens,
-        "chat": opts.chat,
+        "prompt_format": opts.prompt_format,
         "model": host.name,
         "hidden_size": host.hidden_size,
         "layer": edited.config.layer,
@@ -376,65 +361,18 @@ def _timed(fn: Callable[[], Any]) -> float:
 # ---- section 3: HTTP throughput -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """`python -m app.server` on a free loopback port with a throwaway data directory (no API keys);
-    `extra_env` sets more SOLA_* variables (a shared SOLA_DATABASE_URL makes replicas)."""
-
-    def __init__(self, opts: BenchOptions, data_dir: Path, **extra_env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "SOLA_HOST": "127.0.0.1",
-            "SOLA_PORT": str(self.port),
-            "SOLA_DATA_DIR": str(data_dir),
-            "SOLA_MODEL_CACHE_DIR": str(Path(opts.data_dir).resolve() / "models"),
-            "SOLA_API_KEYS": "",
-            "SOLA_ACCESS_LOG": "false",
-            "SOLA_LOG_LEVEL": "warning",
-        }
-        env.update(extra_env)
-        if opts.model:
-            env["SOLA_MODEL"] = str(Path(opts.model).resolve())
-        if opts.threads:
-            env["SOLA_TORCH_THREADS"] = str(opts.threads)
-        self.log = (data_dir / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.server"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {self.proc.returncode} (log: {self.log.name})")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout:.0f} s (log: {self.log.name})")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def bench_server(opts: BenchOptions, data_dir: Path, **env: str) -> ServerProcess:
+    """A keyless, quiet server for the benchmarks, with the bench's model and thread settings."""
+    settings = {"SOLA_API_KEYS": "", "SOLA_ACCESS_LOG": "false", "SOLA_LOG_LEVEL": "warning"}
+    if opts.model:
+        settings["SOLA_MODEL"] = str(Path(opts.model).resolve())
+    if opts.threads:
+        settings["SOLA_TORCH_THREADS"] = str(opts.threads)
+    return ServerProcess(data_dir, Path(opts.data_dir) / "models", **{**settings, **env})
 
 
 async def _load_level(
-    url: str, prompts: Sequence[str], clients: int, seconds: float, max_new_tokens: int, chat: bool
+    url: str, prompts: Sequence[str], clients: int, seconds: float, max_new_tokens: int, prompt_format: PromptFormat
 ) -> dict[str, Any]:
     """`clients` concurrent loops of POST /generate for `seconds`; one warm-up request each first."""
     latencies: list[float] = []
@@ -444,6 +382,7 @@ async def _load_level(
         nonlocal errors
         i = worker
         while True:
+            chat = prompt_format is PromptFormat.CHAT
             body = {"prompt": prompts[i % len(prompts)], "max_new_tokens": max_new_tokens, "chat": chat}
             start = time.perf_counter()
             response = await client_.post(f"{url}/generate", json=body)
@@ -478,9 +417,9 @@ def bench_http(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> dict[s
     if importlib.util.find_spec("app.server") is None:
         return {"skipped": "app.server is not available"}
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(opts, Path(tmp))
+        server = bench_server(opts, Path(tmp))
         try:
-            server.wait_ready()
+            server.start(timeout=300)
             edited = records[: opts.http_edits]
             for r in edited:  # a few real edits so that some requests are routed
                 response = httpx.post(f"{server.url}/edits", json={"prompt": r.prompt, "target": r.target}, timeout=600)
@@ -490,7 +429,9 @@ def bench_http(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> dict[s
                 r.prompt for r in records[opts.http_edits : 2 * opts.http_edits + 4]
             ]
             levels = [
-                asyncio.run(_load_level(server.url, prompts, c, opts.http_seconds, opts.max_new_tokens, opts.chat))
+                asyncio.run(
+                    _load_level(server.url, prompts, c, opts.http_seconds, opts.max_new_tokens, opts.prompt_format)
+                )
                 for c in opts.http_clients
             ]
         finally:
@@ -499,7 +440,12 @@ def bench_http(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> dict[s
         print(
             f"  {level['clients']:>2} clients: {level['rps']:.2f} req/s, p50 {level['p50_ms']:.0f} ms", file=sys.stderr
         )
-    return {"levels": levels, "edits": len(edited), "max_new_tokens": opts.max_new_tokens, "chat": opts.chat}
+    return {
+        "levels": levels,
+        "edits": len(edited),
+        "max_new_tokens": opts.max_new_tokens,
+        "prompt_format": opts.prompt_format,
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -532,7 +478,7 @@ def print_tables(results: dict[str, Any]) -> None:
 
     console = Console()
     g = results["generation"]
-    fmt = "chat" if g["chat"] else "raw"
+    fmt = g["prompt_format"]
     gen = Table(title=f"Generation latency, edited vs unedited (up to {g['max_new_tokens']} new tokens, {fmt} prompts)")
     for col in (
         "active edits",

@@ -23,26 +23,28 @@ import torch
 
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
-from editors.types import EngineConfig
+from editors.types import EngineConfig, PromptFormat
 from evaluation import edit_metrics
 from evaluation.datasets import load_records
 from evaluation.quality import DEGENERATE_EXTRA_TOKENS
 
+CHAT, RAW = PromptFormat.CHAT, PromptFormat.RAW
+
 FILES = {
-    "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", True),
-    "cf-chat": ("../shared/data/counterfact/counterfact_train.json", "counterfact", True),
-    "cf-raw": ("../shared/data/counterfact/counterfact_train.json", "counterfact", False),
-    "wiki_cf-chat": ("../shared/data/knowedit/wiki_counterfact_train.json", "knowedit", True),
-    "wiki_recent-chat": ("../shared/data/knowedit/wiki_recent_train.json", "knowedit", True),
+    "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", CHAT),
+    "cf-chat": ("../shared/data/counterfact/counterfact_train.json", "counterfact", CHAT),
+    "cf-raw": ("../shared/data/counterfact/counterfact_train.json", "counterfact", RAW),
+    "wiki_cf-chat": ("../shared/data/knowedit/wiki_counterfact_train.json", "knowedit", CHAT),
+    "wiki_recent-chat": ("../shared/data/knowedit/wiki_recent_train.json", "knowedit", CHAT),
 }
 
 
-def accuracy(engine: EditingEngine, prompts: list[str], targets: list[str], chat: bool) -> list[float]:
-    return [s.token_accuracy for s in engine.score(prompts, targets, chat=chat)]
+def accuracy(engine: EditingEngine, prompts: list[str], targets: list[str], asked: PromptFormat) -> list[float]:
+    return [s.token_accuracy for s in engine.score(prompts, targets, asked)]
 
 
 def study(engine: EditingEngine, name: str, n: int) -> dict[str, float | None]:
-    path, fmt, chat = FILES[name]
+    path, fmt, asked = FILES[name]
     records = load_records(path, fmt, n=n).records
     rel: list[float] = []
     gen: list[float] = []
@@ -57,20 +59,20 @@ def study(engine: EditingEngine, name: str, n: int) -> dict[str, float | None]:
         seconds.append(trained.seconds)
         edit_id = f"e{i}"
         engine.activate(edit_id, trained.adapter, trained.keys, trained.key_kinds, r.prompt, r.target)
-        rel += accuracy(engine, [r.prompt], [r.target], chat)
+        rel += accuracy(engine, [r.prompt], [r.target], asked)
         if r.rephrase:
-            gen += accuracy(engine, [r.rephrase], [r.target], chat)
+            gen += accuracy(engine, [r.rephrase], [r.target], asked)
         if r.relation_locality:
             prompts, answers = [p for p, _ in r.relation_locality], [a for _, a in r.relation_locality]
-            edited = engine.score(prompts, answers, chat=chat)
-            base = engine.score(prompts, answers, chat=chat, use_edits=False)
+            edited = engine.score(prompts, answers, asked)
+            base = engine.score(prompts, answers, asked, use_edits=False)
             same += [
                 edit_metrics.unchanged_rate(b.predicted_ids, e.predicted_ids) for b, e in zip(base, edited, strict=True)
             ]
             same_routed += [e.routed_edit_id is not None for e in edited]
         budget = len(engine.host.encode(" " + r.target)) + DEGENERATE_EXTRA_TOKENS
-        for fmt_chat in engine.formats():
-            g = engine.generate([r.prompt], budget, chat=fmt_chat)[0]
+        for prompt_format in engine.host.prompt_formats:
+            g = engine.generate([r.prompt], budget, prompt_format)[0]
             degenerate.append(edit_metrics.is_degenerate(g.text, r.target))
         engine.revoke(edit_id)
 

@@ -22,13 +22,13 @@ from tqdm import tqdm
 
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
-from editors.types import EngineConfig
+from editors.types import EngineConfig, PromptFormat
 from evaluation.datasets import load_records
 from evaluation.quality import DEGENERATE_EXTRA_TOKENS
 
 FILES = {
-    "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", True),
-    "cf-raw": ("../shared/data/counterfact/counterfact_train.json", "counterfact", False),
+    "zsre-chat": ("../shared/data/zsre/zsre_mend_train_1k.json", "zsre", PromptFormat.CHAT),
+    "cf-raw": ("../shared/data/counterfact/counterfact_train.json", "counterfact", PromptFormat.RAW),
 }
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     print("| file | bank | greedy text same | teacher-forced ids same | max abs diff of log p(target) |")
     print("| --- | --- | ---: | ---: | ---: |")
     for name in args.files.split(","):
-        path, fmt, chat = FILES[name]
+        path, fmt, asked = FILES[name]
         records = load_records(path, fmt, n=args.n).records
         for i, r in enumerate(tqdm(records, desc=f"train {name}", file=sys.stderr)):
             trained = reference.train_edit(r.prompt, r.target)
@@ -60,11 +60,11 @@ def main() -> None:
         targets = [r.target for r in records for p in (r.prompt, r.rephrase) if p]
         budget = max(len(reference.host.encode(" " + t)) for t in targets) + DEGENERATE_EXTRA_TOKENS
         # one question per batch: batch padding must not be what differs
-        expected_text = [reference.generate([p], budget, chat=chat)[0].text for p in prompts]
-        expected = reference.score(prompts, targets, chat=chat)
+        expected_text = [reference.generate([p], budget, asked)[0].text for p in prompts]
+        expected = reference.score(prompts, targets, asked)
         for dtype, engine in candidates.items():
-            texts = [engine.generate([p], budget, chat=chat)[0].text for p in prompts]
-            scores = engine.score(prompts, targets, chat=chat)
+            texts = [engine.generate([p], budget, asked)[0].text for p in prompts]
+            scores = engine.score(prompts, targets, asked)
             same_text = sum(a == b for a, b in zip(expected_text, texts, strict=True)) / len(texts)
             same_ids = sum(a.predicted_ids == b.predicted_ids for a, b in zip(expected, scores, strict=True))
             diff = max(abs(a.target_logprob - b.target_logprob) for a, b in zip(expected, scores, strict=True))

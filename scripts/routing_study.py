@@ -1,6 +1,6 @@
 """Routing study behind the router's defaults (docs/benchmarks.md, "How routing decides").
 
-    python scripts/routing_study.py ../shared/data/zsre/zsre_mend_train_1k.json zsre --n 300 --chat
+    python scripts/routing_study.py ../shared/data/zsre/zsre_mend_train_1k.json zsre --n 300 --prompt-format chat
     python scripts/routing_study.py ../shared/data/counterfact/counterfact_train.json counterfact --n 500 --raw
 
 Router only, no training: the first N records' prompts become keys in the product's own KeyIndex (content
@@ -23,15 +23,16 @@ import torch
 
 from editors.engine import EditingEngine
 from editors.model_host import ChatContext, ModelHost
+from editors.types import PromptFormat
 from evaluation.datasets import load_records
 from evaluation.quality import IN_CONTEXT, neighbour_prompts
 from router.key_index import KeyIndex
 
 
-def keys_of(engine: EditingEngine, texts: Sequence[str], chat: bool, context: ChatContext | None = None):
+def keys_of(engine: EditingEngine, texts: Sequence[str], asked: PromptFormat, context: ChatContext | None = None):
     contents, words = [], []
     for start in range(0, len(texts), 32):
-        c, w = engine.query_keys(texts[start : start + 32], chat, context)
+        c, w = engine.query_keys(texts[start : start + 32], asked, context)
         contents.append(c)
         words += w
     return np.concatenate(contents), words
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("format")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--neighbours", type=int, default=300)
-    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--prompt-format", type=PromptFormat, choices=list(PromptFormat), default=PromptFormat.CHAT)
     parser.add_argument("--thresholds", default="0.30,0.35,0.40,0.45,0.50,0.60")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -53,14 +54,14 @@ def main() -> None:
     records, later = records_all[: args.n], records_all[args.n : args.n + args.neighbours]
     engine = EditingEngine(ModelHost.load(None, Path("var")))
     index = KeyIndex(engine.host.hidden_size)
-    contents, _ = keys_of(engine, [r.prompt for r in records], args.chat)
+    contents, _ = keys_of(engine, [r.prompt for r in records], args.prompt_format)
     for i, (record, content) in enumerate(zip(records, contents, strict=True)):
         index.add(f"e{i}", content[None], [engine.subject_words(record.prompt)], seq=i)
 
     own_probes: dict[str, tuple[list[str], list[str], ChatContext | None]] = {}
     with_reph = [i for i, r in enumerate(records) if r.rephrase]
     own_probes["paraphrase"] = ([records[i].rephrase or "" for i in with_reph], [f"e{i}" for i in with_reph], None)
-    if args.chat:
+    if args.prompt_format is PromptFormat.CHAT:
         for name, context in IN_CONTEXT.items():
             own_probes[f"in context ({name})"] = (own_probes["paraphrase"][0], own_probes["paraphrase"][1], context)
     other_probes = {
@@ -75,7 +76,7 @@ def main() -> None:
     for name, (texts, owners, probe_context) in own_probes.items():
         if not texts:
             continue
-        c, w = keys_of(engine, texts, args.chat, probe_context)
+        c, w = keys_of(engine, texts, args.prompt_format, probe_context)
         routes = index.search(c, w, threshold=-1.0, k=engine.config.search_k)
         header += [f"{name} -> own", f"{name} -> wrong"]
         for t in thresholds:
@@ -86,12 +87,12 @@ def main() -> None:
     for name, texts in other_probes.items():
         if not texts:
             continue
-        c, w = keys_of(engine, texts, args.chat)
+        c, w = keys_of(engine, texts, args.prompt_format)
         scores = np.array([r.similarity or 0.0 for r in index.search(c, w, threshold=-1.0)])
         header.append(f"{name} routed (n={len(texts)})")
         for t in thresholds:
             table[f"{t:.2f}"].append(f"{np.mean(scores >= t):.3f}")
-    fmt = "chat" if args.chat else "raw"
+    fmt = args.prompt_format
     print(f"{args.format}, first {len(records)} records as keys, {fmt} prompts, layer {engine.config.layer}")
     print("| threshold | " + " | ".join(header) + " |")
     print("| ---: |" + " ---: |" * len(header))

@@ -43,7 +43,7 @@ def fill(url: str, n: int, cache: Path, seed: int = 0) -> None:
     """n synthetic active edits, each with its `created` event, inserted in bulk."""
     host = ModelHost.load(None, cache.parent, cache_dir=cache)
     config = EngineConfig()
-    down = host.model.model.layers[config.layer].mlp.down_proj
+    down = host.layout.edited_projection(host.layout.layers[config.layer])
     dim = host.hidden_size
     rng = np.random.default_rng(seed)
     topics = normalise(rng.standard_normal((2_000, dim)))
@@ -154,16 +154,16 @@ def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> d
 def replica_lag(url: str, workdir: Path, threads: int, repeats: int = 5) -> list[float]:
     """Two servers on one database: seconds from replica A's 201 for a new edit until replica B answers
     its question through it (B polled every 20 ms), once per repeat."""
-    from evaluation.serving import BenchOptions, ServerProcess
+    from evaluation.serving import BenchOptions, bench_server
 
     opts = BenchOptions(data_dir=Path("var"), threads=threads)
     env = {"SOLA_DATABASE_URL": url}
-    a = ServerProcess(opts, _fresh(workdir / "replica-a"), **env)
-    b = ServerProcess(opts, _fresh(workdir / "replica-b"), **env)
+    a = bench_server(opts, _fresh(workdir / "replica-a"), **env).launch()
+    b = bench_server(opts, _fresh(workdir / "replica-b"), **env).launch()
     lags = []
     try:
-        a.wait_ready(timeout=900)
-        b.wait_ready(timeout=900)
+        a.wait(timeout=900)
+        b.wait(timeout=900)
         with httpx.Client(timeout=120) as client:
             for i in range(repeats):
                 prompt = f"Who is the head gardener of Quillhaven Abbey {i}?"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
+import numpy as np
 from sqlalchemy import CursorResult, Engine, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -34,6 +35,20 @@ class KeyRow:
     kind: str
     vector: bytes  # float32, little-endian, `dim` values
     dim: int
+
+
+def keys_to_rows(keys: np.ndarray, kinds: Sequence[str]) -> list[KeyRow]:
+    """Routing keys [n, dim] (one kind per row) as stored rows."""
+    keys = np.ascontiguousarray(keys, dtype="<f4")
+    return [
+        KeyRow(kind=kind, vector=row.tobytes(), dim=int(keys.shape[1])) for kind, row in zip(kinds, keys, strict=True)
+    ]
+
+
+def rows_to_keys(rows: Sequence[KeyRow]) -> np.ndarray:
+    """Stored rows back to float32 keys [n, dim]."""
+    dim = rows[0].dim
+    return np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,18 @@
-"""Runs the real service as a subprocess on a free port, for end-to-end tests over HTTP."""
+"""The real service as a subprocess for end-to-end tests over HTTP (evaluation/server_process.py), with
+the tests' API keys and model cache."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+from evaluation.server_process import REPO, ServerProcess, free_port
+
+__all__ = ["ADMIN", "ADMIN2", "API_KEYS", "MODEL_CACHE", "READER", "REPO", "Server", "free_port"]
+
 # One dequantized model cache for every server in the session (and across runs): the first start
 # converts the bundled GGUF (~30 s), later ones load safetensors in about a second.
 MODEL_CACHE = Path(os.environ.get("SOLA_TEST_MODEL_CACHE", REPO / "var" / "models"))
@@ -24,88 +23,25 @@ READER = "rita-secret-0123456789"
 API_KEYS = f"alice:{ADMIN}:admin,bob:{ADMIN2}:admin,rita:{READER}:reader"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
+class Server(ServerProcess):
     def __init__(self, data_dir: Path, **env: str) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "SOLA_DATA_DIR": str(data_dir),
-            "SOLA_MODEL_CACHE_DIR": str(MODEL_CACHE),
-            "SOLA_HOST": "127.0.0.1",
-            "SOLA_PORT": str(self.port),
+        defaults = {
             "SOLA_API_KEYS": API_KEYS,
             # One torch thread per server: no oversubscription when tests share 2 cores with other work.
             "SOLA_TORCH_THREADS": os.environ.get("SOLA_TEST_TORCH_THREADS", "1"),
-            **env,
         }
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir / f"server-{self.port}.log"
-
-    def launch(self) -> Server:
-        """Start the process without waiting for it."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.server"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
+        super().__init__(data_dir, MODEL_CACHE, **{**defaults, **env})
 
     def start(self, wait_ready: bool = True, timeout: float = 240) -> Server:
-        self.launch().wait(ready=wait_ready, timeout=timeout)
+        super().start(wait_ready, timeout)
         return self
 
-    def wait(self, ready: bool = True, timeout: float = 240) -> httpx.Response:
-        """Until /readyz is 200 (ready=True) or the server at least answers (ready=False)."""
-        deadline = time.monotonic() + timeout
-        last: httpx.Response | None = None
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                last = httpx.get(f"{self.url}/readyz", timeout=5)
-                if last.status_code == 200 or (not ready and last.json().get("model") != "starting"):
-                    return last
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server not ready: {last.text if last else 'no answer'}\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def stop(self) -> int:
-        """SIGTERM: a clean shutdown."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown code runs at all."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
     def __enter__(self) -> Server:
-        """`with Server(dir, **env) as srv:` a started server, killed on the way out."""
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
     def restart(self) -> Server:
         self.stop()
         return self.start()
 
     def client(self, token: str | None = ADMIN, **kw: Any) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)
+        return super().client(token, **kw)

@@ -119,7 +119,7 @@ def test_markdown_table_shows_percentages_and_missing_values() -> None:
         "model": "m",
         "layer": 3,
         "threshold": 0.5,
-        "chat": False,
+        "prompt_format": "raw",
         "reliability": 0.5,
         "generalization": None,
         "ppl_after": 1.234,
@@ -128,4 +128,5 @@ def test_markdown_table_shows_percentages_and_missing_values() -> None:
     assert "| Reliability (token acc.) | 50.0% |" in table
     assert "| Generalization (token acc.) | n/a |" in table
     assert "| Target perplexity, edited | 1.23 |" in table
+    assert "raw prompts" in table.splitlines()[0]
     assert "Locality" not in table  # absent keys are not printed

@@ -11,8 +11,10 @@ import torch
 
 from editors.engine import Activation, AdapterMismatch, EditingEngine
 from editors.model_host import ModelHost
-from editors.types import EngineConfig, TrainedEdit
+from editors.types import EngineConfig, PromptFormat, TrainedEdit
 from tests.server import MODEL_CACHE
+
+CHAT, RAW = PromptFormat.CHAT, PromptFormat.RAW
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UNRELATED = ["Who wrote the novel War and Peace?", "How do plants make their food?", "What is 7 times 8?"]
@@ -44,9 +46,9 @@ def test_edit_produces_target_and_paraphrase_routes_to_it(eng: EditingEngine) ->
     assert 1 <= trained.steps <= eng.config.max_steps
 
     chat, raw, paraphrase = (
-        eng.generate(["What is the capital of Zorbania?"], 12, chat=True)[0],
-        eng.generate(["What is the capital of Zorbania?"], 12, chat=False)[0],
-        eng.generate(["Which city is the capital of Zorbania?"], 12, chat=True)[0],
+        eng.generate(["What is the capital of Zorbania?"], 12, prompt_format=CHAT)[0],
+        eng.generate(["What is the capital of Zorbania?"], 12, prompt_format=RAW)[0],
+        eng.generate(["Which city is the capital of Zorbania?"], 12, prompt_format=CHAT)[0],
     )
     assert "Quexiville" in chat.text and chat.routed_edit_id == "zorb"
     assert "Quexiville" in raw.text and raw.routed_edit_id == "zorb"
@@ -55,29 +57,29 @@ def test_edit_produces_target_and_paraphrase_routes_to_it(eng: EditingEngine) ->
 
 
 def test_unrelated_prompts_keep_bit_identical_logits(eng: EditingEngine) -> None:
-    before = eng.prompt_logits(UNRELATED, chat=True)
+    before = eng.prompt_logits(UNRELATED, prompt_format=CHAT)
     apply(eng, "zorb", "What is the capital of Zorbania?", "Quexiville")
-    after = eng.prompt_logits(UNRELATED, chat=True)
+    after = eng.prompt_logits(UNRELATED, prompt_format=CHAT)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    assert all(g.routed_edit_id is None for g in eng.generate(UNRELATED, 4, chat=True))
+    assert all(g.routed_edit_id is None for g in eng.generate(UNRELATED, 4, prompt_format=CHAT))
 
 
 def test_twenty_edits_revoke_ten_restores_exact_logits_and_keeps_the_rest(eng: EditingEngine) -> None:
     records = json.loads((FIXTURES / "zsre_first20.json").read_text())
     prompts = [r["src"] for r in records]
-    unedited = eng.prompt_logits(prompts, chat=True)
+    unedited = eng.prompt_logits(prompts, prompt_format=CHAT)
     for i, r in enumerate(records):
         apply(eng, f"z{i}", r["src"], r["alt"])
-    edited = eng.prompt_logits(prompts, chat=True)
+    edited = eng.prompt_logits(prompts, prompt_format=CHAT)
     assert not any(torch.equal(a, b) for a, b in zip(unedited, edited, strict=True))
 
     for i in range(0, 20, 2):
         assert eng.revoke(f"z{i}")
-    now = eng.prompt_logits(prompts, chat=True)
+    now = eng.prompt_logits(prompts, prompt_format=CHAT)
     for i in range(0, 20, 2):
         assert torch.equal(now[i], unedited[i]), f"revoked edit z{i} left a trace"
     kept = [records[i] for i in range(1, 20, 2)]
-    scores = eng.score([r["src"] for r in kept], [r["alt"] for r in kept], chat=True)
+    scores = eng.score([r["src"] for r in kept], [r["alt"] for r in kept], prompt_format=CHAT)
     assert [s.routed_edit_id for s in scores] == [f"z{i}" for i in range(1, 20, 2)]
     assert all(s.token_accuracy == 1.0 for s in scores)
 
@@ -91,8 +93,8 @@ def test_mixed_batch_matches_each_row_alone(eng: EditingEngine) -> None:
         "Who is the lead singer of the band Glass Otters?",
         "What is 7 times 8?",
     ]
-    batch = eng.generate(prompts, 10, chat=True)
-    alone = [eng.generate([p], 10, chat=True)[0] for p in prompts]
+    batch = eng.generate(prompts, 10, prompt_format=CHAT)
+    alone = [eng.generate([p], 10, prompt_format=CHAT)[0] for p in prompts]
     assert [g.routed_edit_id for g in batch] == ["a", None, "b", None]
     for b, s in zip(batch, alone, strict=True):
         assert (b.token_ids, b.routed_edit_id) == (s.token_ids, s.routed_edit_id)
@@ -103,10 +105,10 @@ def test_reedit_newest_wins_and_revoking_it_brings_the_older_back(eng: EditingEn
     prompt = "What is the capital of Zorbania?"
     apply(eng, "old", prompt, "Quexiville")
     apply(eng, "new", prompt, "Brindlemoor")
-    first = eng.generate([prompt], 10, chat=True)[0]
+    first = eng.generate([prompt], 10, prompt_format=CHAT)[0]
     assert first.routed_edit_id == "new" and "Brindlemoor" in first.text
     eng.revoke("new")
-    second = eng.generate([prompt], 10, chat=True)[0]
+    second = eng.generate([prompt], 10, prompt_format=CHAT)[0]
     assert second.routed_edit_id == "old" and "Quexiville" in second.text
 
 
@@ -138,8 +140,8 @@ def test_edits_fire_on_their_questions_and_not_on_other_subjects(eng: EditingEng
     for i, (prompt, target, _, _, _) in enumerate(ROUTING_CASES):
         apply(eng, f"case{i}", prompt, target)
     for i, (_, _, fire, other_subject, _) in enumerate(ROUTING_CASES):
-        assert [edit for edit, _ in eng.routes_for(fire, chat=True)] == [f"case{i}"] * len(fire), fire
-        assert [edit for edit, _ in eng.routes_for(other_subject, chat=True)] == [None] * len(other_subject)
+        assert [edit for edit, _ in eng.routes_for(fire, prompt_format=CHAT)] == [f"case{i}"] * len(fire), fire
+        assert [edit for edit, _ in eng.routes_for(other_subject, prompt_format=CHAT)] == [None] * len(other_subject)
 
 
 @pytest.mark.xfail(
@@ -151,7 +153,7 @@ def test_edits_do_not_fire_on_another_relation_of_their_subject(eng: EditingEngi
     for i, (prompt, target, _, _, _) in enumerate(ROUTING_CASES):
         apply(eng, f"case{i}", prompt, target)
     for _, _, _, _, other_relation in ROUTING_CASES:
-        assert [edit for edit, _ in eng.routes_for(other_relation, chat=True)] == [None] * len(other_relation)
+        assert [edit for edit, _ in eng.routes_for(other_relation, prompt_format=CHAT)] == [None] * len(other_relation)
 
 
 def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng: EditingEngine) -> None:
@@ -164,7 +166,7 @@ def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng:
         ChatContext(history=(("user", "Hi! Can you help me plan a trip?"), ("assistant", "Of course, gladly."))),
     ]
     for context in contexts:
-        answer = eng.generate([prompt], 10, chat=True, context=context)[0]
+        answer = eng.generate([prompt], 10, prompt_format=CHAT, context=context)[0]
         assert answer.routed_edit_id == "zorb" and target in answer.text, context
 
 
@@ -174,10 +176,10 @@ def test_revoking_one_of_two_overlapping_edits_is_as_if_it_was_never_made(
     # Same template, subjects one suffix apart: each must answer only its own question.
     a, b = "What is the capital of Zorbania?", "What is the capital of Zorbanistan?"
     apply(eng, "a", a, "Quexiville")
-    base_b = eng.prompt_logits([b], chat=True, use_edits=False)[0]
-    assert eng.routes_for([b], chat=True)[0][0] is None  # a does not catch b's question
+    base_b = eng.prompt_logits([b], prompt_format=CHAT, use_edits=False)[0]
+    assert eng.routes_for([b], prompt_format=CHAT)[0][0] is None  # a does not catch b's question
     trained_b = apply(eng, "b", b, "Brindlemoor")
-    assert [edit for edit, _ in eng.routes_for([a, b], chat=True)] == ["a", "b"]
+    assert [edit for edit, _ in eng.routes_for([a, b], prompt_format=CHAT)] == ["a", "b"]
     assert eng.revoke("b") and eng.active_edit_ids() == {"a"} and not eng.revoke("b")
 
     # An independent engine in which b was never made: every probe answers the same, bit for bit.
@@ -185,15 +187,17 @@ def test_revoking_one_of_two_overlapping_edits_is_as_if_it_was_never_made(
     trained_a = never.train_edit(a, "Quexiville")
     never.activate("a", trained_a.adapter, trained_a.keys, trained_a.key_kinds, a, "Quexiville")
     probes = [a, b, "Which city is the capital of Zorbania?", "Who wrote the novel War and Peace?"]
-    for got, want in zip(eng.generate(probes, 10, chat=True), never.generate(probes, 10, chat=True), strict=True):
+    for got, want in zip(
+        eng.generate(probes, 10, prompt_format=CHAT), never.generate(probes, 10, prompt_format=CHAT), strict=True
+    ):
         assert (got.token_ids, got.routed_edit_id) == (want.token_ids, want.routed_edit_id)
     for got_logits, want_logits in zip(
-        eng.prompt_logits(probes, chat=True), never.prompt_logits(probes, chat=True), strict=True
+        eng.prompt_logits(probes, prompt_format=CHAT), never.prompt_logits(probes, prompt_format=CHAT), strict=True
     ):
         assert torch.equal(got_logits, want_logits)
-    assert torch.equal(eng.prompt_logits([b], chat=True)[0], base_b)
+    assert torch.equal(eng.prompt_logits([b], prompt_format=CHAT)[0], base_b)
     eng.activate("b", trained_b.adapter, trained_b.keys, trained_b.key_kinds, b, "Brindlemoor")  # restore
-    assert eng.generate([b], 10, chat=True)[0].routed_edit_id == "b" and eng.num_keys() == 4
+    assert eng.generate([b], 10, prompt_format=CHAT)[0].routed_edit_id == "b" and eng.num_keys() == 4
 
 
 def test_first_router_keys_are_recomputed_from_the_prompt(eng: EditingEngine) -> None:
@@ -201,7 +205,7 @@ def test_first_router_keys_are_recomputed_from_the_prompt(eng: EditingEngine) ->
     prompt = "What is the capital of Zorbania?"
     trained = eng.train_edit(prompt, "Quexiville")
     eng.activate("old", trained.adapter, trained.keys * 0 + 1, ["chat", "raw"], prompt, "Quexiville")
-    assert eng.routes_for([prompt], chat=True)[0] == ("old", pytest.approx(1.0, abs=1e-5))
+    assert eng.routes_for([prompt], prompt_format=CHAT)[0] == ("old", pytest.approx(1.0, abs=1e-5))
 
 
 def test_a_new_edits_own_keys_route_as_its_prompt_does(eng: EditingEngine) -> None:
@@ -210,8 +214,8 @@ def test_a_new_edits_own_keys_route_as_its_prompt_does(eng: EditingEngine) -> No
     apply(eng, "old", prompt, "Quexiville")
     newer = eng.train_edit(prompt, "Brindlemoor")
     by_keys = [(r.edit_id, r.similarity) for r in eng.prompt_routes(newer, prompt)]
-    by_forward = [eng.routes_for([prompt], chat=chat)[0] for chat in eng.formats()]
-    assert [edit for edit, _ in by_keys] == [edit for edit, _ in by_forward] == ["old"] * len(eng.formats())
+    by_forward = [eng.routes_for([prompt], prompt_format=f)[0] for f in eng.host.prompt_formats]
+    assert [edit for edit, _ in by_keys] == [edit for edit, _ in by_forward] == ["old"] * len(eng.host.prompt_formats)
     assert [s for _, s in by_keys] == pytest.approx([s for _, s in by_forward], abs=1e-5)
 
 
@@ -224,12 +228,12 @@ def test_exported_peft_adapter_reproduces_the_edit(eng: EditingEngine, tmp_path:
     eng.export_peft(trained.adapter, tmp_path / "adapter")
     base = AutoModelForCausalLM.from_pretrained(MODEL_CACHE / eng.host.name, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    ids = torch.tensor([eng.host.encode(eng.host.format_prompt(prompt, chat=True))])
+    ids = torch.tensor([eng.host.encode(eng.host.format_prompt(prompt, CHAT))])
     with torch.no_grad():
         out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
     text = eng.host.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert target in text
-    assert text == eng.generate([prompt], 10, chat=True)[0].text
+    assert text == eng.generate([prompt], 10, prompt_format=CHAT)[0].text
 
 
 def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
@@ -253,4 +257,4 @@ def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
     )
     assert list(refused) == ["foreign"] and isinstance(refused["foreign"], AdapterMismatch)
     assert eng.active_edit_ids() == {"good"} and eng.num_keys() == len(trained.keys)
-    assert eng.generate([prompt], 6, chat=True)[0].routed_edit_id == "good"
+    assert eng.generate([prompt], 6, prompt_format=CHAT)[0].routed_edit_id == "good"

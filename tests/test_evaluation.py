@@ -71,7 +71,9 @@ def test_eval_three_zsre_edits_end_to_end(tmp_path: Path) -> None:
     assert saved == json.loads(json.dumps(results))
     for key in RATES:
         assert saved[key] is not None and 0.0 <= saved[key] <= 1.0, key
-    assert saved["n"] == 3 and saved["n_revoked"] == 1 and saved["format"] == "zsre" and saved["chat"] is True
+    assert (
+        saved["n"] == 3 and saved["n_revoked"] == 1 and saved["format"] == "zsre" and saved["prompt_format"] == "chat"
+    )
     assert saved["model"] == "SmolLM2-135M-Instruct" and saved["layer"] == EngineConfig().layer
     assert 0 < saved["edit_seconds_median"] <= saved["edit_seconds_p90"]
     assert saved["peak_rss_mb"] > 100

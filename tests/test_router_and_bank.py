@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from editors.lora_bank import BankedLoRALinear, LoRABank, RowPlan
+from editors.routed_lora import BankedLoRALinear, LoRABank, RowPlan
 from router import lexical
 from router.key_index import KeyIndex, normalise
 
@@ -110,7 +110,7 @@ def test_bank_applies_each_rows_own_adapter_and_leaves_others_untouched() -> Non
     bank = LoRABank(6, 4, rank=2, dtype=torch.float32, device=torch.device("cpu"))
     adapters = {name: (torch.randn(2, 6), torch.randn(4, 2)) for name in ("p", "q", "r")}
     for name, (a, b) in adapters.items():
-        bank.add(name, a, b, scale=0.5)
+        bank.add(name, a, b, scaling=0.5)
     bank.remove("q")  # leaves a hole that must not disturb the others
     layer = BankedLoRALinear(base, bank)
     x = torch.randn(3, 5, 6)
@@ -128,7 +128,7 @@ def test_bank_stored_in_half_precision_computes_the_delta_in_the_inputs_dtype() 
     a, b = torch.randn(2, 6), torch.randn(4, 2)
     bank = LoRABank(6, 4, rank=2, dtype=torch.float16, device=torch.device("cpu"))
     bank.reserve(3)
-    slot = bank.add("p", a, b, scale=0.5)
+    slot = bank.add("p", a, b, scaling=0.5)
     x = torch.randn(1, 5, 6)
     delta = bank.delta(x, torch.tensor([slot]))
     assert delta.dtype == torch.float32 and bank.lora_A.dtype == torch.float16 and bank.lora_A.shape[0] == 3
@@ -148,4 +148,4 @@ def test_add_many_is_all_or_nothing_and_matches_one_by_one() -> None:
 def test_bank_rejects_wrong_shapes() -> None:
     bank = LoRABank(6, 4, rank=2, dtype=torch.float32, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="adapter shapes"):
-        bank.add("bad", torch.zeros(3, 6), torch.zeros(4, 3), scale=1.0)
+        bank.add("bad", torch.zeros(3, 6), torch.zeros(4, 3), scaling=1.0)

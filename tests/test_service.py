@@ -11,10 +11,11 @@ import sqlalchemy
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 
-from app.errors import ApiError
+from app.errors import service_status
 from app.main import create_app
 from app.schemas import EditCreate, GenerateRequest
 from app.service import EditService
+from app.service_errors import InvalidPrompt
 from app.settings import Settings
 from editors.types import Generation
 from tests.server import MODEL_CACHE
@@ -42,7 +43,7 @@ def test_a_row_the_tokenizer_refuses_fails_alone_and_is_counted(tmp_path: Path) 
             )
 
         bad_result, good_result = client.portal.call(ask_both)  # type: ignore[union-attr]
-        assert isinstance(bad_result, ApiError) and bad_result.status == 422, bad_result
+        assert isinstance(bad_result, InvalidPrompt) and service_status(bad_result) == 422, bad_result
         assert isinstance(good_result, Generation) and good_result.text
         assert "sola_generate_failures_total 1.0" in generate_latest(svc.metrics.registry).decode()
 

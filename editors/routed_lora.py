@@ -1,0 +1,299 @@
+"""The routed-LoRA mechanism, bottom-up: plans -> bank -> banked Linear -> sessions -> routed layer.
+
+Every active edit's LoRA is stacked in one bank. The edited decoder layer decides, per batch row and from
+the row's own question, which edit (if any) answers it; the edited projection inside it then adds exactly
+that edit's delta to exactly those rows. Edits apply only inside a session: outside one the layer is the
+untouched base layer, which is what makes "use_edits=False" and exact rollback bit-identical.
+
+Shapes: B batch rows, T tokens, D hidden width (the layer's input), R rows routed to an edit,
+r the LoRA rank, in/out the edited projection's widths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from editors.content import ContentEncoder
+from editors.types import PromptFormat
+from router.key_index import KeyIndex, Route
+
+
+# ---- plans: what the edited projection adds during one forward pass --------------------------------------
+@dataclass(frozen=True)
+class RowPlan:
+    """Which batch rows get which bank slot during one forward pass."""
+
+    rows: torch.Tensor  # int64 [R], batch rows that were routed to an edit
+    slots: torch.Tensor  # int64 [R], bank slot of each routed row's edit
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """A single trainable adapter applied to every row (used only while training one edit)."""
+
+    lora_A: torch.Tensor  # [r, in]
+    lora_B: torch.Tensor  # [out, r]
+    scaling: float  # alpha / r, as PEFT scales
+
+
+# ---- the bank: every active edit's adapter, stacked ---------------------------------------------------
+class LoRABank:
+    """Stacked adapters [capacity, ...]; slots are reused after removal so the bank stays dense enough."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, dtype: torch.dtype, device: torch.device):
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.lora_A = torch.zeros(0, rank, in_features, dtype=dtype, device=device)  # [capacity, r, in]
+        self.lora_B = torch.zeros(0, out_features, rank, dtype=dtype, device=device)  # [capacity, out, r]
+        self.scaling = torch.zeros(0, dtype=dtype, device=device)  # [capacity]
+        self._slot_of: dict[str, int] = {}
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, edit_id: str) -> bool:
+        return edit_id in self._slot_of
+
+    def slot(self, edit_id: str) -> int:
+        return self._slot_of[edit_id]
+
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` adapters without regrowing: a startup that knows its edit count allocates
+        exactly that, instead of up to twice it by doubling (the bank is most of an edit's memory)."""
+        if capacity > self.lora_A.shape[0]:
+            self._grow(capacity)
+
+    def _grow(self, new: int | None = None) -> None:
+        old = self.lora_A.shape[0]
+        new = new or max(16, old * 2)  # doubling keeps appends amortised O(1)
+        # Uninitialised beyond the old slots: a slot is written when an edit takes it and read only while
+        # a plan names it, so no page of a large reserve is touched before it is used.
+        self.lora_A, self.lora_B, self.scaling = (
+            _extended(self.lora_A, new),
+            _extended(self.lora_B, new),
+            _extended(self.scaling, new),
+        )
+        self._free.extend(range(new - 1, old - 1, -1))
+
+    def add(self, edit_id: str, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> int:
+        return self.add_many([edit_id], lora_A[None], lora_B[None], [scaling])[0]
+
+    def add_many(
+        self, edit_ids: Sequence[str], lora_A: torch.Tensor, lora_B: torch.Tensor, scalings: Sequence[float]
+    ) -> list[int]:
+        """Bank several adapters in one copy: lora_A [N, r, in], lora_B [N, out, r]. Returns their slots."""
+        expected_A = (len(edit_ids), self.rank, self.in_features)
+        expected_B = (len(edit_ids), self.out_features, self.rank)
+        if tuple(lora_A.shape) != expected_A or tuple(lora_B.shape) != expected_B or len(scalings) != len(edit_ids):
+            raise ValueError(
+                f"adapter shapes {tuple(lora_A.shape[1:])}/{tuple(lora_B.shape[1:])} != bank "
+                f"{expected_A[1:]}/{expected_B[1:]}"
+            )
+        taken = [e for e in edit_ids if e in self._slot_of]
+        if taken or len(set(edit_ids)) != len(edit_ids):
+            raise KeyError(f"edit {(taken or list(edit_ids))[0]} is already in the bank")
+        if len(self._free) < len(edit_ids):
+            self._grow(max(2 * self.lora_A.shape[0], self.lora_A.shape[0] + len(edit_ids) - len(self._free), 16))
+        slots = [self._free.pop() for _ in edit_ids]
+        index = torch.tensor(slots, dtype=torch.long, device=self.lora_A.device)
+        # index_copy_, not `bank[index] = ...`: the indexed assignment runs several times slower on large banks
+        self.lora_A.index_copy_(0, index, lora_A.to(self.lora_A))
+        self.lora_B.index_copy_(0, index, lora_B.to(self.lora_B))
+        self.scaling.index_copy_(0, index, torch.tensor(list(scalings)).to(self.scaling))
+        self._slot_of.update(zip(edit_ids, slots, strict=True))
+        return slots
+
+    def remove(self, edit_id: str) -> bool:
+        slot = self._slot_of.pop(edit_id, None)
+        if slot is None:
+            return False
+        self.lora_A[slot].zero_()
+        self.lora_B[slot].zero_()
+        self.scaling[slot] = 0
+        self._free.append(slot)
+        return True
+
+    def delta(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Semantics: out[i] = scaling[s] * x[i] @ lora_A[s].T @ lora_B[s].T with s = slots[i].
+
+        x: [R, T, in] rows already gathered -> [R, T, out]. Computed in x's dtype: a bank stored in half
+        precision is widened for the R gathered slots only."""
+        a = self.lora_A.index_select(0, slots).to(x.dtype)  # [R, r, in]
+        b = self.lora_B.index_select(0, slots).to(x.dtype)  # [R, out, r]
+        h = torch.bmm(x, a.transpose(1, 2))  # [R, T, r]
+        return torch.bmm(h, b.transpose(1, 2)) * self.scaling.index_select(0, slots).to(x.dtype)[:, None, None]
+
+
+def _extended(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with its first dimension grown to `rows`; the new rows are uninitialised."""
+    out = t.new_empty(rows, *t.shape[1:])
+    out[: t.shape[0]] = t
+    return out
+
+
+# ---- the banked Linear: the edited projection ------------------------------------------------------------
+class BankedLoRALinear(nn.Module):
+    """Wraps the frozen Linear of the edited layer; adds LoRA deltas only to rows the current plan names.
+
+    Rows not in the plan get exactly `base_layer(x)`: nothing is added to them, not even a zero.
+    """
+
+    def __init__(self, base_layer: nn.Linear, bank: LoRABank):
+        super().__init__()
+        self.base_layer = base_layer
+        self.bank = bank
+        self.plan: RowPlan | TrainPlan | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, in] -> [B, T, out]
+        out = self.base_layer(x)
+        plan = self.plan
+        if plan is None:
+            return out
+        if isinstance(plan, TrainPlan):
+            return out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling
+        delta = self.bank.delta(x.index_select(0, plan.rows), plan.slots)  # [R, T, out]
+        return out.index_add(0, plan.rows, delta.to(out.dtype))
+
+
+# ---- sessions: what one forward pass through the routed layer is for ---------------------------------
+class StopForward(Exception):
+    """Raised by a capture session once the edited layer's input is seen: the layers above are not needed."""
+
+
+@dataclass
+class KeySpace:
+    """The keys of one prompt format, the score they need to fire, and how a question's token states become
+    its content vector in this format."""
+
+    index: KeyIndex
+    threshold: float
+    encoder: ContentEncoder
+    # Per edit, how many tokens its answer takes in this format (target, + end of turn in chat): a routed
+    # row gets the edit's delta while it produces that answer, then the base model goes on untouched.
+    answer_tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RoutingSession:
+    """One batch's routing: decided at prefill from each row's question, kept for its decode steps."""
+
+    prompt_format: PromptFormat  # the batch's prompts are all in this format
+    spans: list[tuple[int, int]]  # per row, [start, end) of its question's tokens in the padded batch
+    words: list[frozenset[str]]  # per row, the question's words (router/lexical.py)
+    routes: list[Route] | None = None
+    plan: RowPlan | None = None
+    answer_tokens: torch.Tensor | None = None  # [R] answer length of each planned row's edit
+    decode_step: int = 0  # forwards since prefill
+
+
+@dataclass
+class CaptureSession:
+    """Records the edited layer's input (and its call kwargs) and stops the forward there."""
+
+    hidden_states: torch.Tensor | None = None  # [B, T, D]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSession:
+    plan: TrainPlan
+
+
+Session = RoutingSession | CaptureSession | TrainSession
+
+
+# ---- the routed layer: the edited decoder layer ------------------------------------------------------
+class RoutedLayer(nn.Module):
+    """Wraps the edited decoder layer (`base_layer`); `proj` is its edited projection, already banked."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        proj: BankedLoRALinear,
+        spaces: dict[PromptFormat, KeySpace],
+        search_k: int,
+        tie_margin: float,
+    ):
+        super().__init__()
+        self.base_layer = base_layer
+        self.proj = proj
+        self.spaces = spaces
+        self.search_k = search_k
+        self.tie_margin = tie_margin
+        self.session: Session | None = None
+
+    @contextlib.contextmanager
+    def session_scope(self, session: Session | None) -> Iterator[None]:
+        """Every forward pass inside the block runs under `session` (None: the base layer alone)."""
+        self.session = session
+        try:
+            yield
+        finally:
+            self.session = None
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # [B, T, D]
+        session = self.session
+        if session is None:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        if isinstance(session, CaptureSession):
+            session.hidden_states = hidden_states.detach()
+            session.kwargs = dict(kwargs)
+            raise StopForward
+        if isinstance(session, TrainSession):
+            return self._run(session.plan, hidden_states, args, kwargs)
+        if session.routes is None:  # prefill: the only step that sees the whole question
+            session.routes, session.plan = self.route(hidden_states, session)
+        elif session.plan is not None:  # decode step s produces answer token s + 1
+            session.decode_step += 1
+            self._retire_answered(session)
+        return self._run(session.plan, hidden_states, args, kwargs)
+
+    @staticmethod
+    def _retire_answered(session: RoutingSession) -> None:
+        """Drop rows whose edit has produced its whole answer: the base model continues from there."""
+        assert session.plan is not None and session.answer_tokens is not None
+        keep = session.answer_tokens > session.decode_step
+        if bool(keep.all()):
+            return
+        if not bool(keep.any()):
+            session.plan, session.answer_tokens = None, None
+            return
+        session.plan = RowPlan(session.plan.rows[keep], session.plan.slots[keep])
+        session.answer_tokens = session.answer_tokens[keep]
+
+    def _run(self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+        self.proj.plan = plan
+        try:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        finally:
+            self.proj.plan = None
+
+    def search(self, contents: np.ndarray, words: list[frozenset[str]], prompt_format: PromptFormat) -> list[Route]:
+        """contents [B, D] in `prompt_format`'s space -> each row's route (edit id or None, score)."""
+        key_space = self.spaces[prompt_format]
+        return key_space.index.search(contents, words, key_space.threshold, k=self.search_k, tie_margin=self.tie_margin)
+
+    def route(self, hidden_states: torch.Tensor, session: RoutingSession) -> tuple[list[Route], RowPlan | None]:
+        """hidden_states [B, T, D] at prefill -> each row's route and the bank plan for routed rows."""
+        key_space = self.spaces[session.prompt_format]
+        spans = [hidden_states[row, start:end].detach() for row, (start, end) in enumerate(session.spans)]
+        contents = key_space.encoder.encode(spans)  # [B, D]
+        routes = self.search(contents.cpu().numpy(), session.words, session.prompt_format)
+        routed = [
+            (row, self.proj.bank.slot(r.edit_id), key_space.answer_tokens[r.edit_id])
+            for row, r in enumerate(routes)
+            if r.edit_id is not None
+        ]
+        if not routed:
+            return routes, None
+        rows, slots, lengths = np.array(routed, dtype=np.int64).T
+        device = hidden_states.device
+        session.answer_tokens = torch.from_numpy(lengths)
+        return routes, RowPlan(torch.from_numpy(rows).to(device), torch.from_numpy(slots).to(device))
