@@ -21,8 +21,8 @@ from editors.types import Generation, PromptFormat
 
 log = logging.getLogger(__name__)
 
-# (prompts, max_new_tokens, prompt format) -> one Generation per prompt, in order
-Decode = Callable[[Sequence[str], int, PromptFormat], list[Generation]]
+# (prompts, max_new_tokens, prompt format, use_edits) -> one Generation per prompt, in order
+Decode = Callable[[Sequence[str], int, PromptFormat, bool], list[Generation]]
 # A request the model cannot take as it is (too long, wrong format): its error, or None
 Check = Callable[[GenerateRequest], ServiceError | None]
 
@@ -59,6 +59,7 @@ class GenerateBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Generation] = loop.create_future()
         self._pending.put(_Job(request, future, loop))
+        self.metrics.queue_depth.inc()
         try:
             self.worker.submit(self._drain)
         except RuntimeError as exc:  # the worker is shutting down
@@ -72,6 +73,7 @@ class GenerateBatcher:
                 jobs.append(self._pending.get_nowait())
             except queue.Empty:
                 break
+            self.metrics.queue_depth.dec()
         try:
             self._answer(jobs)
         except BaseException as exc:  # a bug here must not leave a client waiting forever
@@ -83,8 +85,8 @@ class GenerateBatcher:
                 raise
 
     def _answer(self, jobs: list[_Job]) -> None:
-        """Decode `jobs` in batches of one format and length; every future gets a result or an error."""
-        groups: dict[tuple[PromptFormat, int], list[_Job]] = defaultdict(list)
+        """Decode `jobs` in batches of one format, length and use_edits; every future gets a result or an error."""
+        groups: dict[tuple[PromptFormat, int, bool], list[_Job]] = defaultdict(list)
         for job in jobs:
             if job.future.cancelled():
                 continue
@@ -92,11 +94,12 @@ class GenerateBatcher:
             if error is not None:
                 job.resolve(error=error)
             else:
-                groups[(job.request.prompt_format, job.request.max_new_tokens)].append(job)
-        for (prompt_format, max_new_tokens), group in groups.items():
+                request = job.request
+                groups[(request.prompt_format, request.max_new_tokens, request.use_edits)].append(job)
+        for (prompt_format, max_new_tokens, use_edits), group in groups.items():
             self.metrics.batch_size.observe(len(group))
             try:
-                outs = self.decode([j.request.prompt for j in group], max_new_tokens, prompt_format)
+                outs = self.decode([j.request.prompt for j in group], max_new_tokens, prompt_format, use_edits)
             except Exception as exc:
                 log.exception("generation failed for a batch of %d", len(group))
                 self.metrics.generate_failures.inc()
@@ -104,4 +107,11 @@ class GenerateBatcher:
                     job.resolve(error=exc)
                 continue
             for job, out in zip(group, outs, strict=True):
+                self._count(out)
                 job.resolve(out)
+
+    def _count(self, out: Generation) -> None:
+        self.metrics.queries.labels(routed=str(out.routed_edit_id is not None).lower()).inc()
+        self.metrics.tokens_generated.inc(len(out.token_ids))
+        if out.routed_edit_id is not None:
+            self.metrics.edit_hits.hit(out.routed_edit_id)

@@ -84,6 +84,7 @@ async def _load(svc: EditService, on_fatal: Callable[[str], None] | None) -> Non
         log.critical("cannot load the model: %s", svc.startup_error, exc_info=True)
         if on_fatal is not None:
             on_fatal(svc.startup_error)
+        svc.phase = "failed"
         svc.state = "failed"  # last: whoever sees "failed" also sees the error and the fatal callback done
 
 

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+TOP_EDITS = 20  # edits named in sola_edit_hits: one label value each, so a bounded few
+
+
+class TopEditHits(Collector):
+    """Answers per edit, exported for the most used TOP_EDITS only (an edit id per label value would grow
+    without bound with every edit ever made)."""
+
+    def __init__(self) -> None:
+        self._hits: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def hit(self, edit_id: str) -> None:
+        with self._lock:
+            self._hits[edit_id] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "sola_edit_hits", f"Answers given through each edit, for the {TOP_EDITS} most used", labels=["edit_id"]
+        )
+        with self._lock:
+            top = self._hits.most_common(TOP_EDITS)
+        for edit_id, hits in top:
+            family.add_metric([edit_id], hits)
+        yield family
 
 
 class Metrics:
@@ -41,6 +71,18 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        self.queries = Counter(
+            "sola_queries",
+            "Answered generate requests, by whether an edit answered",
+            ["routed"],
+            registry=self.registry,
+        )
+        self.tokens_generated = Counter("sola_tokens_generated", "Tokens generated", registry=self.registry)
+        self.queue_depth = Gauge(
+            "sola_generate_queue_depth", "Generate requests waiting for the model worker", registry=self.registry
+        )
+        self.edit_hits = TopEditHits()
+        self.registry.register(self.edit_hits)
         self.generate_failures = Counter(
             "sola_generate_failures",
             "Unexpected generation failures: a prompt the tokenizer refused, or a whole batch (every request"

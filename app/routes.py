@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -14,10 +15,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import Principal, require, require_key_unless
 from app.errors import ApiError, documented
-from app.schemas import EditCreate, EditOut, EditPage, EventOut, EventPage, GenerateOut, GenerateRequest
+from app.schemas import (
+    CreatedEditOut,
+    EditCreate,
+    EditOut,
+    EditPage,
+    EventOut,
+    EventPage,
+    GenerateOut,
+    GenerateRequest,
+    Overlap,
+    RevokeRequest,
+)
 from app.service import EditService
-from storage.models import EditStatus
-from storage.repository import EventRecord, Page, Repository
+from storage.models import EditStatus, EventKind
+from storage.repository import EditFilters, EventRecord, Page, Repository
 
 router = APIRouter()
 
@@ -79,7 +91,10 @@ def decode_event_cursor(cursor: str | None) -> int | None:
 
 # ---- edits ---------------------------------------------------------------------------------------------
 @router.post(
-    "/edits", status_code=201, response_model=EditOut, responses=documented(400, 401, 403, 409, 413, 422, 500, 503)
+    "/edits",
+    status_code=201,
+    response_model=CreatedEditOut,
+    responses=documented(400, 401, 403, 409, 413, 422, 500, 503),
 )
 async def create_edit(
     body: EditCreate,
@@ -88,7 +103,7 @@ async def create_edit(
     principal: Admin,
     svc: Service,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
-) -> EditOut:
+) -> CreatedEditOut:
     limits = request.app.state.settings
     if len(body.prompt) > limits.max_prompt_chars or any(len(r) > limits.max_prompt_chars for r in body.rephrases):
         raise ApiError(413, "prompt_too_long", f"prompts are limited to {limits.max_prompt_chars} characters")
@@ -96,10 +111,11 @@ async def create_edit(
         raise ApiError(413, "target_too_long", f"targets are limited to {limits.max_target_chars} characters")
     if len(body.rephrases) > limits.max_rephrases:
         raise ApiError(422, "too_many_rephrases", f"at most {limits.max_rephrases} rephrases per edit")
-    record, replayed = await svc.create_edit(body, principal.name, idempotency_key)
-    if replayed:
+    created = await svc.create_edit(body, principal.name, idempotency_key)
+    if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    return EditOut.model_validate(record)
+    out = EditOut.model_validate(created.record).model_dump()
+    return CreatedEditOut.model_validate({**out, "supersedes": [Overlap.model_validate(s) for s in created.supersedes]})
 
 
 @router.get("/edits", response_model=EditPage, responses=documented(400, 401, 422))
@@ -109,8 +125,21 @@ async def list_edits(
     status: EditStatus | None = None,
     limit: Limit = 50,
     after: str | None = None,
+    actor: Annotated[str | None, Query(max_length=200, description="Only edits created by this key name")] = None,
+    q: Annotated[
+        str | None, Query(min_length=1, max_length=500, description="Case-insensitive text in the prompt or target")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None, Query(description="`key=value`, repeatable: metadata[key] equals value (as text)")
+    ] = None,
+    created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
+    created_to: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
 ) -> EditPage:
-    page = await run_in_threadpool(repo.list_edits, status, limit, decode_edit_cursor(after))
+    pairs = [item.partition("=") for item in metadata or []]
+    if any(not key or not sep for key, sep, _ in pairs):
+        raise ApiError(422, "validation_error", "metadata: each filter is key=value, e.g. metadata=ticket=OPS-7")
+    filters = EditFilters(actor, q, {key: value for key, _, value in pairs}, created_from, created_to)
+    page = await run_in_threadpool(repo.list_edits, status, limit, decode_edit_cursor(after), filters)
     return EditPage(
         data=[EditOut.model_validate(e) for e in page.items],
         has_more=page.has_more,
@@ -127,8 +156,17 @@ async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
 
 
 @router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
-async def revoke_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
-    return EditOut.model_validate(await svc.revoke(edit_id, principal.name))
+async def revoke_edit(
+    edit_id: EditId,
+    principal: Admin,
+    svc: Service,
+    body: RevokeRequest | None = None,
+    reason: Annotated[str | None, Query(max_length=2000, description="Why (kept in the `revoked` event)")] = None,
+) -> EditOut:
+    """Take the edit out of service. The reason (a JSON body `{"reason": ...}` or `?reason=`) is kept in the audit
+    log; revoking an already revoked edit changes nothing."""
+    why = (body.reason if body is not None else None) or reason
+    return EditOut.model_validate(await svc.revoke(edit_id, principal.name, why))
 
 
 @router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
@@ -148,8 +186,17 @@ async def edit_events(
 
 
 @router.get("/events", response_model=EventPage, responses=documented(400, 401, 422))
-async def events(_: Reader, repo: Repo, limit: Limit = 100, after: str | None = None) -> EventPage:
-    return _event_page(await run_in_threadpool(repo.list_events, None, limit, decode_event_cursor(after)))
+async def events(
+    _: Reader,
+    repo: Repo,
+    limit: Limit = 100,
+    after: str | None = None,
+    kind: EventKind | None = None,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    edit_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+) -> EventPage:
+    cursor = decode_event_cursor(after)
+    return _event_page(await run_in_threadpool(repo.list_events, edit_id, limit, cursor, kind, actor))
 
 
 def _event_page(page: Page[EventRecord]) -> EventPage:

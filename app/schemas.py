@@ -60,6 +60,7 @@ class GenerateRequest(_Request):
     prompt: Prompt
     max_new_tokens: int = 32  # upper bound checked against settings.max_new_tokens
     chat: bool = False  # true: the prompt is the user turn of the model's chat template; false: raw text
+    use_edits: bool = True  # false: the unedited base model answers (A/B checks); nothing is routed
 
     @property
     def prompt_format(self) -> PromptFormat:
@@ -93,6 +94,29 @@ class EditOut(BaseModel):
     base_fingerprint: str
     layer: int
     train: TrainStats
+    superseded_by: str | None = Field(
+        default=None, description="A newer active edit of the same question that answers it now (newest wins)"
+    )
+
+
+class Overlap(BaseModel):
+    """An active edit the new one overlaps: the router scores the new prompt (near-)identical to it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    edit_id: str = Field(validation_alias="older_id")
+    similarity: float
+
+
+class CreatedEditOut(EditOut):
+    supersedes: list[Overlap] = Field(
+        default_factory=list,
+        description="Active edits of the same question this edit now answers in place of (also in its event)",
+    )
+
+
+class RevokeRequest(_Request):
+    reason: Annotated[str, AfterValidator(_storable), Field(max_length=2000)] | None = None
 
 
 class EventOut(BaseModel):
@@ -122,8 +146,12 @@ class GenerateOut(BaseModel):
     """editors.types.Generation (what the engine produced for one request) plus the serving model's name."""
 
     text: str
-    routed_edit_id: str | None
-    similarity: float | None
+    routed_edit_id: str | None = Field(description="The edit that answered (its LoRA was applied), or null")
+    similarity: float | None = Field(
+        description="Routing score of the nearest edit (cosine x subject coverage^2), also when it did not fire; "
+        "null when no edit exists or the request asked for use_edits=false"
+    )
+    nearest_edit_id: str | None = Field(description="The edit of that score, fired or not")
     model: str
 
 

@@ -13,8 +13,8 @@ import json
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from app.active_edits import ActiveEdits
@@ -36,7 +36,7 @@ from app.service_errors import (
 from app.settings import Settings
 from app.worker import ModelWorker
 from editors.types import Generation, PromptFormat, TrainedEdit  # plain dataclasses: no torch at import
-from storage.models import EditStatus
+from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
     EditPayload,
@@ -49,6 +49,13 @@ from storage.repository import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CreatedEdit:
+    record: EditRecord
+    supersedes: list[Supersession]  # active edits of the same question this one now answers in place of
+    replayed: bool  # an Idempotency-Key replay: the edit existed already
 
 
 def new_edit_id() -> str:
@@ -118,6 +125,7 @@ class EditService:
         self.engine: Any = None  # editors.engine.EditingEngine
         self.edits: ActiveEdits | None = None  # what the engine holds, once loaded
         self.state = "starting"  # starting -> ready | failed
+        self.phase = "waiting for the model worker"  # what loading is doing now (GET /readyz shows it)
         self.startup_error: str | None = None
         self.log = AuditLogFollower()
         self.batcher = GenerateBatcher(worker, metrics, settings.max_batch_size, self._check_prompt_fits, self._decode)
@@ -134,17 +142,21 @@ class EditService:
             import torch
 
             torch.set_num_threads(s.torch_threads)
+        self.phase = "loading the base model (the first start also converts the bundled weights, ~30 s)"
         host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
+        self.phase = "building the routing encoders"
         engine = EditingEngine(host, engine_config(s))
         edits = ActiveEdits(engine, self.metrics)
         with self._state_lock:
             self.host, self.engine, self.edits = host, engine, edits
             # The cursor is read first: an edit changed while loading is seen again by sync(), never missed.
             self.log = AuditLogFollower(self.repo.last_event_seq())
-            engine.reserve(self.repo.count_active(), self.repo.active_key_kinds())
-            loaded = edits.activate_many(self.repo.active_payloads())
+            total = self.repo.count_active()
+            engine.reserve(total, self.repo.active_key_kinds())
+            loaded = edits.activate_many(self._counted(self.repo.active_payloads(), total))
             edits.publish()
         release_freed_memory()
+        self.phase = "ready"
         self.state = "ready"
         log.info(
             "model %s loaded (fingerprint %s); %d active edits loaded, %d refused",
@@ -153,6 +165,12 @@ class EditService:
             loaded,
             len(edits.refused),
         )
+
+    def _counted(self, payloads: Iterator[EditPayload], total: int) -> Iterator[EditPayload]:
+        for done, payload in enumerate(payloads):
+            if done % 1000 == 0:
+                self.phase = f"activating the stored edits: {done} of {total}"
+            yield payload
 
     def sync(self) -> None:
         """Follow the audit log: every edit with new events gets its current database status here.
@@ -190,15 +208,15 @@ class EditService:
         return self.edits
 
     # ---- edits --------------------------------------------------------------------------------------
-    async def create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> tuple[EditRecord, bool]:
-        """Returns (edit, replayed). Runs whole on the worker: edits are serialised with everything else."""
+    async def create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> CreatedEdit:
+        """Runs whole on the worker: edits are serialised with everything else."""
         self._ready_edits()
         return await self.worker.run(self._create_edit, body, actor, idempotency_key)
 
-    def _create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> tuple[EditRecord, bool]:
+    def _create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> CreatedEdit:
         edits = self._ready_edits()
         if idempotency_key is not None and (existing := self.repo.find_by_idempotency_key(idempotency_key)):
-            return self._replay(existing, body), True
+            return self._replay(existing, body)
         self._check_edit_fits(body)
         from editors.training import TrainingTimeout  # editors (torch) load with the model, not at import
 
@@ -223,13 +241,13 @@ class EditService:
         if record is None:  # another replica committed this key while we trained: theirs is the edit
             existing = self.repo.find_by_idempotency_key(idempotency_key or "")
             assert existing is not None
-            return self._replay(existing, body), True
+            return self._replay(existing, body)
         if not activated:
             raise ActivationFailed(f"edit {record.id} was stored but refused: {edits.refused.get(record.id)}")
         log.info("edit %s created by %s (%d steps, %.2fs)", record.id, actor, trained.steps, trained.seconds)
-        return record, False
+        return CreatedEdit(record, superseded, replayed=False)
 
-    def _replay(self, existing: EditRecord, body: EditCreate) -> EditRecord:
+    def _replay(self, existing: EditRecord, body: EditCreate) -> CreatedEdit:
         """The edit an Idempotency-Key already made. Made by another replica, it is loaded here at once, so
         the client that was told "this edit exists" is answered through it by this replica too."""
         if existing.request_hash != request_hash(body):
@@ -238,7 +256,10 @@ class EditService:
         if existing.status == EditStatus.ACTIVE and existing.id not in edits:
             self._load_and_activate(existing.id)
             edits.publish()
-        return existing
+        created = self.repo.list_events(existing.id, limit=1, kind=EventKind.CREATED).items
+        overlaps = created[0].detail.get("supersedes", []) if created else []
+        superseded = [Supersession(older_id=o["edit_id"], similarity=o["similarity"]) for o in overlaps]
+        return CreatedEdit(existing, superseded, replayed=True)
 
     def _check_edit_fits(self, body: EditCreate) -> None:
         target_tokens = len(self.host.encode(" " + body.target)) + 2  # + end-of-turn marker
@@ -261,12 +282,12 @@ class EditService:
                 best[edit_id] = max(float(similarity), best.get(edit_id, -1.0))
         return [Supersession(older_id=k, similarity=round(v, 6)) for k, v in best.items()]
 
-    async def revoke(self, edit_id: str, actor: str) -> EditRecord:
-        return await self.worker.run(self._revoke, edit_id, actor)
+    async def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
+        return await self.worker.run(self._revoke, edit_id, actor, reason)
 
-    def _revoke(self, edit_id: str, actor: str) -> EditRecord:
+    def _revoke(self, edit_id: str, actor: str, reason: str | None) -> EditRecord:
         with self._state_lock:
-            record, changed = self.repo.revoke(edit_id, actor)
+            record, changed = self.repo.revoke(edit_id, actor, reason)
             if self.edits is not None:  # also on a repeat: heals an index that missed an earlier revoke
                 self.edits.revoke(edit_id)
                 self.edits.publish()
@@ -299,8 +320,10 @@ class EditService:
         self._ready_edits()
         return await self.batcher.generate(request)
 
-    def _decode(self, prompts: Sequence[str], max_new_tokens: int, prompt_format: PromptFormat) -> list[Generation]:
-        return self.engine.generate(prompts, max_new_tokens, prompt_format)
+    def _decode(
+        self, prompts: Sequence[str], max_new_tokens: int, prompt_format: PromptFormat, use_edits: bool
+    ) -> list[Generation]:
+        return self.engine.generate(prompts, max_new_tokens, prompt_format, use_edits=use_edits)
 
     def _check_prompt_fits(self, request: GenerateRequest) -> ServiceError | None:
         from editors.model_host import PromptFormatError
@@ -323,7 +346,7 @@ class EditService:
     # ---- readiness ---------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = model loaded, database answers, index holds exactly the active edits' keys."""
-        detail: dict[str, Any] = {"model": self.state}
+        detail: dict[str, Any] = {"model": self.state, "phase": self.phase}
         if self.startup_error:
             detail["startup_error"] = self.startup_error
         # The lock makes "database committed + engine updated" one step for this check. It is held only

@@ -464,13 +464,13 @@ class EditingEngine:
             tokens = out[row, input_ids.shape[1] :].tolist()
             cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
             tokens = tokens[:cut]
-            fired = route.edit_id is not None
             results.append(
                 Generation(
                     text=str(self.host.tokenizer.decode(tokens, skip_special_tokens=True)),  # one sequence: a str
                     routed_edit_id=route.edit_id,
-                    similarity=route.similarity if fired else None,
+                    similarity=route.similarity,
                     token_ids=tokens,
+                    nearest_edit_id=route.nearest_edit_id,
                 )
             )
         return results

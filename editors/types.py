@@ -59,9 +59,10 @@ class TrainedEdit:
 @dataclass
 class Generation:
     text: str  # the continuation only
-    routed_edit_id: str | None
-    similarity: float | None
+    routed_edit_id: str | None  # the edit that answered, or None
+    similarity: float | None  # the best routing score, fired or not (None: no keys, or asked without edits)
     token_ids: list[int] = field(default_factory=list)
+    nearest_edit_id: str | None = None  # the edit of that best score, also when it did not fire
 
 
 @dataclass

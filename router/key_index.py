@@ -31,8 +31,9 @@ from router.lexical import coverage
 
 @dataclass(frozen=True)
 class Route:
-    edit_id: str | None
+    edit_id: str | None  # the edit that fired (score >= threshold), else None
     similarity: float | None  # best routing score seen (cosine x coverage^2), reported even below threshold
+    nearest_edit_id: str | None = None  # the edit of that best score, fired or not (operators explain routing)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -260,9 +261,7 @@ class KeyIndex:
                 for c, i in zip(cosines, candidates, strict=True)
             ]
             best = max(score for score, _ in scored)
-            if best < threshold:
-                routes.append(Route(None, best))
-                continue
             tied = {edit_id for score, edit_id in scored if score >= best - tie_margin}
-            routes.append(Route(max(tied, key=self._seq.__getitem__), best))
+            nearest = max(tied, key=self._seq.__getitem__)  # the same fact edited twice: the newest
+            routes.append(Route(nearest if best >= threshold else None, best, nearest))
         return routes

@@ -7,7 +7,7 @@ The events table is append-only: this module has no code path that updates or de
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
@@ -101,6 +101,8 @@ class EditRecord:
     train_seconds: float
     idempotency_key: str | None
     request_hash: str | None
+    # The active edit that answers this edit's question now (newer, same fact), read from the audit log.
+    superseded_by: str | None = None
 
     @property
     def train(self) -> TrainingRun:
@@ -109,7 +111,7 @@ class EditRecord:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> EditRecord:
         """From a Core row of the edits table (its column names are these field names)."""
-        fields = {name: row[name] for name in cls.__dataclass_fields__}
+        fields = {name: row[name] for name in cls.__dataclass_fields__ if name != "superseded_by"}
         fields["rephrases"], fields["metadata"] = list(fields["rephrases"] or []), dict(fields["metadata"] or {})
         return cls(**fields)
 
@@ -150,6 +152,17 @@ class EventRecord:
     @classmethod
     def of(cls, e: Event) -> EventRecord:
         return cls(seq=e.seq, edit_id=e.edit_id, kind=e.kind, actor=e.actor, at=e.at, detail=dict(e.detail or {}))
+
+
+@dataclass(frozen=True)
+class EditFilters:
+    """Narrowing of GET /edits; every field given must hold."""
+
+    actor: str | None = None  # created_by
+    text: str | None = None  # case-insensitive substring of the prompt or the target
+    metadata: dict[str, str] = field(default_factory=dict)  # metadata[key] == value (as text)
+    created_from: datetime | None = None  # created_at >= this
+    created_to: datetime | None = None  # created_at < this
 
 
 @dataclass(frozen=True)
@@ -212,7 +225,16 @@ class Repository:
             with self.session() as s, s.begin():
                 s.add(edit)
                 s.flush()  # the edit row must exist before events reference it
-                detail = {"steps": new.train_steps, "loss": new.train_loss, "seconds": new.train_seconds}
+                detail = {
+                    "prompt": new.prompt,
+                    "target": new.target,
+                    "rephrases": list(new.rephrases),
+                    "metadata": dict(new.metadata),
+                    "steps": new.train_steps,
+                    "loss": new.train_loss,
+                    "seconds": new.train_seconds,
+                    "supersedes": [{"edit_id": sup.older_id, "similarity": sup.similarity} for sup in supersedes],
+                }
                 s.add(Event(edit_id=new.id, kind=EventKind.CREATED, actor=new.created_by, at=now, detail=detail))
                 for sup in supersedes:
                     s.add(
@@ -231,15 +253,23 @@ class Repository:
                 raise IdempotencyKeyTaken(new.idempotency_key) from exc
             raise
 
-    def revoke(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
-        """Mark revoked + append a `revoked` event. Returns (edit, changed); revoking twice is a no-op."""
-        return self._set_status(edit_id, actor, EditStatus.ACTIVE, EditStatus.REVOKED, EventKind.REVOKED)
+    def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> tuple[EditRecord, bool]:
+        """Mark revoked + append a `revoked` event (with the operator's reason, if given). Returns (edit,
+        changed); revoking twice is a no-op."""
+        detail = {"reason": reason} if reason else {}
+        return self._set_status(edit_id, actor, EditStatus.ACTIVE, EditStatus.REVOKED, EventKind.REVOKED, detail)
 
     def restore(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
         return self._set_status(edit_id, actor, EditStatus.REVOKED, EditStatus.ACTIVE, EventKind.RESTORED)
 
     def _set_status(
-        self, edit_id: str, actor: str, old: EditStatus, new: EditStatus, kind: EventKind
+        self,
+        edit_id: str,
+        actor: str,
+        old: EditStatus,
+        new: EditStatus,
+        kind: EventKind,
+        detail: dict[str, Any] | None = None,
     ) -> tuple[EditRecord, bool]:
         now = utcnow()
         # revoked_at/by describe the current revocation; a restore clears them (the events keep the history).
@@ -254,39 +284,88 @@ class Repository:
             result = s.execute(update(Edit).where(Edit.id == edit_id, Edit.status == old).values(**values))
             changed = cast(CursorResult[Any], result).rowcount  # an UPDATE's result is a cursor result
             if changed:
-                s.add(Event(edit_id=edit_id, kind=kind, actor=actor, at=now, detail={}))
+                s.add(Event(edit_id=edit_id, kind=kind, actor=actor, at=now, detail=detail or {}))
             edit = s.scalars(select(Edit).where(Edit.id == edit_id).execution_options(populate_existing=True)).first()
             if edit is None:
                 raise EditNotFound(edit_id)
-            return EditRecord.of(edit), bool(changed)
+            return self._with_supersession(s, [EditRecord.of(edit)])[0], bool(changed)
 
     # ---- reads ------------------------------------------------------------------------------------
     def get_edit(self, edit_id: str) -> EditRecord | None:
         with self.session() as s:
             edit = s.scalars(select(Edit).where(Edit.id == edit_id)).first()
-            return EditRecord.of(edit) if edit else None
+            return self._with_supersession(s, [EditRecord.of(edit)])[0] if edit else None
 
     def find_by_idempotency_key(self, key: str) -> EditRecord | None:
         with self.session() as s:
             edit = s.scalars(select(Edit).where(Edit.idempotency_key == key)).first()
             return EditRecord.of(edit) if edit else None
 
-    def list_edits(self, status: str | None = None, limit: int = 50, after: int | None = None) -> Page[EditRecord]:
+    def list_edits(
+        self,
+        status: str | None = None,
+        limit: int = 50,
+        after: int | None = None,
+        filters: EditFilters | None = None,
+    ) -> Page[EditRecord]:
         """Oldest first by `seq`; `after` is the last seq of the previous page."""
         query = select(Edit).order_by(Edit.seq).limit(limit + 1)
         if status is not None:
             query = query.where(Edit.status == status)
         if after is not None:
             query = query.where(Edit.seq > after)
+        f = filters or EditFilters()
+        if f.actor is not None:
+            query = query.where(Edit.created_by == f.actor)
+        if f.text:
+            query = query.where(
+                or_(Edit.prompt.icontains(f.text, autoescape=True), Edit.target.icontains(f.text, autoescape=True))
+            )
+        for key, value in f.metadata.items():  # JSON path: json_extract on SQLite, ->> on PostgreSQL
+            query = query.where(Edit.meta[key].as_string() == value)
+        if f.created_from is not None:
+            query = query.where(Edit.created_at >= f.created_from)
+        if f.created_to is not None:
+            query = query.where(Edit.created_at < f.created_to)
         with self.session() as s:
-            rows = [EditRecord.of(e) for e in s.scalars(query)]
+            rows = self._with_supersession(s, [EditRecord.of(e) for e in s.scalars(query)])
         return _page(rows, limit)
 
-    def list_events(self, edit_id: str | None = None, limit: int = 100, after: int | None = None) -> Page[EventRecord]:
+    def _with_supersession(self, s: Session, edits: list[EditRecord]) -> list[EditRecord]:
+        """Each active edit with the newer active edit that now answers its question (`superseded` events whose
+        superseding edit is still active; the newest such wins, as in the router)."""
+        ids = [e.id for e in edits if e.status == EditStatus.ACTIVE]
+        if not ids:
+            return edits
+        events = s.execute(
+            select(Event.edit_id, Event.detail)
+            .where(Event.edit_id.in_(ids), Event.kind == EventKind.SUPERSEDED)
+            .order_by(Event.seq)
+        ).all()
+        newer = {str((detail or {}).get("by")) for _, detail in events}
+        active = set(s.scalars(select(Edit.id).where(Edit.id.in_(newer), Edit.status == EditStatus.ACTIVE)))
+        by: dict[str, str] = {}
+        for edit_id, detail in events:  # oldest first: the last active superseder is the newest
+            if (detail or {}).get("by") in active:
+                by[edit_id] = str(detail["by"])
+        return [replace(e, superseded_by=by[e.id]) if e.id in by else e for e in edits]
+
+    def list_events(
+        self,
+        edit_id: str | None = None,
+        limit: int = 100,
+        after: int | None = None,
+        kind: str | None = None,
+        actor: str | None = None,
+    ) -> Page[EventRecord]:
         """Oldest first; `after` is an event seq (replicas follow the log with it)."""
         query = select(Event).order_by(Event.seq).limit(limit + 1)
         if edit_id is not None:
             query = query.where(Event.edit_id == edit_id)
+        if kind is not None:
+            query = query.where(Event.kind == kind)
+        if actor is not None:
+            query = query.where(Event.actor == actor)
         if after is not None:
             query = query.where(Event.seq > after)
         with self.session() as s:

@@ -53,7 +53,7 @@ def gen(client: httpx.Client, prompt: str, chat: bool = True, max_new_tokens: in
 def test_health_and_readiness(server: Server) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.url}/readyz")
-    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    assert ready.status_code == 200 and ready.json()["database"] == "ok" and ready.json()["phase"] == "ready"
 
 
 def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(admin: httpx.Client, reader: httpx.Client) -> None:
@@ -64,6 +64,7 @@ def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(admin: httpx.Cl
     assert created["status"] == "active" and created["created_by"] == "alice"
     assert created["rephrases"] == ["Which city is Zorbania's capital?"] and created["metadata"] == {"t": 1}
     assert created["base_model"] and created["train"]["steps"] >= 1 and created["train"]["seconds"] > 0
+    assert created.pop("supersedes") == []  # the create response also names the edits it overlaps
     assert admin.get(f"/edits/{created['id']}").json() == created
 
     after = gen(reader, ZORBANIA)
@@ -117,16 +118,64 @@ def test_newer_edit_supersedes_and_revoking_it_brings_the_older_back(admin: http
     prompt = "What is the national animal of Velmora?"
     old = edit(admin, prompt, "the silver heron")
     assert "silver heron" in gen(reader, prompt)["text"]
+    assert old["supersedes"] == [] and old["superseded_by"] is None
     new = edit(admin, prompt, "the red lynx")
+    # The overlap is said in the response and in the new edit's `created` event, never silent.
+    assert [o["edit_id"] for o in new["supersedes"]] == [old["id"]] and new["supersedes"][0]["similarity"] > 0.99
+    created = reader.get(f"/edits/{new['id']}/events").json()["data"][0]
+    assert created["detail"]["supersedes"] == new["supersedes"]
+    assert (created["detail"]["prompt"], created["detail"]["target"]) == (prompt, "the red lynx")
     answer = gen(reader, prompt)
     assert "red lynx" in answer["text"] and answer["routed_edit_id"] == new["id"]
     old_events = reader.get(f"/edits/{old['id']}/events").json()["data"]
     assert [e["kind"] for e in old_events] == ["created", "superseded"]
     assert old_events[1]["detail"]["by"] == new["id"] and old_events[1]["detail"]["similarity"] > 0.99
-    assert reader.get(f"/edits/{old['id']}").json()["status"] == "active"  # superseded, not revoked
-    admin.delete(f"/edits/{new['id']}").raise_for_status()
+    shown = reader.get(f"/edits/{old['id']}").json()
+    assert shown["status"] == "active" and shown["superseded_by"] == new["id"]  # superseded, not revoked
+    admin.request("DELETE", f"/edits/{new['id']}", json={"reason": "wrong animal"}).raise_for_status()
+    revoked = reader.get("/events", params={"kind": "revoked", "edit_id": new["id"]}).json()["data"]
+    assert [(e["actor"], e["detail"]) for e in revoked] == [("alice", {"reason": "wrong animal"})]
+    assert reader.get(f"/edits/{old['id']}").json()["superseded_by"] is None  # it answers again
     answer = gen(reader, prompt)
     assert "silver heron" in answer["text"] and answer["routed_edit_id"] == old["id"]
+
+
+def test_every_answer_names_the_nearest_edit_and_can_skip_edits(admin: httpx.Client, reader: httpx.Client) -> None:
+    prompt = "Who is the head brewer of Ostmark Abbey?"
+    made = edit(admin, prompt, "Hilde Vantreck")
+    unrelated = gen(reader, "Name a primary colour.")
+    assert unrelated["routed_edit_id"] is None  # did not fire, yet the nearest edit and its score are shown
+    assert unrelated["nearest_edit_id"] is not None and 0.0 <= unrelated["similarity"] < 0.4
+    routed = gen(reader, prompt)
+    assert routed["routed_edit_id"] == routed["nearest_edit_id"] == made["id"] and routed["similarity"] > 0.99
+    r = reader.post("/generate", json={"prompt": prompt, "chat": True, "max_new_tokens": 16, "use_edits": False})
+    base = r.json()
+    assert (base["routed_edit_id"], base["nearest_edit_id"], base["similarity"]) == (None, None, None)
+    assert "Vantreck" not in base["text"] and "Vantreck" in routed["text"]
+
+
+def test_edits_and_events_filter_by_actor_text_metadata_and_time(admin: httpx.Client, reader: httpx.Client) -> None:
+    from tests.server import ADMIN2
+
+    made = edit(admin, "Which river flows through Quarnholt?", "the Vessa", metadata={"ticket": "OPS-77"})
+    with httpx.Client(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {ADMIN2}"}) as bob:
+        by_bob = edit(bob, "Which river flows through Quarnholt Minor?", "the Ilse", metadata={"ticket": "OPS-78"})
+
+    def ids(**params: object) -> list[str]:
+        r = reader.get("/edits", params={"limit": 500, **params})
+        assert r.status_code == 200, r.text
+        return [e["id"] for e in r.json()["data"]]
+
+    assert made["id"] in ids(q="quarnholt") and by_bob["id"] in ids(q="QUARNHOLT")
+    assert ids(q="quarnholt", actor="bob") == [by_bob["id"]]
+    assert ids(metadata="ticket=OPS-77") == [made["id"]]
+    assert ids(q="the vessa") == [made["id"]]  # the target is searched too
+    assert ids(q="quarnholt", created_to="2000-01-01T00:00:00Z") == []
+    assert set(ids(q="quarnholt", created_from="2000-01-01T00:00:00Z")) == {made["id"], by_bob["id"]}
+    assert reader.get("/edits", params={"metadata": "ticket"}).status_code == 422
+    bobs = reader.get("/events", params={"actor": "bob", "kind": "created"}).json()["data"]
+    assert [e["edit_id"] for e in bobs] == [by_bob["id"]]
+    assert reader.get("/events", params={"kind": "exploded"}).status_code == 422
 
 
 def test_same_template_questions_about_distinct_subjects_never_merge(admin: httpx.Client, reader: httpx.Client) -> None:
@@ -302,6 +351,25 @@ def test_metrics_exposed(server: Server, admin: httpx.Client) -> None:
     assert "sola_edit_train_seconds_count" in text and "sola_edit_train_seconds_count 0.0" not in text
     assert 'sola_http_requests_total{method="POST",route="/edits",status="201"}' in text
     assert 'sola_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/edits"}' in text
+
+    def value(name: str) -> float:
+        return sum(float(line.split()[-1]) for line in admin.get("/metrics").text.splitlines() if line.startswith(name))
+
+    made = edit(admin, "What is the motto of Brellick College?", "Lux in Umbra")
+    routed, unrouted, tokens = (
+        value('sola_queries_total{routed="true"}'),
+        value('sola_queries_total{routed="false"}'),
+        value("sola_tokens_generated_total"),
+    )
+    answer = gen(admin, made["prompt"], max_new_tokens=4)
+    gen(admin, "Name a primary colour.", max_new_tokens=4)
+    assert (
+        value('sola_queries_total{routed="true"}') == routed + 1
+        and value('sola_queries_total{routed="false"}') == unrouted + 1
+    )
+    assert value("sola_tokens_generated_total") > tokens and answer["routed_edit_id"] == made["id"]
+    assert value(f'sola_edit_hits{{edit_id="{made["id"]}"}}') >= 1.0
+    assert "sola_generate_queue_depth 0.0" in admin.get("/metrics").text  # nothing waiting once answered
 
 
 def test_concurrent_queries_are_batched_and_routed_per_row(server: Server, admin: httpx.Client) -> None:

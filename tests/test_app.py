@@ -113,6 +113,7 @@ def test_readiness_reports_the_failed_load(client: TestClient) -> None:
     assert ready.status_code == 503
     body = ready.json()
     assert body["status"] == "not_ready" and body["model"] == "failed" and "no-such-model" in body["startup_error"]
+    assert body["phase"] == "failed"
     assert body["database"] == "ok"  # migrations ran before the model was even touched
 
 

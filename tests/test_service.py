@@ -81,9 +81,9 @@ def _follow(a: EditService, b: EditService, client_a: TestClient, client_b: Test
         client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
         return client_b.portal.call(b.generate, question)  # type: ignore[union-attr]
 
-    edit, _ = client_a.portal.call(  # type: ignore[union-attr]
+    edit = client_a.portal.call(  # type: ignore[union-attr]
         a.create_edit, EditCreate(prompt=question.prompt, target="Quexiville"), "alice", None
-    )
+    ).record
     answer = b_syncs_and_answers()
     assert answer.routed_edit_id == edit.id and answer.text.startswith("Quexiville")
 
