@@ -226,3 +226,41 @@ def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     eng.dispose()
+
+
+def test_edits_filter_by_actor_text_metadata_and_time_on_each_database(repo: Repository) -> None:
+    from datetime import timedelta
+
+    from storage.models import utcnow
+    from storage.repository import EditFilters
+
+    a = repo.create_edit(new_edit("Who founded Velmora 100% Co_op?", metadata={"ticket": "T-9", "n": "1"}))
+    b = repo.create_edit(new_edit("Who founded Ostmark?", created_by="bob", target="Hilde"))
+
+    def ids(**kw: object) -> list[str]:
+        return [e.id for e in repo.list_edits(filters=EditFilters(**kw)).items]  # type: ignore[arg-type]
+
+    assert ids(actor="bob") == [b.id] and ids(text="VELMORA") == [a.id] and ids(text="hilde") == [b.id]
+    assert ids(text="100% co_op") == [a.id] and ids(text="0%_co") == []  # LIKE wildcards are literal here
+    assert ids(metadata={"ticket": "T-9"}) == [a.id] and ids(metadata={"ticket": "T-9", "n": "2"}) == []
+    now = utcnow()
+    assert (
+        ids(created_from=now - timedelta(minutes=5)) == [a.id, b.id]
+        and ids(created_to=now - timedelta(minutes=5)) == []
+    )
+
+
+def test_a_superseded_edit_names_its_active_successor(repo: Repository) -> None:
+    from storage.repository import Supersession
+
+    old = repo.create_edit(new_edit())
+    new = repo.create_edit(new_edit(), [Supersession(older_id=old.id, similarity=0.999)])
+    got = repo.get_edit(old.id)
+    assert got is not None and got.superseded_by == new.id
+    assert repo.list_events(new.id, kind="created").items[0].detail["supersedes"] == [
+        {"edit_id": old.id, "similarity": 0.999}
+    ]
+    repo.revoke(new.id, "alice", "wrong")
+    got = repo.get_edit(old.id)
+    assert got is not None and got.superseded_by is None
+    assert repo.list_events(new.id, kind="revoked", actor="alice").items[0].detail == {"reason": "wrong"}
