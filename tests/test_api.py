@@ -161,7 +161,7 @@ def test_edits_and_events_filter_by_actor_text_metadata_and_time(admin: httpx.Cl
     with httpx.Client(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {ADMIN2}"}) as bob:
         by_bob = edit(bob, "Which river flows through Quarnholt Minor?", "the Ilse", metadata={"ticket": "OPS-78"})
 
-    def ids(**params: object) -> list[str]:
+    def ids(**params: str) -> list[str]:
         r = reader.get("/edits", params={"limit": 500, **params})
         assert r.status_code == 200, r.text
         return [e["id"] for e in r.json()["data"]]
