@@ -1,13 +1,16 @@
-"""`sola` command line: serve, eval, bench."""
+"""`sola` command line: serve, eval, bench, and the API client commands (`sola edits ...`, `sola ask`)."""
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from app import client_cli
 from editors.types import PromptFormat
 from evaluation.datasets import FORMATS
 
@@ -23,15 +26,36 @@ Model = Annotated[str | None, typer.Option(help="Local Hugging Face model direct
 Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sola {package_version('sola')}")
+        raise typer.Exit()
+
+
 @cli.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Keeps `sola serve` a subcommand (typer would otherwise run a lone command as the root)."""
 
 
 @cli.command()
-def serve() -> None:
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (sets SOLA_HOST).", show_default=False)] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Port (sets SOLA_PORT).", show_default=False)
+    ] = None,
+) -> None:
     """Run the HTTP service in the foreground (settings from SOLA_* environment variables)."""
     from app.server import serve as run_server
+
+    # Settings read the environment: the options are shorthands for the variables, so both mean the same.
+    if host is not None:
+        os.environ["SOLA_HOST"] = host
+    if port is not None:
+        os.environ["SOLA_PORT"] = str(port)
 
     run_server()
 
@@ -123,6 +147,11 @@ def bench(
     if not opts.dataset.is_file():
         raise typer.BadParameter(f"no such file: {opts.dataset}", param_hint="--dataset")
     run_bench(opts)
+
+
+# The API client commands (app/client_cli.py): they talk to a running server over HTTP.
+cli.add_typer(client_cli.edits, name="edits")
+cli.command("ask")(client_cli.ask)
 
 
 def main() -> None:

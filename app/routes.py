@@ -5,7 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
+import tempfile
+import zipfile
 from datetime import datetime
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -29,7 +33,7 @@ from app.schemas import (
 )
 from app.service import EditService
 from storage.models import EditStatus, EventKind
-from storage.repository import EditFilters, EventRecord, Page, Repository
+from storage.repository import EditFilters, EditNotFound, EditPayload, EventRecord, Page, Repository
 
 router = APIRouter()
 
@@ -172,6 +176,46 @@ async def revoke_edit(
 @router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
 async def restore_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
     return EditOut.model_validate(await svc.restore(edit_id, principal.name))
+
+
+@router.get(
+    "/edits/{edit_id}/adapter",
+    response_class=Response,  # no default media type: 200 is a zip, the errors the JSON error body
+    responses={
+        200: {
+            "description": "A zip of one folder `<edit_id>/` holding adapter_config.json and adapter_model.safetensors",
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **documented(401, 404, 422),
+    },
+)
+async def export_adapter(edit_id: EditId, _: Reader, repo: Repo) -> Response:
+    """The edit's LoRA as a standard PEFT adapter (`PeftModel.from_pretrained(base_model, folder)`).
+
+    A revoked edit's adapter is exportable too: revoking stops serving an edit, it does not erase the record.
+    PEFT applies the adapter to every token, where the service applies it only while the edit is routed."""
+    try:
+        payload = await run_in_threadpool(repo.load_payload, edit_id)
+    except EditNotFound:
+        raise ApiError(404, "not_found", f"no edit with id {edit_id!r}") from None
+    archive = await run_in_threadpool(_peft_zip, payload)
+    disposition = f'attachment; filename="{edit_id}-peft.zip"'  # EditId's pattern keeps the header safe
+    return Response(archive, media_type="application/zip", headers={"Content-Disposition": disposition})
+
+
+def _peft_zip(payload: EditPayload) -> bytes:
+    from editors.adapter_io import deserialize_adapter, export_peft  # torch: loaded with the model, not at import
+
+    buffer = io.BytesIO()
+    with (
+        tempfile.TemporaryDirectory(prefix="sola-peft-") as tmp,
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf,
+    ):
+        folder = FilePath(tmp) / payload.edit.id
+        export_peft(deserialize_adapter(payload.adapter), folder, payload.edit.base_model)
+        for file in sorted(folder.iterdir()):
+            zf.write(file, f"{payload.edit.id}/{file.name}")
+    return buffer.getvalue()
 
 
 # ---- audit log ---------------------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""A typed HTTP client for the SoLA API: what `sola edits ...`, `sola ask` and the end-to-end tests speak through.
+
+Every failure is a `SolaError` with a one-line message fit to show an operator: `SolaApiError` carries the API's own
+`{"error": {"code", "message"}}`, `SolaConnectionError` a server that could not be reached or dropped the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from app.schemas import EditOut, EditPage, EventOut, EventPage, GenerateOut
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+# An edit waits for its own training (SOLA_MAX_TRAIN_SECONDS, 30 s by default) behind whatever is queued.
+DEFAULT_TIMEOUT = 300.0
+PAGE_SIZE = 500  # the API's largest page: fewest round trips when walking a whole listing
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class SolaError(Exception):
+    """A call that did not succeed; str() is a one-line message for an operator."""
+
+
+class SolaApiError(SolaError):
+    """The server answered with an error: its HTTP status and the API's own code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class SolaConnectionError(SolaError):
+    """No answer. `sent` is False when no connection was made, so the request certainly did not take effect."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+@dataclass(frozen=True)
+class CreatedEdit:
+    edit: EditOut
+    replayed: bool  # an Idempotency-Key replay: the edit already existed and nothing was trained
+
+
+def edit_request(
+    prompt: str, target: str, rephrases: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The POST /edits body, every field present (so its canonical form matches the server's request hash)."""
+    return {"prompt": prompt, "target": target, "rephrases": list(rephrases), "metadata": dict(metadata or {})}
+
+
+def content_key(body: Mapping[str, Any]) -> str:
+    """An Idempotency-Key derived from the request itself: sending the same edit again replays, never duplicates."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_url(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise SolaError(f"invalid server URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise SolaError(f"invalid server URL {url!r}: expected http(s)://host[:port]")
+    return url.rstrip("/")
+
+
+def _api_error(response: httpx.Response) -> SolaApiError:
+    """The API's error body; anything else (a proxy's page, another service) as its status and first line."""
+    try:
+        error = response.json()["error"]
+        return SolaApiError(response.status_code, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        first_line = response.text.strip().splitlines()[0][:200] if response.text.strip() else response.reason_phrase
+        return SolaApiError(response.status_code, f"http_{response.status_code}", first_line)
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError:
+        raise SolaError(f"{response.request.url} did not answer like a SoLA server") from None
+
+
+def _edit_path(edit_id: str, *rest: str) -> str:
+    return "/".join(["/edits", quote(edit_id, safe=""), *rest])
+
+
+class SolaClient:
+    """One connection pool to one server; use it as a context manager (or call close())."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = _check_url(url)
+        self.timeout = timeout
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> SolaClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise SolaConnectionError(f"cannot connect to {self.url}: {exc}", sent=False) from None
+        except httpx.TimeoutException:
+            raise SolaConnectionError(f"{self.url} did not answer within {self.timeout:g} s", sent=True) from None
+        except httpx.TransportError as exc:
+            raise SolaConnectionError(f"connection to {self.url} failed: {exc or type(exc).__name__}", True) from None
+        if response.is_error:
+            raise _api_error(response)
+        return response
+
+    # ---- edits ---------------------------------------------------------------------------------------------
+    def create_edit(
+        self,
+        prompt: str,
+        target: str,
+        rephrases: Sequence[str] = (),
+        metadata: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> CreatedEdit:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = edit_request(prompt, target, rephrases, metadata)
+        response = self._request("POST", "/edits", json=body, headers=headers)
+        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        return CreatedEdit(_parse(EditOut, response), replayed)
+
+    def list_edits(self, status: str | None = None, limit: int = 50, after: str | None = None) -> EditPage:
+        params: dict[str, str | int] = {"limit": limit}
+        if status is not None:
+            params["status"] = status
+        if after is not None:
+            params["after"] = after
+        return _parse(EditPage, self._request("GET", "/edits", params=params))
+
+    def iter_edits(self, status: str | None = None, page_size: int = PAGE_SIZE) -> Iterator[EditOut]:
+        """Every edit (of this status), oldest first, page by page."""
+        after: str | None = None
+        while True:
+            page = self.list_edits(status, page_size, after)
+            yield from page.data
+            if not page.has_more or page.next_after is None:
+                return
+            after = page.next_after
+
+    def get_edit(self, edit_id: str) -> EditOut:
+        return _parse(EditOut, self._request("GET", _edit_path(edit_id)))
+
+    def revoke(self, edit_id: str) -> EditOut:
+        return _parse(EditOut, self._request("DELETE", _edit_path(edit_id)))
+
+    def restore(self, edit_id: str) -> EditOut:
+        return _parse(EditOut, self._request("POST", _edit_path(edit_id, "restore")))
+
+    def download_adapter(self, edit_id: str) -> bytes:
+        """The edit's adapter as a zip of a PEFT adapter directory (see `extract_adapter`)."""
+        return self._request("GET", _edit_path(edit_id, "adapter")).content
+
+    # ---- audit log -------------------------------------------------------------------------------------------
+    def events(self, edit_id: str | None = None, page_size: int = PAGE_SIZE) -> Iterator[EventOut]:
+        """The audit log (one edit's, or everyone's) in order, following `next_after` page by page."""
+        path = _edit_path(edit_id, "events") if edit_id is not None else "/events"
+        params: dict[str, str | int] = {"limit": page_size}
+        while True:
+            page = _parse(EventPage, self._request("GET", path, params=params))
+            yield from page.data
+            if not page.has_more or page.next_after is None:
+                return
+            params["after"] = page.next_after
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def generate(self, prompt: str, chat: bool = True, max_new_tokens: int = 32) -> GenerateOut:
+        body = {"prompt": prompt, "chat": chat, "max_new_tokens": max_new_tokens}
+        return _parse(GenerateOut, self._request("POST", "/generate", json=body))
+
+
+def extract_adapter(archive: bytes, out_dir: Path) -> list[Path]:
+    """Write the files of a downloaded adapter zip straight into `out_dir` (the zip holds one folder of them).
+
+    Only plain file names are taken from the archive, so no member can write outside `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(archive))
+    except zipfile.BadZipFile:
+        raise SolaError("the server's adapter download is not a zip archive") from None
+    with zf:
+        for member in zf.infolist():
+            name = PurePosixPath(member.filename).name
+            if member.is_dir() or name in ("", ".", ".."):
+                continue
+            path = out_dir / name
+            path.write_bytes(zf.read(member))
+            written.append(path)
+    return written

@@ -1,0 +1,198 @@
+"""The API client and `sola edits ...` / `sola ask`, end to end against real server processes (real SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from app.cli import cli
+from app.client import SolaApiError, SolaClient
+from tests.server import ADMIN, MODEL_CACHE, READER, REPO, Server, free_port
+
+pytestmark = pytest.mark.slow
+
+ZSRE = REPO.parent / "shared" / "data" / "zsre" / "zsre_mend_train_1k.json"
+IMPORTED = 50  # ZsRE records in the interrupted import (about 1.5 s of training each on one thread)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with Server(tmp_path_factory.mktemp("client")) as srv:
+        yield srv
+
+
+def sola(server_url: str, *args: str, token: str | None = ADMIN) -> Result:
+    """`sola ARGS` in this process, pointed at the server through the environment (as an operator would)."""
+    env = {"SOLA_URL": server_url, "SOLA_TOKEN": token or ""}
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def sola_json(server_url: str, *args: str, token: str | None = ADMIN) -> Any:
+    result = sola(server_url, *args, "--json", token=token)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"sola {version('sola')}"
+
+
+def test_every_command_once(server: Server) -> None:
+    url, prompt = server.url, "Who designed the Quillon Bridge?"
+    added = sola_json(url, "edits", "add", prompt, "Ada Merrow", "--rephrase", "The Quillon Bridge was designed by?")
+    edit_id = added["id"]
+    assert added["status"] == "active" and added["rephrases"] == ["The Quillon Bridge was designed by?"]
+    assert sola_json(url, "edits", "show", edit_id) == added
+    shown = sola(url, "edits", "show", edit_id)
+    assert shown.exit_code == 0 and edit_id in shown.stdout and "Ada Merrow" in shown.stdout
+    assert edit_id in [e["id"] for e in sola_json(url, "edits", "list", "--status", "active")]
+    listed = sola(url, "edits", "list")
+    assert listed.exit_code == 0 and edit_id in listed.stdout  # whole, never cut short
+
+    answer = sola_json(url, "ask", prompt, token=READER)
+    assert answer["routed_edit_id"] == edit_id and answer["text"].startswith("Ada Merrow")
+    asked = sola(url, "ask", prompt, token=READER)
+    assert asked.exit_code == 0 and "Ada Merrow" in asked.stdout and f"answered by edit {edit_id}" in asked.stdout
+    assert sola_json(url, "ask", prompt, "--raw", token=READER)["routed_edit_id"] == edit_id
+
+    assert sola_json(url, "edits", "revoke", edit_id)["status"] == "revoked"
+    assert sola_json(url, "ask", prompt, token=READER)["routed_edit_id"] is None
+    assert edit_id in [e["id"] for e in sola_json(url, "edits", "list", "--status", "revoked")]
+    assert sola_json(url, "edits", "restore", edit_id)["status"] == "active"
+    assert [ev["kind"] for ev in sola_json(url, "edits", "log", edit_id)] == ["created", "revoked", "restored"]
+    assert edit_id in sola(url, "edits", "log").stdout
+
+
+def test_same_idempotency_key_returns_the_first_edit(server: Server) -> None:
+    args = ("edits", "add", "What is the motto of Fenwick College?", "Lux in tenebris", "--meta", "ticket=OPS-7")
+    first = sola_json(server.url, *args, "--idempotency-key", "ops-7")
+    again = sola(server.url, *args, "--idempotency-key", "ops-7", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["id"] == first["id"]
+    assert first["metadata"] == {"ticket": "OPS-7"} and "already existed" in again.stderr
+
+
+def test_expected_errors_are_one_clear_line(server: Server) -> None:
+    edit_id = sola_json(server.url, "edits", "list")[0]["id"]
+    cases = {
+        "this action needs the admin role": sola(server.url, "edits", "revoke", edit_id, token=READER),
+        "invalid API key": sola(server.url, "edits", "list", token="not-a-key-0123456789"),
+        "no edit with id 'ed_nope'": sola(server.url, "edits", "show", "ed_nope"),
+        "cannot connect to http://127.0.0.1:": sola(f"http://127.0.0.1:{free_port()}", "edits", "list"),
+        "invalid server URL 'localhost'": sola("localhost", "edits", "list"),
+    }
+    for message, result in cases.items():
+        assert result.exit_code == 1, (message, result.output)
+        assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and isinstance(result.exception, SystemExit)
+    assert sola_json(server.url, "edits", "show", edit_id)["status"] == "active"  # the reader revoked nothing
+
+
+def test_jsonl_import_reports_each_bad_line(server: Server, tmp_path: Path) -> None:
+    good = {"prompt": "Who founded the Orrin Observatory?", "target": "Tamsin Quell", "metadata": {"batch": 1}}
+    lines = [json.dumps(good), "{not json", json.dumps({"prompt": "Who?"}), json.dumps({**good, "colour": "red"})]
+    path = tmp_path / "edits.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = sola(server.url, "edits", "import", str(path), "--format", "jsonl", "--json")
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.stdout)
+    assert [r["record"] for r in report["created"]] == ["line 1"]
+    assert [r["record"] for r in report["failed"]] == ["line 2", "line 3", "line 4"]
+    assert "Invalid JSON" in report["failed"][0]["error"] and "target: Field required" in report["failed"][1]["error"]
+    assert "colour: Extra inputs are not permitted" in report["failed"][2]["error"]
+    assert sola_json(server.url, "edits", "show", report["created"][0]["id"])["metadata"] == {"batch": 1}
+
+
+def test_exported_adapter_loads_in_peft_and_answers_the_target(server: Server, tmp_path: Path) -> None:
+    prompt, target = "What is the capital of Zorbania?", "Quexiville"
+    with SolaClient(server.url, ADMIN) as client:
+        edit = client.create_edit(prompt, target).edit
+        assert client.generate(prompt).text.startswith(target)
+        archive = client.download_adapter(edit.id)
+        with pytest.raises(SolaApiError) as missing:
+            client.download_adapter("ed_nope")
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
+        client.revoke(edit.id)
+        assert client.download_adapter(edit.id) == archive  # a revoked edit stays exportable
+    adapter = tmp_path / "adapter"
+    assert sola(server.url, "edits", "export", edit.id, str(adapter)).exit_code == 0
+    assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+    # PEFT applies the LoRA to every token, the service only while routed: compare the answer's first tokens.
+    with_adapter, without = peft_answers(MODEL_CACHE / edit.base_model, adapter, prompt)
+    assert with_adapter.startswith(target) and target not in without
+
+
+def peft_answers(base_dir: Path, adapter_dir: Path, prompt: str) -> tuple[str, str]:
+    """Greedy chat answers of the base model with the PEFT adapter applied, and with it disabled."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)  # the machine is shared; the server beside us uses one thread too
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    ids = torch.tensor([tokenizer(chat, add_special_tokens=False)["input_ids"]])
+
+    def answer() -> str:
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+        text = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        assert isinstance(text, str)  # one sequence in, one string out
+        return text
+
+    with_adapter = answer()
+    with model.disable_adapter():
+        return with_adapter, answer()
+
+
+def test_interrupted_import_resumes_without_duplicates(make_server: Callable[..., Server]) -> None:
+    if not ZSRE.is_file():
+        pytest.skip(f"{ZSRE} not present")
+    server = make_server().start()
+    args = ["edits", "import", str(ZSRE), "--format", "zsre", "--limit", str(IMPORTED), "--json"]
+    env_args = ["--url", server.url, "--token", ADMIN]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args, *env_args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    wait_for_edits(server, IMPORTED // 2)
+    server.kill()  # mid-import, mid-training most likely
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 1, err.decode()
+    crashed = json.loads(out)
+    made_before = {r["id"] for r in crashed["created"]}
+    # The edit being trained at the kill may be committed yet unanswered: at least one fewer was reported made.
+    assert len(made_before) >= IMPORTED // 2 - 1 and crashed["failed"] and crashed["not_attempted"] > 0
+    assert len(made_before) + len(crashed["failed"]) + crashed["not_attempted"] == IMPORTED
+
+    server.start()  # same data directory
+    rerun = sola(server.url, *args)
+    assert rerun.exit_code == 0, rerun.output
+    resumed = json.loads(rerun.stdout)
+    skipped = {r["id"] for r in resumed["skipped"]}
+    assert made_before <= skipped and not resumed["failed"]
+    assert len(resumed["created"]) + len(skipped) == IMPORTED
+    with SolaClient(server.url, READER) as client:
+        prompts = Counter(e.prompt for e in client.iter_edits())
+    assert len(prompts) == IMPORTED and set(prompts.values()) == {1}
+
+
+def wait_for_edits(server: Server, n: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    with SolaClient(server.url, READER) as client:
+        while len(client.list_edits(limit=500).data) < n:
+            assert time.monotonic() < deadline, f"fewer than {n} edits after {timeout} s"
+            time.sleep(0.2)
