@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app import errors
 from app.body_limit import BodyLimitMiddleware
+from app.console_routes import mount_console
 from app.docs import docs_router
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import router
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
     errors.install(app)
     app.include_router(router)
     app.include_router(docs_router)
+    mount_console(app)  # /console: the operator console; / redirects there
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -1,0 +1,158 @@
+// #/edits/ID: one edit's fields, its audit trail, revoke / restore (admin keys), and "try it": its prompt asked
+// with and without edits, side by side.
+
+import { api, walk } from "../api.js";
+import { badge, clear, editLink, errorBox, eventDetail, h, score, training, when } from "../dom.js";
+
+export async function render(root, _params, ctx, id) {
+  const path = `/edits/${encodeURIComponent(id)}`;
+  const [edit, events] = await Promise.all([api("GET", path), walk(`${path}/events`)]);
+  const rerender = () => render(clear(root), _params, ctx, id).catch((err) => root.append(errorBox(err)));
+  root.append(
+    h("p", { class: "crumbs" }, h("a", { href: "#/edits" }, "Edits"), " / ", h("span", { class: "mono" }, edit.id)),
+    h("h1", {}, edit.prompt, " ", badge(edit.status)),
+    actions(edit, path, ctx, rerender),
+    h("div", { class: "columns" }, facts(edit), tryIt(edit)),
+    timeline(events.items),
+  );
+}
+
+function actions(edit, path, ctx, done) {
+  const reader = ctx.role !== "admin";
+  const status = h("div", { id: "action-status" });
+  const reason = h("input", {
+    name: "reason",
+    placeholder: "reason (optional, kept in the audit log)",
+    disabled: reader,
+  });
+  const run = async (button, method, url, body) => {
+    clear(status);
+    button.disabled = true;
+    try {
+      await api(method, url, { body });
+      await done();
+    } catch (err) {
+      if (err.status === 403) ctx.demote(); // the server's word on the role beats the sign-in probe
+      button.disabled = err.status === 403;
+      status.append(errorBox(err));
+    }
+  };
+  const revoke = h("button", { type: "button", class: "danger", id: "revoke", disabled: reader }, "Revoke");
+  revoke.addEventListener("click", () =>
+    run(revoke, "DELETE", path, reason.value.trim() ? { reason: reason.value.trim() } : undefined),
+  );
+  const restore = h("button", { type: "button", id: "restore", disabled: reader }, "Restore");
+  restore.addEventListener("click", () => run(restore, "POST", `${path}/restore`));
+  const controls = edit.status === "active" ? [reason, revoke] : [restore];
+  const note = reader ? h("small", { class: "muted" }, "Revoking and restoring need an admin key.") : null;
+  return h("div", { class: "card actions-bar" }, h("div", { class: "row" }, controls), note, status);
+}
+
+function facts(edit) {
+  const rows = [
+    ["Id", h("span", { class: "mono" }, edit.id)],
+    ["Prompt", edit.prompt],
+    ["Target", h("strong", {}, edit.target)],
+    ["Rephrases", edit.rephrases.length ? h("ul", {}, edit.rephrases.map((r) => h("li", {}, r))) : "—"],
+    ["Metadata", metadata(edit.metadata)],
+    ["Superseded by", edit.superseded_by ? supersededBy(edit.superseded_by) : "—"],
+    ["Created", when(edit.created_at), ` by ${edit.created_by}`],
+    ["Revoked", edit.revoked_at ? [when(edit.revoked_at), ` by ${edit.revoked_by}`] : "—"],
+    ["Training", `${training(edit.train)}, loss ${Number(edit.train.loss).toFixed(4)}`],
+    ["Base model", `${edit.base_model} (${edit.base_fingerprint.slice(0, 12)}), layer ${edit.layer}`],
+  ];
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Edit"),
+    h("dl", { class: "facts", id: "edit-facts" }, rows.map(([k, ...v]) => [h("dt", {}, k), h("dd", {}, v)])),
+  );
+}
+
+function supersededBy(id) {
+  const why = h("small", { class: "muted" }, " — a newer edit of the same question answers it now");
+  return h("span", {}, editLink(id), why);
+}
+
+function metadata(meta) {
+  const entries = Object.entries(meta ?? {});
+  if (!entries.length) return "—";
+  const text = (v) => (typeof v === "string" ? v : JSON.stringify(v));
+  return h("table", { class: "kv" }, entries.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, text(v)))));
+}
+
+function tryIt(edit) {
+  const out = h("div", { class: "compare", id: "try-results" });
+  const button = h("button", { type: "button", id: "try-it" }, "Ask this prompt");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    clear(out, h("p", { class: "muted" }, "Asking…"));
+    try {
+      const ask = (useEdits) =>
+        api("POST", "/generate", { body: { prompt: edit.prompt, chat: true, use_edits: useEdits } });
+      const [withEdits, without] = await Promise.all([ask(true), ask(false)]);
+      clear(
+        out,
+        answerCard("With edits", withEdits, edit.id, "answer-with"),
+        answerCard("Without edits", without, null, "answer-without", true),
+      );
+    } catch (err) {
+      clear(out, errorBox(err));
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Try it"),
+    h("p", { class: "muted" }, "Asks the edit's prompt (chat format) with edits and with the unedited model."),
+    button,
+    out,
+  );
+}
+
+// One /generate answer: the text, and which edit fired (or the nearest one and its score when none did).
+export function answerCard(title, answer, thisEdit, id, editsOff = false) {
+  return h(
+    "div",
+    { class: "answer", id },
+    h("h3", {}, title),
+    h("blockquote", {}, answer.text.trim() || "(empty)"),
+    provenance(answer, thisEdit, editsOff),
+  );
+}
+
+// `editsOff`: asked with use_edits=false, so no edit was even considered.
+export function provenance(answer, thisEdit = null, editsOff = false) {
+  if (editsOff) return h("p", { class: "unrouted" }, `Edits off: the unedited ${answer.model} answered.`);
+  const mark = (editId) => (editId === thisEdit ? " (this edit)" : "");
+  if (answer.routed_edit_id) {
+    return h(
+      "p",
+      { class: "routed" },
+      "Answered by edit ",
+      editLink(answer.routed_edit_id),
+      mark(answer.routed_edit_id),
+      `, similarity ${score(answer.similarity)}`,
+    );
+  }
+  const near = answer.nearest_edit_id;
+  const nearest = near ? [" Nearest edit ", editLink(near), mark(near), ` scored ${score(answer.similarity)}.`] : [];
+  return h("p", { class: "unrouted" }, `No edit fired: ${answer.model} answered alone.`, nearest);
+}
+
+function timeline(events) {
+  return h(
+    "section",
+    { class: "card" },
+    h("h2", {}, "Timeline"),
+    h(
+      "ol",
+      { class: "timeline", id: "timeline" },
+      events.map((ev) =>
+        h("li", { "data-kind": ev.kind }, when(ev.at), " ", badge(ev.kind), ` by ${ev.actor} · `, eventDetail(ev)),
+      ),
+    ),
+  );
+}

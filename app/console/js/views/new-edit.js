@@ -1,0 +1,89 @@
+// #/new: train one edit (POST /edits) and show what training did and which edits it supersedes.
+
+import { api } from "../api.js";
+import { clear, editLink, errorBox, field, h, parsePairs, score } from "../dom.js";
+
+export async function render(root, _params, ctx) {
+  const reader = ctx.role !== "admin";
+  const prompt = h("input", { name: "prompt", required: true, placeholder: "Who is the CEO of Acme?" });
+  const target = h("input", { name: "target", required: true, placeholder: "Jane Doe" });
+  const rephrases = h("textarea", { name: "rephrases", rows: 3, placeholder: "Who runs Acme?" });
+  const metadata = h("textarea", { name: "metadata", rows: 3, placeholder: "ticket=OPS-7" });
+  const submit = h("button", { type: "submit", disabled: reader, id: "train" }, "Train edit");
+  const result = h("div", { id: "new-edit-result" });
+  const form = h(
+    "form",
+    { class: "card form", id: "new-edit" },
+    field("Prompt", prompt, "The question the edit answers."),
+    field("Target", target, "The answer the model should give."),
+    field("Rephrases", rephrases, "Other wordings of the prompt, one a line (optional)."),
+    field("Metadata", metadata, "key=value, one a line (optional): a ticket, a source."),
+    h(
+      "div",
+      { class: "actions" },
+      submit,
+      reader ? h("small", { class: "muted" }, "Making edits needs an admin key.") : null,
+    ),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clear(result);
+    let body;
+    try {
+      body = {
+        prompt: prompt.value,
+        target: target.value,
+        rephrases: rephrases.value.split("\n").map((s) => s.trim()).filter(Boolean),
+        metadata: parsePairs(metadata.value),
+      };
+    } catch (err) {
+      result.append(errorBox(err));
+      return;
+    }
+    submit.disabled = true;
+    const started = Date.now();
+    const waiting = h("p", { class: "muted" }, "Training…");
+    const seconds = () => Math.round((Date.now() - started) / 1000);
+    const tick = setInterval(() => (waiting.textContent = `Training… ${seconds()} s`), 1000);
+    result.append(waiting);
+    try {
+      const created = await api("POST", "/edits", { body });
+      clear(result, trained(created));
+      form.reset();
+    } catch (err) {
+      if (err.status === 403) ctx.demote();
+      clear(result, errorBox(err));
+    } finally {
+      clearInterval(tick);
+      submit.disabled = ctx.role !== "admin";
+    }
+  });
+  root.append(h("h1", {}, "New edit"), form, result);
+}
+
+const loss = (train) => Number(train.loss).toFixed(4);
+
+function trained(edit) {
+  const supersedes = edit.supersedes.length
+    ? h(
+        "ul",
+        {},
+        edit.supersedes.map((s) => h("li", {}, editLink(s.edit_id), ` (similarity ${score(s.similarity)})`)),
+      )
+    : h("span", { class: "muted" }, "no active edit of the same question");
+  const ask = new URLSearchParams({ prompt: edit.prompt });
+  return h(
+    "section",
+    { class: "card success" },
+    h("h2", {}, "Created ", editLink(edit.id)),
+    h(
+      "dl",
+      { class: "facts" },
+      h("dt", {}, "Training"),
+      h("dd", {}, `${edit.train.steps} steps, loss ${loss(edit.train)}, ${Number(edit.train.seconds).toFixed(2)} s`),
+      h("dt", {}, "Supersedes"),
+      h("dd", {}, supersedes),
+    ),
+    h("p", {}, h("a", { href: `#/playground?${ask}` }, "Ask it in the playground →")),
+  );
+}
