@@ -4,9 +4,15 @@ PIP := .venv/bin/pip
 # Versions live in pins.txt (torch, the bundled model) and pyproject.toml (everything else).
 PIN = $$(grep '^$(1)==' pins.txt)
 
-.PHONY: setup test serve lint clean
+# Debian's Chromium, for tests/test_console.py (driven by Playwright, which downloads no browser of its own)
+CHROMIUM := /usr/bin/chromium
+# The Swagger UI and ReDoc builds vendored in app/console/vendor/ (make vendor-docs refreshes them)
+SWAGGER_UI := swagger-ui-dist@5.35.0
+REDOC := redoc@2.5.4
 
-setup: .venv/.installed
+.PHONY: setup test serve lint clean browser vendor-docs
+
+setup: .venv/.installed browser
 
 .venv/.installed: pyproject.toml pins.txt
 	test -x $(PY) || python3 -m venv .venv
@@ -23,6 +29,14 @@ test: setup
 	.venv/bin/mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# Installs Chromium when it is missing and this is root; otherwise says so (the console test then skips).
+browser:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "note: could not install chromium: tests/test_console.py will be skipped"; \
+	else echo "note: no $(CHROMIUM) (apt-get install chromium as root): tests/test_console.py will be skipped"; fi
+
 serve: setup
 	.venv/bin/sola serve
 
@@ -31,3 +45,13 @@ lint: setup
 
 clean:
 	rm -rf .venv var .pytest_cache
+
+# Maintainers only (needs npm): the docs' assets from the npm registry, with their licence files.
+vendor-docs:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent $(SWAGGER_UI) $(REDOC) >/dev/null); \
+	mkdir "$$tmp/s" "$$tmp/r"; tar xzf "$$tmp"/swagger-ui-dist-*.tgz -C "$$tmp/s"; tar xzf "$$tmp"/redoc-*.tgz -C "$$tmp/r"; \
+	s="$$tmp/s/package"; r="$$tmp/r/package"; \
+	cp "$$s/swagger-ui-bundle.js" "$$s/swagger-ui-bundle.js.LICENSE.txt" "$$s/swagger-ui.css" \
+	  "$$s/LICENSE" "$$s/NOTICE" app/console/vendor/swagger-ui/; \
+	cp "$$r/bundles/redoc.standalone.js" "$$r/bundles/redoc.standalone.js.LICENSE.txt" "$$r/LICENSE" app/console/vendor/redoc/
