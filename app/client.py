@@ -11,7 +11,8 @@ import io
 import json
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any, TypeVar
@@ -52,10 +53,48 @@ class SolaConnectionError(SolaError):
         self.sent = sent
 
 
+class Superseded(BaseModel):
+    """An active edit of the same question that a new edit now answers in place of (POST /edits `supersedes`)."""
+
+    edit_id: str
+    similarity: float
+
+
+class _Supersedes(BaseModel):
+    # app.schemas.Overlap reads `edit_id` from the service's `older_id` (a validation alias), so it cannot read
+    # back the API's own JSON; this reads just that field of the answer.
+    supersedes: list[Superseded] = []
+
+
 @dataclass(frozen=True)
 class CreatedEdit:
     edit: EditOut
     replayed: bool  # an Idempotency-Key replay: the edit already existed and nothing was trained
+    supersedes: list[Superseded] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The API's own answer: the edit and its `supersedes`."""
+        return {**self.edit.model_dump(mode="json"), "supersedes": [s.model_dump() for s in self.supersedes]}
+
+
+@dataclass(frozen=True)
+class EditQuery:
+    """GET /edits filters beside the status; each left at its default filters nothing."""
+
+    actor: str | None = None  # the key name that created the edit
+    q: str | None = None  # case-insensitive text in the prompt or target
+    metadata: Mapping[str, str] = field(default_factory=dict)  # metadata[key] equals value (as text)
+    created_from: datetime | None = None  # created at or after
+    created_to: datetime | None = None  # created before
+
+    def params(self) -> list[tuple[str, str]]:
+        """Query parameters (a list: `metadata` repeats). A datetime without a zone is taken as local time."""
+        params = [(name, value) for name, value in (("actor", self.actor), ("q", self.q)) if value is not None]
+        params += [("metadata", f"{key}={value}") for key, value in self.metadata.items()]
+        for name, moment in (("created_from", self.created_from), ("created_to", self.created_to)):
+            if moment is not None:
+                params.append((name, moment.astimezone().isoformat()))
+        return params
 
 
 def edit_request(
@@ -148,21 +187,25 @@ class SolaClient:
         body = edit_request(prompt, target, rephrases, metadata)
         response = self._request("POST", "/edits", json=body, headers=headers)
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
-        return CreatedEdit(_parse(EditOut, response), replayed)
+        return CreatedEdit(_parse(EditOut, response), replayed, _parse(_Supersedes, response).supersedes)
 
-    def list_edits(self, status: str | None = None, limit: int = 50, after: str | None = None) -> EditPage:
-        params: dict[str, str | int] = {"limit": limit}
+    def list_edits(
+        self, status: str | None = None, limit: int = 50, after: str | None = None, where: EditQuery | None = None
+    ) -> EditPage:
+        params = [("limit", str(limit)), *(where or EditQuery()).params()]
         if status is not None:
-            params["status"] = status
+            params.append(("status", status))
         if after is not None:
-            params["after"] = after
+            params.append(("after", after))
         return _parse(EditPage, self._request("GET", "/edits", params=params))
 
-    def iter_edits(self, status: str | None = None, page_size: int = PAGE_SIZE) -> Iterator[EditOut]:
-        """Every edit (of this status), oldest first, page by page."""
+    def iter_edits(
+        self, status: str | None = None, page_size: int = PAGE_SIZE, where: EditQuery | None = None
+    ) -> Iterator[EditOut]:
+        """Every edit (of this status, matching `where`), oldest first, page by page."""
         after: str | None = None
         while True:
-            page = self.list_edits(status, page_size, after)
+            page = self.list_edits(status, page_size, after, where)
             yield from page.data
             if not page.has_more or page.next_after is None:
                 return
@@ -171,8 +214,10 @@ class SolaClient:
     def get_edit(self, edit_id: str) -> EditOut:
         return _parse(EditOut, self._request("GET", _edit_path(edit_id)))
 
-    def revoke(self, edit_id: str) -> EditOut:
-        return _parse(EditOut, self._request("DELETE", _edit_path(edit_id)))
+    def revoke(self, edit_id: str, reason: str | None = None) -> EditOut:
+        """Take the edit out of service; the reason, if any, is kept in its `revoked` event."""
+        body = {"reason": reason} if reason else None
+        return _parse(EditOut, self._request("DELETE", _edit_path(edit_id), json=body))
 
     def restore(self, edit_id: str) -> EditOut:
         return _parse(EditOut, self._request("POST", _edit_path(edit_id, "restore")))
@@ -182,10 +227,21 @@ class SolaClient:
         return self._request("GET", _edit_path(edit_id, "adapter")).content
 
     # ---- audit log -------------------------------------------------------------------------------------------
-    def events(self, edit_id: str | None = None, page_size: int = PAGE_SIZE) -> Iterator[EventOut]:
-        """The audit log (one edit's, or everyone's) in order, following `next_after` page by page."""
-        path = _edit_path(edit_id, "events") if edit_id is not None else "/events"
+    def events(
+        self,
+        edit_id: str | None = None,
+        page_size: int = PAGE_SIZE,
+        kind: str | None = None,
+        actor: str | None = None,
+    ) -> Iterator[EventOut]:
+        """The audit log (one edit's, or everyone's; of one kind or actor) in order, following `next_after`."""
         params: dict[str, str | int] = {"limit": page_size}
+        if kind is None and actor is None and edit_id is not None:
+            path = _edit_path(edit_id, "events")  # an unknown edit is a 404 here, not an empty log
+        else:
+            path = "/events"
+            filters = {"edit_id": edit_id, "kind": kind, "actor": actor}
+            params.update({name: value for name, value in filters.items() if value is not None})
         while True:
             page = _parse(EventPage, self._request("GET", path, params=params))
             yield from page.data
@@ -194,8 +250,9 @@ class SolaClient:
             params["after"] = page.next_after
 
     # ---- generation ----------------------------------------------------------------------------------------
-    def generate(self, prompt: str, chat: bool = True, max_new_tokens: int = 32) -> GenerateOut:
-        body = {"prompt": prompt, "chat": chat, "max_new_tokens": max_new_tokens}
+    def generate(self, prompt: str, chat: bool = True, max_new_tokens: int = 32, use_edits: bool = True) -> GenerateOut:
+        """`use_edits=False`: the unedited base model answers (nothing is routed)."""
+        body = {"prompt": prompt, "chat": chat, "max_new_tokens": max_new_tokens, "use_edits": use_edits}
         return _parse(GenerateOut, self._request("POST", "/generate", json=body))
 
 

@@ -28,16 +28,19 @@ from rich.text import Text
 
 from app.client import (
     DEFAULT_URL,
+    EditQuery,
     SolaApiError,
     SolaClient,
     SolaConnectionError,
     SolaError,
+    Superseded,
     content_key,
     edit_request,
     extract_adapter,
 )
 from app.schemas import EditCreate, EditOut, EventOut, GenerateOut
 from evaluation.datasets import FORMATS, DatasetError, load_records
+from storage.models import EventKind
 
 PIPED_WIDTH = 200
 
@@ -72,6 +75,10 @@ EditIdArg = Annotated[str, typer.Argument(help="An edit id (ed_...).", show_defa
 class Status(StrEnum):
     active = "active"
     revoked = "revoked"
+
+
+# Dates on the command line: local time unless an offset is given (2025-11-26, 2025-11-26T09:30:00+01:00).
+DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
 
 
 # Import formats: the benchmark loaders' (evaluation/datasets.py), plus JSON Lines of POST /edits bodies.
@@ -133,11 +140,12 @@ def when(moment: datetime) -> str:
 
 
 def edit_table(items: Iterable[EditOut]) -> Table:
-    rows = ((e.id, e.status, e.prompt, e.target, when(e.created_at)) for e in items)
-    return table(("id", "status", "prompt", "target", "created"), rows)
+    rows = ((e.id, e.status, e.prompt, e.target, e.created_by, when(e.created_at)) for e in items)
+    return table(("id", "status", "prompt", "target", "by", "created"), rows)
 
 
-def edit_details(e: EditOut) -> Table:
+def edit_details(e: EditOut, supersedes: Sequence[Superseded] | None = None) -> Table:
+    """One edit in full; `supersedes`: what POST /edits answered (the edits this one now answers in place of)."""
     t = Table(show_header=False, box=None)
     revoked = f"{when(e.revoked_at)} by {e.revoked_by}" if e.revoked_at else "-"
     rows = {
@@ -149,9 +157,12 @@ def edit_details(e: EditOut) -> Table:
         "metadata": json.dumps(e.metadata, ensure_ascii=False) if e.metadata else "-",
         "created": f"{when(e.created_at)} by {e.created_by}",
         "revoked": revoked,
+        "superseded by": e.superseded_by or "-",
         "base model": f"{e.base_model} ({e.base_fingerprint[:12]}), layer {e.layer}",
         "training": f"{e.train.steps} steps, loss {e.train.loss:.4f}, {e.train.seconds:.2f} s",
     }
+    if supersedes is not None:
+        rows["supersedes"] = "\n".join(f"{s.edit_id} (similarity {s.similarity:.3f})" for s in supersedes) or "-"
     for key, value in rows.items():
         t.add_row(Text(key, style="bold"), Text(value))
     return t
@@ -200,22 +211,36 @@ def add(
     if created.replayed:
         note(f"edit {created.edit.id} already existed under this Idempotency-Key: nothing was trained")
     if as_json:
-        print_json(created.edit)
+        print_json(created.as_json())
         return
     emit(Text(f"created {created.edit.id}" if not created.replayed else f"existing {created.edit.id}"))
-    emit(edit_details(created.edit))
+    emit(edit_details(created.edit, created.supersedes))
 
 
 @edits.command("list")
 def list_(
     status: Annotated[Status | None, typer.Option(help="Only edits with this status.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only edits made by this key name.")] = None,
+    q: Annotated[
+        str | None, typer.Option("--q", help="Only edits with this text in the prompt or target (any case).")
+    ] = None,
+    meta: Annotated[
+        list[str] | None, typer.Option("--meta", help="Only edits whose metadata has key=value (repeatable).")
+    ] = None,
+    created_from: Annotated[
+        datetime | None, typer.Option(formats=DATE_FORMATS, help="Only edits created at or after this (local) time.")
+    ] = None,
+    created_to: Annotated[
+        datetime | None, typer.Option(formats=DATE_FORMATS, help="Only edits created before this (local) time.")
+    ] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Every edit (or those with one status), oldest first."""
+    """Every edit (or those matching the filters), oldest first."""
+    where = EditQuery(actor, q, parse_meta(meta or []), created_from, created_to)
     with connect(url, token) as client:
-        items = list(client.iter_edits(status.value if status else None))
+        items = list(client.iter_edits(status.value if status else None, where=where))
     if as_json:
         print_json(items)
     else:
@@ -246,9 +271,15 @@ def _switch(
 
 
 @edits.command("revoke")
-def revoke(edit_id: EditIdArg, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+def revoke(
+    edit_id: EditIdArg,
+    reason: Annotated[str | None, typer.Option(help="Why: kept in the audit log's `revoked` event.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
     """Stop serving an edit: queries answer as if it had never been made (it stays listed, as revoked)."""
-    _switch(SolaClient.revoke, "revoked", edit_id, url, token, as_json)
+    _switch(lambda client, i: client.revoke(i, reason), "revoked", edit_id, url, token, as_json)
 
 
 @edits.command("restore")
@@ -260,13 +291,15 @@ def restore(edit_id: EditIdArg, url: Url = DEFAULT_URL, token: Token = None, as_
 @edits.command("log")
 def log(
     edit_id: Annotated[str | None, typer.Argument(help="Only this edit's events.", show_default=False)] = None,
+    kind: Annotated[EventKind | None, typer.Option(help="Only events of this kind.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only events by this key name.")] = None,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """The audit log (created, revoked, restored, superseded), oldest first."""
     with connect(url, token) as client:
-        items = list(client.events(edit_id))
+        items = list(client.events(edit_id, kind=kind.value if kind else None, actor=actor))
     if as_json:
         print_json(items)
     else:
@@ -301,26 +334,34 @@ def export(
 def ask(
     prompt: Annotated[str, typer.Argument(help="The question.", show_default=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion instead of the chat format.")] = False,
+    use_edits: Annotated[
+        bool, typer.Option("--edits/--no-edits", help="--no-edits: the unedited base model answers (A/B checks).")
+    ] = True,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 32,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
-    """Ask the edited model; says which edit answered (if any) and how similar the question was to it."""
+    """Ask the edited model; says which edit answered, or which edit was nearest and how similar it was."""
     with connect(url, token) as client:
-        answer = client.generate(prompt, chat=not raw, max_new_tokens=max_new_tokens)
+        answer = client.generate(prompt, chat=not raw, max_new_tokens=max_new_tokens, use_edits=use_edits)
     if as_json:
         print_json(answer)
         return
     emit(Text(answer.text.strip()))
-    emit(Text(provenance(answer), style="dim"))
+    emit(Text(provenance(answer, use_edits), style="dim"))
 
 
-def provenance(answer: GenerateOut) -> str:
+def provenance(answer: GenerateOut, use_edits: bool = True) -> str:
+    if not use_edits:
+        return f"answered by the unedited base model {answer.model} (--no-edits)"
     if answer.routed_edit_id is not None:
         return f"answered by edit {answer.routed_edit_id} (similarity {answer.similarity:.3f})"
-    closest = f"; the closest edit scored {answer.similarity:.3f}" if answer.similarity is not None else ""
-    return f"answered by the base model {answer.model} (no edit fired{closest})"
+    if answer.nearest_edit_id is not None and answer.similarity is not None:
+        nearest = f"; the nearest edit, {answer.nearest_edit_id}, scored {answer.similarity:.3f}"
+    else:
+        nearest = "; there are no active edits"
+    return f"answered by the base model {answer.model} (no edit fired{nearest})"
 
 
 # ---- bulk import -----------------------------------------------------------------------------------------------
