@@ -42,6 +42,8 @@ class ConsoleFiles(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.setdefault("Content-Security-Policy", CONSOLE_CSP)
+        # Revalidate every time (a 304 when unchanged): after an upgrade no tab runs a stale mix of old modules.
+        response.headers.setdefault("Cache-Control", "no-cache")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
