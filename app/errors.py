@@ -1,4 +1,5 @@
-"""One error shape for every failure: {"error": {"code": str, "message": str}}.
+"""One error shape for every failure: {"error": {"code", "message", "type", "param"}} (OpenAI's, so its
+clients read ours; `type` is derived from the status, `param` is always null).
 
 The service raises domain errors (app/service_errors.py, storage's EditNotFound); this module alone decides
 their HTTP status."""
@@ -63,6 +64,7 @@ SERVICE_STATUS: dict[type[se.ServiceError], int] = {
     se.IdempotencyKeyReused: 409,
     se.AdapterRefused: 409,
     se.ActivationFailed: 500,
+    se.GenerationFailed: 500,
 }
 
 
@@ -79,8 +81,18 @@ class ApiError(Exception):
         self.headers = headers
 
 
+def error_type(status: int) -> str:
+    """OpenAI's error `type` for a status: clients of /v1 (the official SDKs) read it, the others ignore it."""
+    if status >= 500:
+        return "server_error"
+    return {401: "authentication_error", 403: "permission_error", 404: "not_found_error"}.get(
+        status, "invalid_request_error"
+    )
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    body = {"code": code, "message": message, "type": error_type(status), "param": None}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 def _describe(errors: list[Any]) -> str:

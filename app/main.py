@@ -18,6 +18,8 @@ from app.body_limit import BodyLimitMiddleware
 from app.console_routes import mount_console
 from app.docs import docs_router
 from app.metrics import Metrics, MetricsMiddleware
+from app.openai_api import router as openai_router
+from app.request_id import RequestIdMiddleware
 from app.routes import router
 from app.service import EditService
 from app.settings import Settings
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = make_engine(settings.resolved_database_url)
         await asyncio.to_thread(upgrade, db)
-        worker = ModelWorker()
+        worker = ModelWorker(settings.max_batch_size)
         repo = Repository(db)
         svc = EditService(settings, repo, worker, metrics)
         app.state.repo, app.state.service = repo, svc
@@ -69,10 +71,12 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(router)
+    app.include_router(openai_router)
     app.include_router(docs_router)
     mount_console(app)  # /console: the operator console; / redirects there
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
@@ -97,7 +101,7 @@ async def _follow_database(svc: EditService, interval: float) -> None:
         if svc.state != "ready":
             continue
         try:
-            await svc.worker.run(svc.sync)
+            await svc.sync()
         except asyncio.CancelledError:
             raise
         except Exception:

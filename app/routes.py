@@ -8,9 +8,9 @@ import dataclasses
 import io
 import tempfile
 import zipfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -83,6 +83,21 @@ def decode_edit_cursor(cursor: str | None) -> int | None:
     raise ApiError(400, "invalid_cursor", "`after` is not a cursor returned by this API (next_after)")
 
 
+def IsoTime(description: str) -> Any:  # noqa: N802 - a Query(...) factory, named like one
+    """An ISO 8601 time query parameter (strings only: pydantic would also take 0.5 as a Unix time)."""
+    return Query(description=description, json_schema_extra={"format": "date-time"}, max_length=40)
+
+
+def iso_time(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ApiError(422, "validation_error", f"{name}: not an ISO 8601 time, e.g. 2026-11-26T09:30:00Z") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def decode_event_cursor(cursor: str | None) -> int | None:
     """Event cursors are the log's sequence numbers, so replicas can follow the log with them."""
     if cursor is None:
@@ -136,13 +151,14 @@ async def list_edits(
     metadata: Annotated[
         list[str] | None, Query(description="`key=value`, repeatable: metadata[key] equals value (as text)")
     ] = None,
-    created_from: Annotated[datetime | None, Query(description="Created at or after (ISO 8601)")] = None,
-    created_to: Annotated[datetime | None, Query(description="Created before (ISO 8601)")] = None,
+    created_from: Annotated[str | None, IsoTime(description="Created at or after (ISO 8601)")] = None,
+    created_to: Annotated[str | None, IsoTime(description="Created before (ISO 8601)")] = None,
 ) -> EditPage:
     pairs = [item.partition("=") for item in metadata or []]
     if any(not key or not sep for key, sep, _ in pairs):
         raise ApiError(422, "validation_error", "metadata: each filter is key=value, e.g. metadata=ticket=OPS-7")
-    filters = EditFilters(actor, q, {key: value for key, _, value in pairs}, created_from, created_to)
+    times = iso_time("created_from", created_from), iso_time("created_to", created_to)
+    filters = EditFilters(actor, q, {key: value for key, _, value in pairs}, *times)
     page = await run_in_threadpool(repo.list_edits, status, limit, decode_edit_cursor(after), filters)
     return EditPage(
         data=[EditOut.model_validate(e) for e in page.items],
@@ -259,7 +275,8 @@ async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Serv
     if len(body.prompt) > settings.max_prompt_chars:
         raise ApiError(413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters")
     result = await svc.generate(body)
-    return GenerateOut.model_validate({**dataclasses.asdict(result), "model": svc.host.name})
+    counts = {"completion_tokens": len(result.token_ids), "model": svc.host.name}
+    return GenerateOut.model_validate({**dataclasses.asdict(result), **counts})
 
 
 # ---- operations ---------------------------------------------------------------------------------------

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
-from editors.types import PromptFormat
 from storage.models import EditStatus, EventKind
 
 
@@ -59,12 +58,10 @@ class EditCreate(_Request):
 class GenerateRequest(_Request):
     prompt: Prompt
     max_new_tokens: int = 32  # upper bound checked against settings.max_new_tokens
-    chat: bool = False  # true: the prompt is the user turn of the model's chat template; false: raw text
+    # true: the prompt is the user turn of the model's chat template; false: raw text to continue;
+    # unset: chat when the model has a chat template (a raw question often gets an empty answer)
+    chat: bool | None = None
     use_edits: bool = True  # false: the unedited base model answers (A/B checks); nothing is routed
-
-    @property
-    def prompt_format(self) -> PromptFormat:
-        return PromptFormat.CHAT if self.chat else PromptFormat.RAW
 
 
 class TrainStats(BaseModel):
@@ -104,7 +101,7 @@ class Overlap(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    edit_id: str = Field(validation_alias="older_id")
+    edit_id: str = Field(validation_alias=AliasChoices("older_id", "edit_id"))  # a Supersession, or this JSON
     similarity: float
 
 
@@ -152,12 +149,17 @@ class GenerateOut(BaseModel):
         "null when no edit exists or the request asked for use_edits=false"
     )
     nearest_edit_id: str | None = Field(description="The edit of that score, fired or not")
+    finish_reason: str = Field(description="`stop` (end of turn) or `length` (max_new_tokens reached)")
+    prompt_tokens: int
+    completion_tokens: int
     model: str
 
 
 class ErrorBody(BaseModel):
     code: str
     message: str
+    type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, ...")
+    param: None = None
 
 
 class ErrorOut(BaseModel):

@@ -8,17 +8,17 @@ refuses it raises as app/service_errors.py errors; the HTTP edge (app/errors.py)
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.active_edits import ActiveEdits
-from app.batcher import GenerateBatcher
 from app.bulk_load import release_freed_memory
 from app.log_follower import AuditLogFollower
 from app.metrics import Metrics
@@ -26,16 +26,17 @@ from app.schemas import EditCreate, GenerateRequest
 from app.service_errors import (
     ActivationFailed,
     AdapterRefused,
+    GenerationFailed,
     IdempotencyKeyReused,
     InvalidPrompt,
     NotReady,
     PromptTooLong,
-    ServiceError,
+    ShuttingDown,
     TrainingTimedOut,
 )
-from app.settings import Settings
+from app.settings import Settings, default_torch_threads
 from app.worker import ModelWorker
-from editors.types import Generation, PromptFormat, TrainedEdit  # plain dataclasses: no torch at import
+from editors.types import Generation, PromptFormat, Row, RowEvent, Sampling, TrainedEdit  # no torch at import
 from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
@@ -48,7 +49,21 @@ from storage.repository import (
     keys_to_rows,
 )
 
+if TYPE_CHECKING:
+    from editors.model_host import ChatContext
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One generation request, whichever endpoint it came through."""
+
+    prompt: str  # the question: the last user turn in chat, the whole text in raw
+    prompt_format: PromptFormat
+    sampling: Sampling
+    context: ChatContext | None = None  # system prompt and earlier turns (chat only)
+    use_edits: bool = True
 
 
 @dataclass(frozen=True)
@@ -128,24 +143,24 @@ class EditService:
         self.phase = "waiting for the model worker"  # what loading is doing now (GET /readyz shows it)
         self.startup_error: str | None = None
         self.log = AuditLogFollower()
-        self.batcher = GenerateBatcher(worker, metrics, settings.max_batch_size, self._check_prompt_fits, self._decode)
         self._state_lock = threading.Lock()
 
     # ---- startup and replica sync (worker thread) --------------------------------------------------
     def load(self) -> None:
         """Load the base model and rebuild index + bank from the active edits in the database."""
+        from editors.decoding import ContinuousBatch
         from editors.engine import EditingEngine
         from editors.model_host import ModelHost
 
         s = self.settings
-        if s.torch_threads:
-            import torch
+        import torch
 
-            torch.set_num_threads(s.torch_threads)
+        torch.set_num_threads(s.torch_threads or default_torch_threads())
         self.phase = "loading the base model (the first start also converts the bundled weights, ~30 s)"
         host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
         self.phase = "building the routing encoders"
         engine = EditingEngine(host, engine_config(s))
+        self.worker.attach(ContinuousBatch(engine))
         edits = ActiveEdits(engine, self.metrics)
         with self._state_lock:
             self.host, self.engine, self.edits = host, engine, edits
@@ -172,24 +187,40 @@ class EditService:
                 self.phase = f"activating the stored edits: {done} of {total}"
             yield payload
 
-    def sync(self) -> None:
+    async def sync(self) -> None:
         """Follow the audit log: every edit with new events gets its current database status here.
 
-        With nothing new this is one primary-key query, however many edits exist (AuditLogFollower)."""
+        With nothing new this is one primary-key query, however many edits exist (AuditLogFollower). Edits
+        revoked elsewhere leave the engine once no row is decoding (ModelWorker.run_quiet)."""
         if self.edits is None:
             return
+        gone = await self.worker.run(self._sync_activations)
+        if gone:
+            await self.worker.run_quiet(self._revoke_here, gone)
+
+    def _sync_activations(self) -> list[str]:
+        """Activate the edits that became active elsewhere; the ones to take out of the engine."""
+        edits = self._ready_edits()
         touched = self.log.poll(self.repo)
         if not touched:
-            return
+            return []
         statuses = self.repo.statuses(touched)
+        gone = []
         for edit_id in touched:
             if statuses.get(edit_id) == EditStatus.ACTIVE:
-                if edit_id not in self.edits:
+                if edit_id not in edits:
                     self._load_and_activate(edit_id)
-            elif edit_id in self.edits:  # revoked here or by another replica
-                with self._state_lock:
-                    self.edits.revoke(edit_id)
-        self.edits.publish()
+            elif edit_id in edits:  # revoked here or by another replica
+                gone.append(edit_id)
+        edits.publish()
+        return gone
+
+    def _revoke_here(self, edit_ids: list[str]) -> None:
+        edits = self._ready_edits()
+        with self._state_lock:
+            for edit_id in edit_ids:
+                edits.revoke(edit_id)
+            edits.publish()
 
     def _load_and_activate(self, edit_id: str) -> None:
         """Activate an edit stored by another replica, if it is still active in the database."""
@@ -209,11 +240,14 @@ class EditService:
 
     # ---- edits --------------------------------------------------------------------------------------
     async def create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> CreatedEdit:
-        """Runs whole on the worker: edits are serialised with everything else."""
+        """Runs on the worker a training step at a time, queries decoding in between; the commit and the
+        activation are one slice, so no query sees a half-applied edit."""
         self._ready_edits()
-        return await self.worker.run(self._create_edit, body, actor, idempotency_key)
+        return await self.worker.run_steps(self._create_edit, body, actor, idempotency_key)
 
-    def _create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> CreatedEdit:
+    def _create_edit(
+        self, body: EditCreate, actor: str, idempotency_key: str | None
+    ) -> Generator[None, None, CreatedEdit]:
         edits = self._ready_edits()
         if idempotency_key is not None and (existing := self.repo.find_by_idempotency_key(idempotency_key)):
             return self._replay(existing, body)
@@ -221,7 +255,7 @@ class EditService:
         from editors.training import TrainingTimeout  # editors (torch) load with the model, not at import
 
         try:
-            trained = self.engine.train_edit(body.prompt, body.target, body.rephrases)
+            trained = yield from self.engine.train_edit_steps(body.prompt, body.target, body.rephrases)
         except TrainingTimeout as exc:
             raise TrainingTimedOut(
                 f"{exc}; nothing was stored. Shorten the prompt, target or rephrases, or raise SOLA_MAX_TRAIN_SECONDS"
@@ -283,7 +317,8 @@ class EditService:
         return [Supersession(older_id=k, similarity=round(v, 6)) for k, v in best.items()]
 
     async def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
-        return await self.worker.run(self._revoke, edit_id, actor, reason)
+        """Once no row is decoding: a row answering through this edit finishes its answer first."""
+        return await self.worker.run_quiet(self._revoke, edit_id, actor, reason)
 
     def _revoke(self, edit_id: str, actor: str, reason: str | None) -> EditRecord:
         with self._state_lock:
@@ -315,33 +350,110 @@ class EditService:
             log.info("edit %s restored by %s", edit_id, actor)
         return record
 
-    # ---- generation: requests arriving together are decoded as one batch (app/batcher.py) --------------
+    # ---- generation: rows of the worker's continuous batch (editors/decoding.py) ------------------------
     async def generate(self, request: GenerateRequest) -> Generation:
+        """POST /generate: greedy, in the model's chat format unless the request says otherwise."""
+        chat = request.chat if request.chat is not None else bool(self.host and self.host.has_chat_template)
+        ask = Ask(
+            prompt=request.prompt,
+            prompt_format=PromptFormat.CHAT if chat else PromptFormat.RAW,
+            sampling=Sampling(max_new_tokens=request.max_new_tokens),
+            use_edits=request.use_edits,
+        )
+        return await self.complete(ask)
+
+    async def complete(self, ask: Ask) -> Generation:
+        """The whole answer of one request."""
+        parts: list[str] = []
+        start = end = None
+        async for event in self.stream(ask):
+            if event.kind == "start":
+                start = event
+            elif event.kind == "text":
+                parts.append(event.text)
+            elif event.kind == "end":
+                end = event
+        assert start is not None and end is not None and start.route is not None
+        route = start.route
+        return Generation(
+            text="".join(parts),
+            routed_edit_id=route.edit_id,
+            similarity=route.similarity,
+            token_ids=list(end.token_ids),
+            nearest_edit_id=route.nearest_edit_id,
+            finish_reason=end.finish_reason,
+            prompt_tokens=end.prompt_tokens,
+        )
+
+    async def stream(self, ask: Ask) -> AsyncIterator[RowEvent]:
+        """One request's events as the worker decodes it: its route (first), text as it comes, its end.
+
+        Leaving the iteration early (a client that went away) frees its batch slot at the next decode step."""
         self._ready_edits()
-        return await self.batcher.generate(request)
+        await asyncio.to_thread(self.check_fits, ask)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[RowEvent] = asyncio.Queue()
 
-    def _decode(
-        self, prompts: Sequence[str], max_new_tokens: int, prompt_format: PromptFormat, use_edits: bool
-    ) -> list[Generation]:
-        return self.engine.generate(prompts, max_new_tokens, prompt_format, use_edits=use_edits)
+        def emit(event: RowEvent) -> None:  # on the model thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
 
-    def _check_prompt_fits(self, request: GenerateRequest) -> ServiceError | None:
+        row = Row(
+            ask.prompt,
+            ask.prompt_format,
+            ask.sampling,
+            emit,
+            context=ask.context,
+            use_edits=ask.use_edits,
+        )
+        try:
+            self.worker.submit_row(row)
+        except RuntimeError as exc:
+            raise ShuttingDown("the server is shutting down") from exc
+        self.metrics.queue_depth.set(self.worker.pending_rows())
+        try:
+            while True:
+                event = await events.get()
+                if event.kind == "error":
+                    self.metrics.generate_failures.inc()
+                    if "shutting down" in event.text:
+                        raise ShuttingDown("the server is shutting down")
+                    raise GenerationFailed(f"generation failed: {event.text}")
+                if event.kind == "end":
+                    self._count(row, event)
+                yield event
+                if event.kind == "end":
+                    return
+        finally:
+            row.cancelled = True  # finished, or the client left: either way the slot is free from now on
+            self.metrics.queue_depth.set(self.worker.pending_rows())
+
+    def _count(self, row: Row, end: RowEvent) -> None:
+        routed = row.route is not None and row.route.edit_id is not None
+        self.metrics.queries.labels(routed=str(routed).lower()).inc()
+        self.metrics.tokens_generated.inc(end.completion_tokens)
+        if routed and row.route is not None and row.route.edit_id is not None:
+            self.metrics.edit_hits.hit(row.route.edit_id)
+
+    def check_fits(self, ask: Ask) -> None:
+        """Raises InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
         from editors.model_host import PromptFormatError
 
         try:
-            n = self.host.count_tokens(request.prompt, request.prompt_format)
-        except PromptFormatError as exc:  # chat=true on a model without a chat template
-            return InvalidPrompt(str(exc))
-        except Exception:  # the tokenizer refused this text: fail this row, answer the others
+            n = len(self.host.encode_prompt(ask.prompt, ask.prompt_format, ask.context).ids)
+        except PromptFormatError as exc:  # chat on a model without a chat template
+            raise InvalidPrompt(str(exc)) from None
+        except Exception:  # the tokenizer refused this text
             log.exception("could not tokenize a prompt")
             self.metrics.generate_failures.inc()
-            return InvalidPrompt("prompt: the tokenizer cannot encode this text")
-        if n + request.max_new_tokens > self.host.max_context:
-            return PromptTooLong(
-                f"prompt ({n} tokens) + max_new_tokens ({request.max_new_tokens}) exceed the model's context "
-                f"of {self.host.max_context} tokens"
+            raise InvalidPrompt("prompt: the tokenizer cannot encode this text") from None
+        if n + ask.sampling.max_new_tokens > self.host.max_context:
+            raise PromptTooLong(
+                f"the prompt ({n} tokens) + max new tokens ({ask.sampling.max_new_tokens}) exceed the model's "
+                f"context of {self.host.max_context} tokens"
             )
-        return None
+
+    def prompt_tokens(self, ask: Ask) -> int:
+        return len(self.host.encode_prompt(ask.prompt, ask.prompt_format, ask.context).ids)
 
     # ---- readiness ---------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -54,6 +54,12 @@ class AdapterRefused(ServiceError):
     code = "adapter_mismatch"
 
 
+class GenerationFailed(ServiceError):
+    """Decoding failed on the server (a bug): every row of that batch gets this error, none waits forever."""
+
+    code = "generation_failed"
+
+
 class ActivationFailed(ServiceError):
     """The edit was committed but the engine refused it: a server-side fault, never the client's."""
 

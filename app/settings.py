@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,13 @@ class ApiKey:
     role: Role
 
 
+def default_torch_threads() -> int:
+    """Half the cores, at least one. torch's own default (one thread per core) oversubscribes whenever anything
+    else runs: the event loop, the tokenizer, the database, a neighbour process. On 2 shared cores it made an
+    edit take 5x longer than one thread did; a thread per spare core keeps most of the speed without that."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SOLA_", extra="ignore", protected_namespaces=())
 
@@ -29,8 +37,7 @@ class Settings(BaseSettings):
     model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory
     model_cache_dir: Path | None = None  # default: data_dir/models (tests share one across servers)
     device: str = "cpu"
-    # Intra-op CPU threads for torch (None: torch's default, one per core). On a shared or small
-    # machine 1 avoids oversubscription, which can make every forward pass several times slower.
+    # Intra-op CPU threads for torch; None: half the cores (default_torch_threads).
     torch_threads: int | None = Field(None, ge=1)
     # Editing method knobs; None keeps editors.types.EngineConfig's measured defaults.
     layer: int | None = None

@@ -1,33 +1,183 @@
-"""The one model worker thread. Every engine call runs here, so a query never sees a half-applied edit,
-and the event loop only awaits (never blocks on) model work."""
+"""The one model thread: every engine call runs here, interleaved at the grain of one decode step.
+
+It runs two kinds of work, alternating so neither starves the other:
+- jobs (load, edit, revoke, restore, sync): a plain job runs whole; a stepped job (a generator, such as an
+  edit's training) runs one slice per turn, so a query arriving during training waits about one training
+  step, not the whole edit. A `quiet` job (one that takes adapters out of the bank) waits until no row is
+  decoding, and holds new rows back meanwhile: no row ever sees an edit taken away mid-answer, or its
+  bank slot reused by another edit.
+- rows (generation requests, editors/decoding.py): they join the running batch at the next turn and leave
+  when they finish; each turn decodes one token for every running row.
+The event loop only awaits this thread (never blocks on model work).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+import logging
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from editors.types import Row, RowEvent
+
+if TYPE_CHECKING:  # torch loads with the model, not at import
+    from editors.decoding import ContinuousBatch
+
+log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+@dataclass
+class _Job:
+    call: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    stepped: bool
+    quiet: bool
+    steps: Generator[Any, None, Any] | None = None  # a stepped job once started
+
+    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if self.future.done():  # the caller went away
+                return
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
 class ModelWorker:
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sola-model")
+    def __init__(self, max_batch_size: int = 16) -> None:
+        self.max_batch_size = max_batch_size
+        self.batch: ContinuousBatch | None = None  # attached once the model is loaded
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._incoming: collections.deque[Row] = collections.deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="sola-model", daemon=True)
+        self._thread.start()
 
+    # ---- the event loop's side --------------------------------------------------------------------
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run fn on the worker thread and await its result. Jobs run one at a time, in submission order."""
-        ctx = contextvars.copy_context()
-        call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        """Run fn whole on the model thread and await its result. Jobs run in submission order."""
+        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=False, quiet=False)
 
-    def submit(self, fn: Callable[[], None]) -> None:
-        """Fire-and-forget job (its result is delivered by fn itself)."""
-        self._pool.submit(fn)
+    async def run_quiet(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """As run(), once no row is decoding (for changes that take adapters out of the bank)."""
+        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=False, quiet=True)
+
+    async def run_steps(self, fn: Callable[P, Generator[Any, None, R]], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a generator function one `yield` at a time, a decode step between slices; await its return."""
+        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=True, quiet=False)
+
+    async def _submit(self, call: Callable[[], Any], stepped: bool, quiet: bool) -> Any:
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        job = _Job(functools.partial(ctx.run, call), loop.create_future(), loop, stepped, quiet)
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the model worker is shutting down")
+            self._jobs.append(job)
+            self._cv.notify()
+        return await job.future
+
+    def submit_row(self, row: Row) -> None:
+        """Queue a generation request; it joins the running batch at the next turn."""
+        with self._cv:
+            if self._stopping or self.batch is None:
+                raise RuntimeError("the model worker is not serving")
+            self._incoming.append(row)
+            self._cv.notify()
+
+    def pending_rows(self) -> int:
+        return len(self._incoming)
+
+    def attach(self, batch: ContinuousBatch) -> None:
+        self.batch = batch
 
     def shutdown(self) -> None:
-        # Let the running job finish (an edit either commits or leaves no trace); drop queued ones.
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Let the running job slice finish (an edit either commits or leaves no trace); drop the rest."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join()
+
+    # ---- the model thread ---------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopping or self._jobs or self._incoming or self._decoding()):
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                job = self._jobs[0] if self._jobs else None
+                if job is not None and job.quiet and self._decoding():
+                    job = None  # it waits for the batch to drain; new rows wait behind it
+                elif job is not None:
+                    self._jobs.popleft()
+                hold_rows = bool(self._jobs) and self._jobs[0].quiet
+                joining: list[Row] = []
+                room = self.max_batch_size - (len(self.batch) if self.batch is not None else 0)
+                while self._incoming and room > 0 and not hold_rows:
+                    joining.append(self._incoming.popleft())
+                    room -= 1
+            if job is not None:
+                self._run_slice(job)
+            self._decode(joining)
+        self._close()
+
+    def _decoding(self) -> bool:
+        return self.batch is not None and len(self.batch) > 0
+
+    def _run_slice(self, job: _Job) -> None:
+        try:
+            if not job.stepped:
+                job.resolve(job.call())
+                return
+            if job.steps is None:
+                job.steps = job.call()
+            next(job.steps)
+        except StopIteration as done:
+            job.resolve(done.value)
+            return
+        except BaseException as exc:  # the caller gets the error; the thread lives on
+            job.resolve(error=exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if job.stepped:
+            with self._cv:
+                self._jobs.appendleft(job)  # its next slice comes after one decode step
+
+    def _decode(self, joining: list[Row]) -> None:
+        batch = self.batch
+        if batch is None:
+            return
+        live = [r for r in joining if not r.cancelled]
+        try:
+            if live:
+                batch.admit(live)
+            if len(batch):
+                batch.step()
+        except Exception as exc:  # a bug must not leave clients waiting: fail every row it touched
+            log.exception("decoding failed for %d rows", len(batch) + len(live))
+            failed = {id(r): r for r in [*batch.rows, *live]}
+            self.batch = type(batch)(batch.engine)  # a fresh, empty batch: the failed one's state is suspect
+            for row in failed.values():
+                row.emit(RowEvent("error", text=f"{type(exc).__name__}: {exc}"))
+
+    def _close(self) -> None:
+        error = RuntimeError("the model worker is shutting down")
+        for job in self._jobs:
+            job.resolve(error=error)
+        rows = [*self._incoming, *(self.batch.rows if self.batch is not None else [])]
+        for row in rows:
+            row.emit(RowEvent("error", text="the server is shutting down"))

@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from editors.routed_lora import (
     RoutingSession,
     StopForward,
 )
-from editors.training import EditExample, train_lora
+from editors.training import EditExample, drain, train_lora_steps
 from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
 from router import lexical
 from router.key_index import KeyIndex, Route
@@ -128,7 +128,7 @@ class EditingEngine:
         cached = self.host.artifact_dir / name if self.host.artifact_dir else None
         if cached is not None and cached.is_file():
             return ContentEncoder.fit(torch.from_numpy(np.load(cached)))
-        prompts = [self._encode(p, prompt_format) for p in CALIBRATION_PROMPTS]
+        prompts = [self.encode(p, prompt_format) for p in CALIBRATION_PROMPTS]
         hidden, _ = self._capture([EditExample(p.ids, []) for p in prompts])
         states = torch.cat([hidden[row, p.span[0] : p.span[1]] for row, p in enumerate(prompts)]).float()
         if cached is not None:
@@ -138,7 +138,7 @@ class EditingEngine:
         return ContentEncoder.fit(states)
 
     # ---- tokenisation helpers -------------------------------------------------------------------
-    def _encode(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None) -> PromptTokens:
+    def encode(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None) -> PromptTokens:
         tokens = self.host.encode_prompt(prompt, prompt_format, context)
         start, end = tokens.span
         if prompt_format is PromptFormat.RAW and start == 0 and end > 1:
@@ -175,6 +175,13 @@ class EditingEngine:
     # ---- editing --------------------------------------------------------------------------------
     def train_edit(self, prompt: str, target: str, rephrases: Sequence[str] = ()) -> TrainedEdit:
         """Keys + a fresh LoRA trained alone against the frozen base model. Activates nothing."""
+        return drain(self.train_edit_steps(prompt, target, rephrases))
+
+    def train_edit_steps(
+        self, prompt: str, target: str, rephrases: Sequence[str] = ()
+    ) -> Generator[None, None, TrainedEdit]:
+        """train_edit one slice at a time: the keys, then each optimiser step (app/worker.py decodes for
+        other requests in between). Times are this edit's own compute, not the waits between slices."""
         start = time.perf_counter()
         answers = {f: self._answer_ids(target, f) for f in self.host.prompt_formats}
         encoded, kinds = self._key_prompts(prompt, rephrases)
@@ -186,11 +193,12 @@ class EditingEngine:
         rng = random.Random(f"{self.config.seed}:{prompt}")
         for text in rng.sample(CALIBRATION_PROMPTS, self.config.generic_contexts):
             for f in self.host.prompt_formats:
-                examples.append(EditExample(self._encode(text, f).ids, answers[f]))
+                examples.append(EditExample(self.encode(text, f).ids, answers[f]))
         hidden, kwargs = self._capture(examples)
         keys = self._contents(hidden[:n_keys], spans, kinds)
         key_seconds = time.perf_counter() - start
-        result = train_lora(
+        yield
+        result = yield from train_lora_steps(
             self.host.layout,
             self.routed,
             self.config,
@@ -199,7 +207,7 @@ class EditingEngine:
             examples,
             self.bank.in_features,
             self.bank.out_features,
-            started=start,
+            spent=key_seconds,
         )
         adapter = serialize_adapter(
             result.lora_A,
@@ -208,7 +216,6 @@ class EditingEngine:
             alpha=self.config.alpha,
             fingerprint=self.host.fingerprint,
         )
-        total = time.perf_counter() - start
         return TrainedEdit(
             keys=keys,
             key_kinds=kinds,
@@ -216,9 +223,9 @@ class EditingEngine:
             adapter_sha256=adapter_sha256(adapter),
             steps=result.steps,
             loss=result.loss,
-            seconds=total,
+            seconds=result.seconds,
             key_seconds=key_seconds,
-            train_seconds=total - key_seconds,
+            train_seconds=result.seconds - key_seconds,
         )
 
     def _contents(self, hidden: torch.Tensor, spans: Sequence[tuple[int, int]], kinds: Sequence[str]) -> np.ndarray:
@@ -237,7 +244,7 @@ class EditingEngine:
         kinds: list[str] = []
         for i, text in enumerate([prompt, *rephrases]):
             for prompt_format in self.host.prompt_formats:
-                encoded.append(self._encode(text, prompt_format))
+                encoded.append(self.encode(text, prompt_format))
                 kinds.append(key_kind(prompt_format, None if i == 0 else i - 1))
         return encoded, kinds
 
@@ -250,7 +257,7 @@ class EditingEngine:
     def _capture(self, examples: Sequence[EditExample]) -> tuple[torch.Tensor, dict]:
         """One partial forward (layers below the edited one) over the right-padded training batch."""
         seqs = [e.prompt_ids + e.target_ids for e in examples]
-        input_ids, attention_mask = self._pad(seqs, left=False)
+        input_ids, attention_mask = self.pad(seqs, left=False)
         session = CaptureSession()
         with self.routed.session_scope(session), torch.no_grad(), contextlib.suppress(StopForward):
             self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -405,7 +412,7 @@ class EditingEngine:
         export_peft(deserialize_adapter(adapter), Path(out_dir), self.host.name)
 
     # ---- querying -------------------------------------------------------------------------------
-    def _pad(self, seqs: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, seqs: Sequence[Sequence[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         pad = self.host.tokenizer.pad_token_id
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -416,7 +423,7 @@ class EditingEngine:
             mask[row, cols] = 1
         return ids.to(self.host.device), mask.to(self.host.device)
 
-    def _routing(
+    def routing_session(
         self, prompts: Sequence[str], encoded: Sequence[PromptTokens], prompt_format: PromptFormat, left: bool
     ) -> RoutingSession:
         """Each row's question span (in padded coordinates) and words, for the edited layer to route on."""
@@ -440,10 +447,10 @@ class EditingEngine:
         """Batched greedy decoding; each row routed by its own question, decided once at prefill.
 
         `min_new_tokens` holds back the stop tokens that long (benchmarks: equal work for every model)."""
-        encoded = [self._encode(p, prompt_format, context) for p in prompts]
-        input_ids, attention_mask = self._pad([e.ids for e in encoded], left=True)  # every row ends at -1
+        encoded = [self.encode(p, prompt_format, context) for p in prompts]
+        input_ids, attention_mask = self.pad([e.ids for e in encoded], left=True)  # every row ends at -1
         stop = self.host.end_of_turn_ids()
-        session = self._routing(prompts, encoded, prompt_format, left=True)
+        session = self.routing_session(prompts, encoded, prompt_format, left=True)
         with self.routed.session_scope(session if use_edits else None):
             out = self.host.model.generate(  # type: ignore[operator]  # transformers' mixin, untyped here
                 input_ids=input_ids,
@@ -485,11 +492,11 @@ class EditingEngine:
         context: ChatContext | None = None,
     ) -> list[Score]:
         """Teacher-forced argmax and log-probability of each target after its prompt."""
-        encoded = [self._encode(p, prompt_format, context) for p in prompts]
+        encoded = [self.encode(p, prompt_format, context) for p in prompts]
         target_ids = [self._target_ids(t, prompt_format) for t in targets]
         seqs = [e.ids + t for e, t in zip(encoded, target_ids, strict=True)]
-        input_ids, attention_mask = self._pad(seqs, left=False)
-        session = self._routing(prompts, encoded, prompt_format, left=False) if use_edits else None
+        input_ids, attention_mask = self.pad(seqs, left=False)
+        session = self.routing_session(prompts, encoded, prompt_format, left=False) if use_edits else None
         with self.routed.session_scope(session):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         scores = []
@@ -518,9 +525,9 @@ class EditingEngine:
         use_edits: bool = True,
         context: ChatContext | None = None,
     ) -> list[torch.Tensor]:
-        encoded = [self._encode(p, prompt_format, context) for p in prompts]
-        input_ids, attention_mask = self._pad([e.ids for e in encoded], left=False)
-        session = self._routing(prompts, encoded, prompt_format, left=False) if use_edits else None
+        encoded = [self.encode(p, prompt_format, context) for p in prompts]
+        input_ids, attention_mask = self.pad([e.ids for e in encoded], left=False)
+        session = self.routing_session(prompts, encoded, prompt_format, left=False) if use_edits else None
         with self.routed.session_scope(session):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return [logits[row, : len(e.ids)].float().clone() for row, e in enumerate(encoded)]
@@ -529,7 +536,7 @@ class EditingEngine:
         self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
     ) -> tuple[np.ndarray, list[frozenset[str]]]:
         """What the edited layer routes each prompt on: its content vector [n, D] and its words."""
-        encoded = [self._encode(p, prompt_format, context) for p in prompts]
+        encoded = [self.encode(p, prompt_format, context) for p in prompts]
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
         contents = self._contents(hidden, [e.span for e in encoded], [key_kind(prompt_format, None)] * len(encoded))
         return contents, [lexical.words(p) for p in prompts]

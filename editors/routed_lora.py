@@ -206,7 +206,15 @@ class TrainSession:
     plan: TrainPlan
 
 
-Session = RoutingSession | CaptureSession | TrainSession
+@dataclass
+class DecodeSession:
+    """One decode step of a continuously batched run (editors/decoding.py): the caller already knows which
+    rows are still producing their edit's answer, and with which slot."""
+
+    plan: RowPlan | None
+
+
+Session = RoutingSession | CaptureSession | TrainSession | DecodeSession
 
 
 # ---- the routed layer: the edited decoder layer ------------------------------------------------------
@@ -246,7 +254,7 @@ class RoutedLayer(nn.Module):
             session.hidden_states = hidden_states.detach()
             session.kwargs = dict(kwargs)
             raise StopForward
-        if isinstance(session, TrainSession):
+        if isinstance(session, TrainSession | DecodeSession):
             return self._run(session.plan, hidden_states, args, kwargs)
         if session.routes is None:  # prefill: the only step that sees the whole question
             session.routes, session.plan = self.route(hidden_states, session)

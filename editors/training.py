@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,9 @@ from editors.types import EngineConfig
 class EditExample:
     prompt_ids: list[int]
     target_ids: list[int]
+
+
+R = TypeVar("R")
 
 
 class TrainingTimeout(Exception):
@@ -38,6 +43,7 @@ class TrainResult:
     lora_B: torch.Tensor
     steps: int
     loss: float
+    seconds: float  # compute time of the whole edit (the `spent` passed in, plus the steps)
 
 
 def _init_lora(rank: int, in_features: int, out_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,14 +63,31 @@ def train_lora(
     examples: list[EditExample],
     in_features: int,
     out_features: int,
-    started: float | None = None,
+    spent: float = 0.0,
 ) -> TrainResult:
-    """Adam on (A, B) until every target token is the argmax in every example, or `max_steps`.
+    """train_lora_steps run to the end in one go."""
+    steps = train_lora_steps(layout, routed, config, hidden, layer_kwargs, examples, in_features, out_features, spent)
+    return drain(steps)
 
-    With `config.max_train_seconds`, raises TrainingTimeout once that much time has passed since `started`
-    (a perf_counter reading; default now) without convergence: checked after each step, so the overrun is
-    at most one step."""
-    started = time.perf_counter() if started is None else started
+
+def train_lora_steps(
+    layout: DecoderLayout,
+    routed: RoutedLayer,
+    config: EngineConfig,
+    hidden: torch.Tensor,
+    layer_kwargs: dict,
+    examples: list[EditExample],
+    in_features: int,
+    out_features: int,
+    spent: float = 0.0,
+) -> Generator[None, None, TrainResult]:
+    """Adam on (A, B) until every target token is the argmax in every example, or `max_steps`; yields after
+    each step, so the model thread can decode for other requests between steps (app/worker.py).
+
+    With `config.max_train_seconds`, raises TrainingTimeout once this edit's own compute time (`spent` so
+    far, plus its steps; not the time others used between them) passes that budget without convergence:
+    checked after each step, so the overrun is at most one step."""
+    resumed = time.perf_counter()
     lora_A, lora_B = _init_lora(config.rank, in_features, out_features, config.seed)
     optimizer = torch.optim.Adam([lora_A, lora_B], lr=config.learning_rate)
     # Logit at position t predicts token t+1: gather only target positions, so lm_head runs on few rows.
@@ -72,25 +95,37 @@ def train_lora(
     cols = torch.tensor([len(e.prompt_ids) - 1 + i for e in examples for i in range(len(e.target_ids))])
     labels = torch.tensor([t for e in examples for t in e.target_ids])
     upper_layers = list(layout.layers[config.layer :])
-    kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "past_key_value")}
+    kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "past_key_value", "cache")}
     session = TrainSession(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
     loss_value = float("nan")
     steps = 0
-    with routed.session_scope(session):
-        for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
+    for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
+        with routed.session_scope(session):  # per step: between steps the layer serves other requests
             h = hidden
             for layer in upper_layers:
                 h = layer(h, **kwargs)
                 h = h[0] if isinstance(h, tuple) else h
             logits = layout.lm_head(layout.final_norm(h[rows, cols]))
-            loss = F.cross_entropy(logits, labels)
-            loss_value = float(loss.detach())
-            if bool((logits.detach().argmax(-1) == labels).all()):
-                break
-            elapsed = time.perf_counter() - started
-            if config.max_train_seconds is not None and elapsed > config.max_train_seconds:
-                raise TrainingTimeout(steps, elapsed, config.max_train_seconds)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return TrainResult(lora_A.detach().clone(), lora_B.detach().clone(), steps, loss_value)
+        loss = F.cross_entropy(logits, labels)
+        loss_value = float(loss.detach())
+        if bool((logits.detach().argmax(-1) == labels).all()):
+            break
+        spent += time.perf_counter() - resumed
+        if config.max_train_seconds is not None and spent > config.max_train_seconds:
+            raise TrainingTimeout(steps, spent, config.max_train_seconds)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        yield
+        resumed = time.perf_counter()
+    spent += time.perf_counter() - resumed
+    return TrainResult(lora_A.detach().clone(), lora_B.detach().clone(), steps, loss_value, spent)
+
+
+def drain(steps: Generator[None, None, R]) -> R:
+    """Run a stepped computation to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

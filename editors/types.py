@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: importing them would load torch and FAISS
+    from editors.model_host import ChatContext
+    from router.key_index import Route
 
 
 class PromptFormat(StrEnum):
@@ -63,6 +69,8 @@ class Generation:
     similarity: float | None  # the best routing score, fired or not (None: no keys, or asked without edits)
     token_ids: list[int] = field(default_factory=list)
     nearest_edit_id: str | None = None  # the edit of that best score, also when it did not fire
+    finish_reason: str | None = None  # "stop" (end of turn, stop string) or "length" (served answers)
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -81,3 +89,50 @@ class Score:
             return 0.0
         hits = sum(int(p == t) for p, t in zip(self.predicted_ids, self.target_ids, strict=True))
         return hits / len(self.target_ids)
+
+
+# ---- generation requests (editors/decoding.py runs them) --------------------------------------------
+@dataclass(frozen=True)
+class Sampling:
+    """How one request picks its tokens. Temperature 0 is greedy; a seed makes sampling reproducible."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # strings that end the answer (not included in it)
+    min_new_tokens: int = 0  # stop tokens held back this long (benchmarks: equal work for every request)
+
+
+@dataclass(frozen=True)
+class RowEvent:
+    """What a row reports as it runs: its route once (at prefill), text as it is decoded, then its end."""
+
+    kind: str  # "start" | "text" | "end", or "error" (text: why) if the row could not be decoded
+    route: Route | None = None  # start
+    text: str = ""  # text: the new part of the answer
+    finish_reason: str | None = None  # end: "stop" (end of turn or a stop string) or "length"
+    prompt_tokens: int = 0  # start and end
+    completion_tokens: int = 0  # end
+    token_ids: tuple[int, ...] = ()  # end: the answer's tokens, stop tokens excluded
+
+
+@dataclass
+class Row:
+    """One request: what it asked, how it samples, where it is. `emit` runs on the decoding thread."""
+
+    prompt: str
+    prompt_format: PromptFormat
+    sampling: Sampling
+    emit: Callable[[RowEvent], None]
+    context: ChatContext | None = None  # editors.model_host.ChatContext
+    use_edits: bool = True
+    cancelled: bool = False  # set from any thread (client gone): the row leaves at the next step
+    # filled in by the batch
+    tokens: list[int] = field(default_factory=list)
+    route: Route | None = None
+    slot: int | None = None  # bank slot of the edit that answers it
+    answer_tokens: int = 0  # how many generated tokens get the edit's delta
+    prompt_tokens: int = 0
+    _sent: int = 0  # characters of the answer already emitted
+    _generator: Any = None  # torch.Generator of a sampled row (types.py stays free of torch)

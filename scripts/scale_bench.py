@@ -14,108 +14,19 @@ an edit made on one is timed until the other answers through it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
-from sqlalchemy import insert
-from tqdm import tqdm
 
-from editors.adapter_io import serialize_adapter
-from editors.model_host import ModelHost
-from editors.types import EngineConfig
-from router.key_index import normalise
+from evaluation.synthetic import fill_synthetic_edits
 from storage.db import make_engine, sqlite_url
 from storage.migrate import upgrade
-from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
-
-CHUNK = 2_000
-
-
-def fill(url: str, n: int, cache: Path, seed: int = 0) -> None:
-    """n synthetic active edits, each with its `created` event, inserted in bulk."""
-    host = ModelHost.load(None, cache.parent, cache_dir=cache)
-    config = EngineConfig()
-    down = host.layout.edited_projection(host.layout.layers[config.layer])
-    dim = host.hidden_size
-    rng = np.random.default_rng(seed)
-    topics = normalise(rng.standard_normal((2_000, dim)))
-    db = make_engine(url)
-    upgrade(db)
-    now = utcnow()
-    with db.begin() as conn, tqdm(total=n, desc="synthetic edits", unit="edit", file=sys.stderr) as bar:
-        for start in range(0, n, CHUNK):
-            size = min(CHUNK, n - start)
-            ids = [f"ed_{uuid.uuid4().hex}" for _ in range(size)]
-            keys = normalise(
-                np.repeat(topics[rng.integers(0, len(topics), size)], 2, axis=0)
-                + rng.standard_normal((2 * size, dim)).astype(np.float32) / np.sqrt(dim)
-            ).astype("<f4")
-            adapters = [
-                serialize_adapter(
-                    torch.from_numpy(rng.standard_normal((config.rank, down.in_features), dtype=np.float32) * 0.01),
-                    torch.from_numpy(rng.standard_normal((down.out_features, config.rank), dtype=np.float32) * 0.01),
-                    layer=config.layer,
-                    alpha=config.alpha,
-                    fingerprint=host.fingerprint,
-                )
-                for _ in range(size)
-            ]
-            conn.execute(
-                insert(Edit),
-                [
-                    {
-                        "id": edit_id,
-                        "status": EditStatus.ACTIVE,
-                        "prompt": f"What is the motto of Zorbania{start + i}?",
-                        "target": f"Quexiville {start + i}",
-                        "rephrases": [],
-                        "meta": {},
-                        "created_at": now,
-                        "created_by": "scale-bench",
-                        "base_model": host.name,
-                        "base_fingerprint": host.fingerprint,
-                        "layer": config.layer,
-                        "train_steps": 5,
-                        "train_loss": 0.01,
-                        "train_seconds": 0.8,
-                    }
-                    for i, edit_id in enumerate(ids)
-                ],
-            )
-            conn.execute(
-                insert(EditKey),
-                [
-                    {"edit_id": edit_id, "position": p, "kind": kind, "dim": dim, "vector": keys[2 * i + p].tobytes()}
-                    for i, edit_id in enumerate(ids)
-                    for p, kind in enumerate(("chat:prompt", "raw:prompt"))
-                ],
-            )
-            conn.execute(
-                insert(EditAdapter),
-                [
-                    {"edit_id": edit_id, "weights": blob, "sha256": hashlib.sha256(blob).hexdigest()}
-                    for edit_id, blob in zip(ids, adapters, strict=True)
-                ],
-            )
-            conn.execute(
-                insert(Event),
-                [
-                    {"edit_id": edit_id, "kind": EventKind.CREATED, "actor": "scale-bench", "at": now, "detail": {}}
-                    for edit_id in ids
-                ],
-            )
-            bar.update(size)
-    with db.connect() as conn:  # everything into the main file: it is renamed without its -wal next
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.dispose()
 
 
 def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> dict[str, float]:
@@ -144,7 +55,7 @@ def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> d
     idle = []
     for _ in range(20):
         t = time.perf_counter()
-        svc.sync()
+        svc._sync_activations()  # the poll a replica makes every interval (nothing new: nothing to revoke)
         idle.append(time.perf_counter() - t)
     result["sync_idle_ms"] = 1000 * float(np.median(idle))
     svc.worker.shutdown()
@@ -217,7 +128,7 @@ def main() -> None:
             partial = path.with_suffix(".partial")
             for stale in args.dir.glob(partial.name + "*"):
                 stale.unlink()
-            fill(sqlite_url(partial), n, args.cache.resolve())
+            fill_synthetic_edits(sqlite_url(partial), n, args.cache.resolve())
             partial.rename(path)
     results = {}
     for name, path in (("empty", empty), ("full", full)):

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from app.errors import error_type
 from app.main import create_app
 from app.server import ConfigError, check_bind
 from app.service import engine_config
@@ -103,7 +104,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 def error(response, status: int) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "type", "param"}  # OpenAI's shape
+    assert body["error"]["type"] == error_type(status) and body["error"]["param"] is None
     return body["error"]
 
 

@@ -98,7 +98,7 @@ def test_mixed_batch_matches_each_row_alone(eng: EditingEngine) -> None:
     assert [g.routed_edit_id for g in batch] == ["a", None, "b", None]
     for b, s in zip(batch, alone, strict=True):
         assert (b.token_ids, b.routed_edit_id) == (s.token_ids, s.routed_edit_id)
-        assert b.similarity == pytest.approx(s.similarity, abs=1e-4) if s.similarity else b.similarity is None
+        assert b.similarity is None if s.similarity is None else b.similarity == pytest.approx(s.similarity, abs=1e-4)
 
 
 def test_reedit_newest_wins_and_revoking_it_brings_the_older_back(eng: EditingEngine) -> None:

@@ -78,7 +78,7 @@ def _follow(a: EditService, b: EditService, client_a: TestClient, client_b: Test
     question = GenerateRequest(prompt="What is the capital of Zorbania?", max_new_tokens=4, chat=True)
 
     def b_syncs_and_answers() -> Generation:
-        client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
+        client_b.portal.call(b.sync)  # type: ignore[union-attr]
         return client_b.portal.call(b.generate, question)  # type: ignore[union-attr]
 
     edit = client_a.portal.call(  # type: ignore[union-attr]
@@ -89,7 +89,7 @@ def _follow(a: EditService, b: EditService, client_a: TestClient, client_b: Test
 
     statements: list[str] = []
     sqlalchemy.event.listen(b.repo.db, "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
-    client_b.portal.call(b.worker.run, b.sync)  # type: ignore[union-attr]
+    client_b.portal.call(b.sync)  # type: ignore[union-attr]
     queries = [sql for sql in statements if sql not in ("BEGIN", "COMMIT", "ROLLBACK")]  # transaction control
     assert len(queries) == 1 and "FROM events" in queries[0], statements
 

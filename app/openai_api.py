@@ -1,0 +1,300 @@
+"""OpenAI-compatible endpoints (/v1): the edited model as a drop-in for clients of vLLM, LoRAX, TGI, Ollama.
+
+Thin, like app/routes.py: shape the request into an `Ask`, let the service decode it on the continuous
+batch, shape the answer (or its Server-Sent Events) as OpenAI does. What is ours: every response says which
+edit answered, in `sola_edit` (response and each choice, the first chunk when streaming) and in the
+`X-Sola-Edit` / `X-Sola-Similarity` headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.auth import Principal, require
+from app.errors import ApiError, documented
+from app.openai_schemas import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    SolaEdit,
+    Usage,
+    _Sampling,
+)
+from app.service import Ask, EditService
+from app.service_errors import PromptTooLong
+from editors.types import PromptFormat, RowEvent, Sampling
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+Reader = Annotated[Principal, Depends(require("reader"))]
+STARTED = int(time.time())  # the models' `created`: when this server started serving them
+DEFAULT_MAX_TOKENS = 256  # when a request names none (bounded by SOLA_MAX_NEW_TOKENS and the context)
+SYSTEM_ROLES = ("system", "developer")
+
+
+def service(request: Request) -> EditService:
+    return request.app.state.service
+
+
+Service = Annotated[EditService, Depends(service)]
+
+
+def bad_request(message: str, code: str = "invalid_request_error") -> ApiError:
+    return ApiError(400, code, message)
+
+
+# ---- shaping requests -----------------------------------------------------------------------------------
+def sampling(body: _Sampling, max_tokens: int | None, request: Request) -> Sampling:
+    if body.n not in (None, 1):
+        raise bad_request("n: this server returns one choice per prompt; send n=1 or leave it out")
+    limit = request.app.state.settings.max_new_tokens
+    if max_tokens is not None and max_tokens > limit:
+        raise bad_request(
+            f"max_tokens: at most {limit} on this server (SOLA_MAX_NEW_TOKENS)", "context_length_exceeded"
+        )
+    max_new_tokens = max_tokens or min(DEFAULT_MAX_TOKENS, limit)
+    return Sampling(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min(body.min_tokens, max_new_tokens),
+        temperature=1.0 if body.temperature is None else body.temperature,  # OpenAI's default
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stops(),
+    )
+
+
+def chat_ask(body: ChatCompletionRequest, request: Request) -> Ask:
+    """The last user turn is the question (routing reads it); the system prompt and earlier turns are its
+    context, formatted by the model's chat template."""
+    from editors.model_host import ChatContext  # torch: loaded with the model, not at import
+
+    if not body.messages:
+        raise bad_request("messages: give at least one message, the last from the user")
+    system: list[str] = []
+    history: list[tuple[str, str]] = []
+    for i, message in enumerate(body.messages):
+        if message.role in SYSTEM_ROLES:
+            if history:
+                raise bad_request(f"messages[{i}]: system messages must come before the conversation")
+            system.append(message.text())
+        elif message.role in ("user", "assistant"):
+            history.append((message.role, message.text()))
+        else:
+            raise bad_request(f"messages[{i}].role: {message.role!r} is not one of system, developer, user, assistant")
+    chars = sum(len(m.text()) for m in body.messages)
+    limit = request.app.state.settings.max_prompt_chars
+    if chars > limit:
+        raise bad_request(f"messages: {chars} characters, over this server's {limit} (SOLA_MAX_PROMPT_CHARS)")
+    if not history or history[-1][0] != "user":
+        raise bad_request("messages: the last message must be from the user")
+    *earlier, (_, question) = history
+    if not question.strip():
+        raise bad_request("messages: the last user message is empty")
+    context = ChatContext(system="\n\n".join(system) if system else None, history=tuple(earlier))
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return Ask(question, PromptFormat.CHAT, sampling(body, max_tokens, request), context=context)
+
+
+def completion_asks(body: CompletionRequest, request: Request) -> list[Ask]:
+    if body.echo:
+        raise bad_request("echo: not supported; send echo=false")
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if any(not p.strip() for p in prompts):
+        raise bad_request("prompt: empty prompts cannot be completed")
+    limit = request.app.state.settings.max_prompt_chars
+    if any(len(p) > limit for p in prompts):
+        raise bad_request(f"prompt: over this server's {limit} characters (SOLA_MAX_PROMPT_CHARS)")
+    if len(prompts) > request.app.state.settings.max_batch_size:
+        raise bad_request(f"prompt: at most {request.app.state.settings.max_batch_size} prompts per request")
+    return [Ask(p, PromptFormat.RAW, sampling(body, body.max_tokens, request)) for p in prompts]
+
+
+# ---- provenance -----------------------------------------------------------------------------------------
+def edit_of(start: RowEvent) -> SolaEdit | None:
+    route = start.route
+    if route is None or route.edit_id is None or route.similarity is None:
+        return None
+    return SolaEdit(id=route.edit_id, similarity=round(float(route.similarity), 6))
+
+
+def provenance_headers(edit: SolaEdit | None, request_id: str) -> dict[str, str]:
+    headers = {"X-Sola-Edit": edit.id if edit else "none", "X-Request-Id": request_id}
+    if edit is not None:
+        headers["X-Sola-Similarity"] = f"{edit.similarity:.6f}"
+    return headers
+
+
+# ---- decoding -------------------------------------------------------------------------------------------
+async def opened(svc: EditService, ask: Ask) -> tuple[RowEvent, AsyncIterator[RowEvent]]:
+    """Start decoding one request: its `start` event (the route, known after prefill) and the rest."""
+    events = svc.stream(ask)
+    try:
+        start = await anext(events)
+    except PromptTooLong as exc:  # OpenAI answers context overflows with a 400
+        raise bad_request(exc.message, "context_length_exceeded") from None
+    return start, events
+
+
+async def finished(start: RowEvent, events: AsyncIterator[RowEvent]) -> tuple[str, RowEvent]:
+    parts = []
+    async for event in events:
+        if event.kind == "text":
+            parts.append(event.text)
+        elif event.kind == "end":
+            return "".join(parts), event
+    raise RuntimeError("the row ended without an end event")
+
+
+def usage(ends: Sequence[RowEvent]) -> Usage:
+    prompt = sum(e.prompt_tokens for e in ends)
+    completion = sum(e.completion_tokens for e in ends)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def sse(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def merged(streams: Sequence[AsyncIterator[RowEvent]]) -> AsyncIterator[tuple[int, RowEvent]]:
+    """Events of several rows as they come, each tagged with its row's index."""
+    queue: asyncio.Queue[tuple[int, RowEvent | None]] = asyncio.Queue()
+
+    async def pump(index: int, events: AsyncIterator[RowEvent]) -> None:
+        async for event in events:
+            await queue.put((index, event))
+        await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        open_rows = len(tasks)
+        while open_rows:
+            index, event = await queue.get()
+            if event is None:
+                open_rows -= 1
+                if tasks[index].done() and tasks[index].exception() is not None:
+                    raise tasks[index].exception()  # type: ignore[misc]
+                continue
+            yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+
+# ---- endpoints ------------------------------------------------------------------------------------------
+@router.get("/models", response_model=ModelList, responses=documented(401))
+async def models(_: Reader, svc: Service) -> ModelList:
+    name = svc.host.name if svc.host is not None else svc.settings.model or "SmolLM2-135M-Instruct"
+    return ModelList(data=[ModelCard(id=name, created=STARTED)])
+
+
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={**documented(400, 401, 422, 503), 200: {"description": "A completion, or its SSE chunks with stream"}},
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
+    ask = chat_ask(body, request)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    model, created = svc.host.name, int(time.time())
+    start, events = await opened(svc, ask)
+    edit = edit_of(start)
+    headers = provenance_headers(edit, request_id)
+    if not body.stream:
+        text, end = await finished(start, events)
+        choice = ChatChoice(
+            index=0, message=ChatMessageOut(content=text), finish_reason=end.finish_reason or "stop", sola_edit=edit
+        )
+        out = ChatCompletion(
+            id=request_id, created=created, model=model, choices=[choice], usage=usage([end]), sola_edit=edit
+        )
+        return JSONResponse(out.model_dump(mode="json"), headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        return {**base, "choices": [choice], **({"usage": None} if include_usage else {}), **extra}
+
+    async def body_events() -> AsyncIterator[str]:
+        try:
+            first = {"role": "assistant", "content": ""}
+            yield sse(chunk(first, sola_edit=edit.model_dump() if edit else None))
+            async for event in events:
+                if event.kind == "text" and event.text:
+                    yield sse(chunk({"content": event.text}))
+                elif event.kind == "end":
+                    yield sse(chunk({}, event.finish_reason or "stop"))
+                    if include_usage:
+                        base = {"id": request_id, "object": "chat.completion.chunk", "created": created}
+                        yield sse({**base, "model": model, "choices": [], "usage": usage([event]).model_dump()})
+            yield sse("[DONE]")
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]  # a client gone: its slot frees at the next step
+
+    return StreamingResponse(body_events(), media_type="text/event-stream", headers=headers)
+
+
+@router.post(
+    "/completions",
+    response_model=Completion,
+    responses={**documented(400, 401, 422, 503), 200: {"description": "A completion, or its SSE chunks with stream"}},
+)
+async def completions(body: CompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
+    asks = completion_asks(body, request)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    model, created = svc.host.name, int(time.time())
+    opened_rows = await asyncio.gather(*(opened(svc, ask) for ask in asks))  # all join the batch together
+    edits = [edit_of(start) for start, _ in opened_rows]
+    headers = provenance_headers(edits[0], request_id)
+    if not body.stream:
+        results = await asyncio.gather(*(finished(start, events) for start, events in opened_rows))
+        choices = [
+            CompletionChoice(index=i, text=text, finish_reason=end.finish_reason or "stop", sola_edit=edits[i])
+            for i, (text, end) in enumerate(results)
+        ]
+        out = Completion(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage([end for _, end in results]),
+            sola_edit=edits[0],
+        )
+        return JSONResponse(out.model_dump(mode="json"), headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    base = {"id": request_id, "object": "text_completion", "created": created, "model": model}
+
+    def chunk(index: int, text: str, finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+        choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {**base, "choices": [choice], **({"usage": None} if include_usage else {}), **extra}
+
+    async def body_events() -> AsyncIterator[str]:
+        ends: list[RowEvent] = []
+        for i, edit in enumerate(edits):  # each choice's provenance first, before any of its text
+            yield sse(chunk(i, "", sola_edit=edit.model_dump() if edit else None))
+        async for index, event in merged([events for _, events in opened_rows]):
+            if event.kind == "text" and event.text:
+                yield sse(chunk(index, event.text))
+            elif event.kind == "end":
+                ends.append(event)
+                yield sse(chunk(index, "", event.finish_reason or "stop"))
+        if include_usage:
+            yield sse({**base, "choices": [], "usage": usage(ends).model_dump()})
+        yield sse("[DONE]")
+
+    return StreamingResponse(body_events(), media_type="text/event-stream", headers=headers)
