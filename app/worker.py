@@ -3,9 +3,9 @@
 It runs two kinds of work, alternating so neither starves the other:
 - jobs (load, edit, revoke, restore, sync): a plain job runs whole; a stepped job (a generator, such as an
   edit's training) runs one slice per turn, so a query arriving during training waits about one training
-  step, not the whole edit. A `quiet` job (one that takes adapters out of the bank) waits until no row is
-  decoding, and holds new rows back meanwhile: no row ever sees an edit taken away mid-answer, or its
-  bank slot reused by another edit.
+  step, not the whole edit; while rows decode, stepped slices get at most half of the thread's time. A
+  `quiet` job (one that takes adapters out of the bank) waits until no row is decoding, and holds new rows
+  back meanwhile: no row ever sees an edit taken away mid-answer, or its bank slot reused by another edit.
 - rows (generation requests, editors/decoding.py): they join the running batch at the next turn and leave
   when they finish; each turn decodes one token for every running row.
 The event loop only awaits this thread (never blocks on model work).
@@ -19,6 +19,7 @@ import contextvars
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -62,6 +63,9 @@ class ModelWorker:
         self._incoming: collections.deque[Row] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
+        # Seconds of stepped-job slices not yet matched by as many seconds of decoding: while rows decode, a
+        # stepped job (training) gets at most half of this thread, so a query is at most ~2x slower meanwhile.
+        self._training_debt = 0.0
         self._thread = threading.Thread(target=self._loop, name="sola-model", daemon=True)
         self._thread.start()
 
@@ -118,9 +122,13 @@ class ModelWorker:
                     self._cv.wait()
                 if self._stopping:
                     break
+                if not self._decoding():
+                    self._training_debt = 0.0
                 job = self._jobs[0] if self._jobs else None
                 if job is not None and job.quiet and self._decoding():
                     job = None  # it waits for the batch to drain; new rows wait behind it
+                elif job is not None and job.stepped and self._decoding() and self._training_debt > 0:
+                    job = None  # its last slice took longer than the decoding since: rows first
                 elif job is not None:
                     self._jobs.popleft()
                 hold_rows = bool(self._jobs) and self._jobs[0].quiet
@@ -144,7 +152,11 @@ class ModelWorker:
                 return
             if job.steps is None:
                 job.steps = job.call()
-            next(job.steps)
+            started = time.perf_counter()
+            try:
+                next(job.steps)
+            finally:
+                self._training_debt += time.perf_counter() - started
         except StopIteration as done:
             job.resolve(done.value)
             return
@@ -162,11 +174,13 @@ class ModelWorker:
         if batch is None:
             return
         live = [r for r in joining if not r.cancelled]
+        started = time.perf_counter()
         try:
             if live:
                 batch.admit(live)
             if len(batch):
                 batch.step()
+            self._training_debt = max(0.0, self._training_debt - (time.perf_counter() - started))
         except Exception as exc:  # a bug must not leave clients waiting: fail every row it touched
             log.exception("decoding failed for %d rows", len(batch) + len(live))
             failed = {id(r): r for r in [*batch.rows, *live]}

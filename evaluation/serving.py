@@ -56,8 +56,10 @@ class BenchOptions:
     prompt_format: PromptFormat = PromptFormat.RAW
     http: bool = True
     http_clients: Sequence[int] = (1, 4, 16)
-    http_seconds: float = 10.0  # per concurrency level
+    http_seconds: float = 30.0  # per concurrency level (16 clients x 64 tokens: several rounds)
     http_edits: int = 4  # edits created through the API before the load test
+    stream_tokens: int = 64  # every streamed answer is exactly this long
+    synthetic_edits: int = 1_000  # active edits of the edited server, besides the real ones
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     seed: int = 0
 
@@ -79,6 +81,8 @@ class BenchOptions:
             "http_clients": (1, 4),
             "http_seconds": 3.0,
             "http_edits": 1,
+            "stream_tokens": 8,
+            "synthetic_edits": 20,
         }
         return cls(**{**small, **overrides})
 
@@ -371,81 +375,164 @@ def bench_server(opts: BenchOptions, data_dir: Path, **env: str) -> ServerProces
     return ServerProcess(data_dir, Path(opts.data_dir) / "models", **{**settings, **env})
 
 
-async def _load_level(
-    url: str, prompts: Sequence[str], clients: int, seconds: float, max_new_tokens: int, prompt_format: PromptFormat
-) -> dict[str, Any]:
-    """`clients` concurrent loops of POST /generate for `seconds`; one warm-up request each first."""
-    latencies: list[float] = []
-    errors = 0
+@dataclass
+class StreamStats:
+    tokens: int = 0
+    requests: int = 0
+    errors: int = 0
+    ttft: list[float] = field(default_factory=list)  # seconds from request to the first text
+    gaps: list[float] = field(default_factory=list)  # seconds between consecutive text chunks
 
-    async def client(worker: int, client_: httpx.AsyncClient, deadline: float | None) -> None:
-        nonlocal errors
+
+async def _stream_once(http: httpx.AsyncClient, url: str, prompt: str, tokens: int, stats: StreamStats | None) -> None:
+    """One streamed chat completion of exactly `tokens` tokens (min_tokens holds the end back)."""
+    body = {
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "min_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    last: float | None = None
+    async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            if stats is not None:
+                stats.errors += 1
+            await response.aread()
+            return
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            now = time.perf_counter()
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                if stats is not None:
+                    (stats.ttft if last is None else stats.gaps).append(now - (start if last is None else last))
+                last = now
+            if chunk.get("usage") and stats is not None:
+                stats.tokens += chunk["usage"]["completion_tokens"]
+                stats.requests += 1
+
+
+async def _stream_level(url: str, prompts: Sequence[str], clients: int, seconds: float, tokens: int) -> dict[str, Any]:
+    """`clients` concurrent loops of streamed completions for `seconds`, after one warm-up request each."""
+    stats = StreamStats()
+
+    async def client(worker: int, http: httpx.AsyncClient, deadline: float | None) -> None:
         i = worker
         while True:
-            chat = prompt_format is PromptFormat.CHAT
-            body = {"prompt": prompts[i % len(prompts)], "max_new_tokens": max_new_tokens, "chat": chat}
-            start = time.perf_counter()
-            response = await client_.post(f"{url}/generate", json=body)
-            if deadline is None:
-                return
-            if response.status_code == 200:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
+            await _stream_once(http, url, prompts[i % len(prompts)], tokens, stats if deadline else None)
             i += clients
-            if time.perf_counter() >= deadline:
+            if deadline is None or time.perf_counter() >= deadline:
                 return
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
         await asyncio.gather(*(client(w, http, None) for w in range(clients)))
         start = time.perf_counter()
         await asyncio.gather(*(client(w, http, start + seconds) for w in range(clients)))
         wall = time.perf_counter() - start
+
+    def ms(values: list[float], q: float) -> float:
+        return 1000 * (edit_metrics.percentile(values, q) or 0.0)
+
     return {
         "clients": clients,
-        "requests": len(latencies),
-        "errors": errors,
-        "rps": len(latencies) / wall,
-        "p50_ms": 1000 * (edit_metrics.percentile(latencies, 50) or 0.0),
-        "p99_ms": 1000 * (edit_metrics.percentile(latencies, 99) or 0.0),
+        "requests": stats.requests,
+        "errors": stats.errors,
+        "tokens_per_s": stats.tokens / wall,
+        "ttft_p50_ms": ms(stats.ttft, 50),
+        "ttft_p99_ms": ms(stats.ttft, 99),
+        "gap_p50_ms": ms(stats.gaps, 50),
+        "gap_p99_ms": ms(stats.gaps, 99),
     }
+
+
+async def _query_ms(url: str, n: int) -> list[float]:
+    """n sequential 4-token chat queries: their latencies."""
+    out = []
+    async with httpx.AsyncClient(timeout=600) as http:
+        for i in range(n):
+            body = {
+                "messages": [{"role": "user", "content": f"Name a colour ({i})."}],
+                "max_tokens": 4,
+                "min_tokens": 4,
+            }
+            start = time.perf_counter()
+            (await http.post(f"{url}/v1/chat/completions", json={**body, "temperature": 0})).raise_for_status()
+            out.append(1000 * (time.perf_counter() - start))
+    return out
+
+
+async def _query_during_training(url: str, records: Sequence[BenchmarkRecord]) -> tuple[list[float], list[float]]:
+    """4-token queries sent one after another while each edit trains: their latencies, and the edits'."""
+    latencies: list[float] = []
+    edits: list[float] = []
+    async with httpx.AsyncClient(timeout=600) as http:
+        for record in records:
+            start = time.perf_counter()
+            body = {"prompt": record.prompt, "target": record.target}
+            edit = asyncio.create_task(http.post(f"{url}/edits", json=body))
+            await asyncio.sleep(0.05)  # the edit reaches the model thread first
+            while not edit.done():
+                latencies += await _query_ms(url, 1)
+            (await edit).raise_for_status()
+            edits.append(1000 * (time.perf_counter() - start))
+    return latencies, edits
 
 
 def bench_http(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> dict[str, Any]:
-    """Requests per second and latency percentiles of POST /generate against a real server subprocess."""
+    """Streaming throughput of /v1/chat/completions on a real server subprocess, with and without edits.
+
+    Tokens per second at each client count (every answer exactly `stream_tokens` long), time to first token
+    and gaps between tokens; the same on a server without edits; then a 4-token query's latency idle and
+    while an edit trains (the model thread interleaves training steps with decode steps)."""
     if importlib.util.find_spec("app.server") is None:
         return {"skipped": "app.server is not available"}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = bench_server(opts, Path(tmp))
-        try:
-            server.start(timeout=300)
-            edited = records[: opts.http_edits]
-            for r in edited:  # a few real edits so that some requests are routed
-                response = httpx.post(f"{server.url}/edits", json={"prompt": r.prompt, "target": r.target}, timeout=600)
-                response.raise_for_status()
-            # Half the prompts hit an edit, half are unrelated (the next records' prompts).
-            prompts = [r.prompt for r in edited] + [
-                r.prompt for r in records[opts.http_edits : 2 * opts.http_edits + 4]
-            ]
-            levels = [
-                asyncio.run(
-                    _load_level(server.url, prompts, c, opts.http_seconds, opts.max_new_tokens, opts.prompt_format)
-                )
-                for c in opts.http_clients
-            ]
-        finally:
-            server.stop()
-    for level in levels:
-        print(
-            f"  {level['clients']:>2} clients: {level['rps']:.2f} req/s, p50 {level['p50_ms']:.0f} ms", file=sys.stderr
-        )
-    return {
-        "levels": levels,
-        "edits": len(edited),
-        "max_new_tokens": opts.max_new_tokens,
-        "prompt_format": opts.prompt_format,
-    }
+    from evaluation.synthetic import fill_synthetic_edits
+    from storage.db import sqlite_url
+
+    edited = records[: opts.http_edits]
+    # Half the prompts are the real edits' questions, half unrelated (the next records' questions).
+    prompts = [r.prompt for r in edited] + [r.prompt for r in records[opts.http_edits : 2 * opts.http_edits]]
+    out: dict[str, Any] = {"stream_tokens": opts.stream_tokens, "real_edits": len(edited)}
+    for name, synthetic in (("edited", opts.synthetic_edits), ("unedited", 0)):
+        with tempfile.TemporaryDirectory() as tmp:
+            url = sqlite_url(Path(tmp) / "sola.db")
+            if synthetic:
+                fill_synthetic_edits(url, synthetic, Path(opts.data_dir).resolve() / "models")
+            server = bench_server(opts, Path(tmp), SOLA_DATABASE_URL=url)
+            try:
+                server.start(timeout=600)
+                for r in edited if synthetic else []:  # a few real edits so that some requests are routed
+                    body = {"prompt": r.prompt, "target": r.target}
+                    httpx.post(f"{server.url}/edits", json=body, timeout=600).raise_for_status()
+                levels = []
+                for clients in opts.http_clients:
+                    levels.append(
+                        asyncio.run(_stream_level(server.url, prompts, clients, opts.http_seconds, opts.stream_tokens))
+                    )
+                    level = levels[-1]
+                    print(
+                        f"  {name} {clients:>2} clients: {level['tokens_per_s']:.1f} tok/s, "
+                        f"TTFT p50 {level['ttft_p50_ms']:.0f} ms, gap p50 {level['gap_p50_ms']:.0f} ms",
+                        file=sys.stderr,
+                    )
+                out[name] = {"active_edits": synthetic + (len(edited) if synthetic else 0), "levels": levels}
+                if not synthetic:
+                    idle = asyncio.run(_query_ms(server.url, 4 * opts.repeats))
+                    training, edit_ms = asyncio.run(_query_during_training(server.url, records[-opts.repeats :]))
+                    out["query_while_training"] = {
+                        "idle_ms_median": edit_metrics.median(idle),
+                        "training_ms_median": edit_metrics.median(training),
+                        "queries_during_training": len(training),
+                        "edit_ms": edit_metrics.median(edit_ms),
+                    }
+            finally:
+                server.stop()
+    return out
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -530,20 +617,38 @@ def print_tables(results: dict[str, Any]) -> None:
     console.print(edits)
 
     http = results.get("http", {})
-    if "levels" in http:
-        table = Table(title=f"HTTP POST /generate ({http['edits']} edits active, {http['max_new_tokens']} new tokens)")
-        for col in ("clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"):
+    if "edited" in http:
+        table = Table(title=f"Streaming /v1/chat/completions ({http['stream_tokens']}-token answers)")
+        for col in (
+            "server",
+            "active edits",
+            "clients",
+            "tok/s",
+            "x 1 client",
+            "TTFT p50",
+            "TTFT p99",
+            "gap p50",
+            "gap p99",
+        ):
             table.add_column(col, justify="right")
-        for lv in http["levels"]:
-            table.add_row(
-                str(lv["clients"]),
-                str(lv["requests"]),
-                f"{lv['rps']:.2f}",
-                f"{lv['p50_ms']:.0f}",
-                f"{lv['p99_ms']:.0f}",
-                str(lv["errors"]),
-            )
+        for name in ("edited", "unedited"):
+            run = http[name]
+            one = run["levels"][0]["tokens_per_s"] or 1.0
+            for lv in run["levels"]:
+                table.add_row(
+                    name,
+                    str(run["active_edits"]),
+                    str(lv["clients"]),
+                    f"{lv['tokens_per_s']:.1f}",
+                    f"{lv['tokens_per_s'] / one:.2f}",
+                    *(f"{lv[k]:.0f} ms" for k in ("ttft_p50_ms", "ttft_p99_ms", "gap_p50_ms", "gap_p99_ms")),
+                )
         console.print(table)
+        q = http["query_while_training"]
+        console.print(
+            f"4-token query: {q['idle_ms_median']:.0f} ms idle, {q['training_ms_median']:.0f} ms while an edit trains "
+            f"({q['queries_during_training']} queries while edits trained, {q['edit_ms']:.0f} ms per edit median)"
+        )
     elif http:
         console.print(f"HTTP: skipped ({http.get('skipped')})")
 
@@ -579,16 +684,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set(yscale="log", ylabel="median ms", title=f"Edit latency split ({e['n']} edits)")
 
     ax = axes[1][1]
-    levels = results.get("http", {}).get("levels", [])
-    if levels:
-        clients = [lv["clients"] for lv in levels]
-        ax.plot(clients, [lv["rps"] for lv in levels], "-o", color="tab:blue")
-        ax.set(xlabel="concurrent clients", ylabel="requests / s", title="HTTP POST /generate")
-        twin = ax.twinx()
-        twin.plot(clients, [lv["p50_ms"] for lv in levels], "--s", color="tab:orange", label="p50 ms")
-        twin.plot(clients, [lv["p99_ms"] for lv in levels], ":^", color="tab:red", label="p99 ms")
-        twin.set_ylabel("latency ms")
-        twin.legend(loc="upper left")
+    http = results.get("http", {})
+    if "edited" in http:
+        for name, style in (("edited", "-o"), ("unedited", "--s")):
+            levels = http[name]["levels"]
+            label = f"{name} ({http[name]['active_edits']} edits)"
+            ax.plot([lv["clients"] for lv in levels], [lv["tokens_per_s"] for lv in levels], style, label=label)
+        ax.set(xlabel="concurrent streaming clients", ylabel="tokens / s", title="Streaming /v1/chat/completions")
+        ax.legend()
     else:
         ax.text(0.5, 0.5, "HTTP not measured", ha="center", va="center")
         ax.set_axis_off()

@@ -48,6 +48,8 @@ def test_tiny_bench_writes_json_and_plot(tmp_path: Path) -> None:
         http_clients=(1, 2),
         http_seconds=1.0,
         http_edits=1,
+        stream_tokens=4,
+        synthetic_edits=10,
     )
     results = run_bench(opts)
     saved = json.loads((tmp_path / "out" / "bench.json").read_text())
@@ -63,6 +65,11 @@ def test_tiny_bench_writes_json_and_plot(tmp_path: Path) -> None:
 
     edits = saved["edit_latency"]
     assert edits["n"] == 2 and all(edits[f"{phase}_ms_median"] > 0 for phase in ("key", "train", "commit"))
-    levels = saved["http"]["levels"]
-    assert [lv["clients"] for lv in levels] == [1, 2]
-    assert all(lv["requests"] > 0 and lv["errors"] == 0 and lv["p50_ms"] <= lv["p99_ms"] for lv in levels)
+    http = saved["http"]
+    assert (http["edited"]["active_edits"], http["unedited"]["active_edits"]) == (11, 0)
+    for run in (http["edited"], http["unedited"]):
+        assert [lv["clients"] for lv in run["levels"]] == [1, 2]
+        for lv in run["levels"]:
+            assert lv["requests"] > 0 and lv["errors"] == 0 and lv["tokens_per_s"] > 0
+            assert 0 < lv["ttft_p50_ms"] <= lv["ttft_p99_ms"] and 0 < lv["gap_p50_ms"] <= lv["gap_p99_ms"]
+    assert http["query_while_training"]["idle_ms_median"] > 0
