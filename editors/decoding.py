@@ -75,7 +75,7 @@ class ContinuousBatch:
             row.route = route
             fired = route.edit_id is not None
             row.slot = engine.bank.slot(route.edit_id) if fired else None
-            row.answer_tokens = space.answer_tokens[route.edit_id] if fired else 0
+            row.answer_tokens = space.answer_tokens(route.edit_id) if route.edit_id is not None else 0
             row.prompt_tokens = len(e.ids)
             if row.sampling.temperature > 0:
                 seed = row.sampling.seed if row.sampling.seed is not None else int.from_bytes(os.urandom(8), "little")

@@ -6,6 +6,7 @@ Not thread-safe: the service drives it from a single model worker.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import random
@@ -75,19 +76,23 @@ def key_kind(prompt_format: PromptFormat, rephrase: int | None) -> str:
     return f"{prompt_format}:" + ("prompt" if rephrase is None else f"rephrase:{rephrase}")
 
 
+FORMAT_NAMES = frozenset(f.value for f in PromptFormat)
+
+
 def is_legacy_kind(kind: str) -> bool:
     """Kinds of the first router ("chat", "raw", "rephrase-chat:0"): their vectors are last-token states,
     not content vectors, so the engine recomputes those keys from the stored prompt text."""
     return kind in ("chat", "raw") or kind.startswith("rephrase-")
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of distinct kinds, parsed for every key of every edit at startup
 def parse_kind(kind: str) -> tuple[PromptFormat, int | None]:
     """(prompt format, rephrase index or None) of a key kind, legacy kinds included."""
     if is_legacy_kind(kind):
         legacy = PromptFormat.CHAT if "chat" in kind else PromptFormat.RAW
         return legacy, int(kind.rsplit(":", 1)[1]) if kind.startswith("rephrase-") else None
     name, _, rest = kind.partition(":")
-    if name not in {f.value for f in PromptFormat} or not (rest == "prompt" or rest.startswith("rephrase:")):
+    if name not in FORMAT_NAMES or not (rest == "prompt" or rest.startswith("rephrase:")):
         raise ValueError(f"unknown key kind {kind!r}")
     return PromptFormat(name), None if rest == "prompt" else int(rest.split(":", 1)[1])
 
@@ -107,15 +112,18 @@ class EditingEngine:
         param = next(host.model.parameters())
         bank_dtype = getattr(torch, self.config.bank_dtype) if self.config.bank_dtype else param.dtype
         self.bank = LoRABank(down.in_features, down.out_features, self.config.rank, bank_dtype, param.device)
+        # New adapters are stored as the bank holds them when that is float16 (nothing is lost that the
+        # bank would keep); otherwise as float32, so SOLA_BANK_DTYPE=model serves them exactly as trained.
+        self.stored_dtype = torch.float16 if bank_dtype == torch.float16 else torch.float32
         proj = BankedLoRALinear(down, self.bank)
         layout.replace_edited_projection(original, proj)
         self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
         layers[self.config.layer] = self.routed
         for prompt_format in host.prompt_formats:
             index = KeyIndex(host.hidden_size, kind=index_kind)
-            self.routed.spaces[prompt_format] = KeySpace(
-                index, self.config.threshold, self._content_encoder(prompt_format)
-            )
+            encoder = self._content_encoder(prompt_format)
+            answer_length = functools.partial(self._answer_length, prompt_format=prompt_format)
+            self.routed.spaces[prompt_format] = KeySpace(index, self.config.threshold, encoder, answer_length)
         self._seqs = itertools.count(1)
 
     def _content_encoder(self, prompt_format: PromptFormat) -> ContentEncoder:
@@ -163,11 +171,9 @@ class EditingEngine:
         """What the edit answers after a prompt: the target, and in chat the end of the turn."""
         return self._target_ids(target, prompt_format) + self._answer_end(prompt_format)
 
-    def _answer_lengths(self, targets: Sequence[str], prompt_format: PromptFormat) -> list[int]:
-        """len(self._answer_ids(t, prompt_format)) for each target, in one tokenizer call."""
-        end = len(self._answer_end(prompt_format))
-        texts = [self._target_text(t, prompt_format) for t in targets]
-        return [len(ids) + end for ids in self.host.encode_many(texts)]
+    def _answer_length(self, target: str, prompt_format: PromptFormat) -> int:
+        """len(self._answer_ids(target, prompt_format)): how many generated tokens an edit's delta covers."""
+        return len(self._answer_ids(target, prompt_format))
 
     def subject_words(self, text: str) -> frozenset[str]:
         return lexical.subject_words(text, self.host.is_common_word)
@@ -212,6 +218,7 @@ class EditingEngine:
         adapter = serialize_adapter(
             result.lora_A,
             result.lora_B,
+            dtype=self.stored_dtype,
             layer=self.config.layer,
             alpha=self.config.alpha,
             fingerprint=self.host.fingerprint,
@@ -307,17 +314,15 @@ class EditingEngine:
         try:
             self.bank.add_many(
                 [p.item.edit_id for p in ready],
-                torch.stack([p.adapter.lora_A for p in ready]),
-                torch.stack([p.adapter.lora_B for p in ready]),
+                torch.from_numpy(np.stack([p.adapter.lora_A for p in ready])),  # the one copy of the bytes
+                torch.from_numpy(np.stack([p.adapter.lora_B for p in ready])),
                 [p.adapter.scaling for p in ready],
             )
             for prompt_format, key_space in self.routed.spaces.items():
                 placed = [p for p in ready if prompt_format in p.rows]
                 if not placed:
                     continue
-                lengths = self._answer_lengths([p.item.target for p in placed], prompt_format)
-                for p, n in zip(placed, lengths, strict=True):
-                    key_space.answer_tokens[p.item.edit_id] = n
+                key_space.targets.update((p.item.edit_id, p.item.target) for p in placed)
                 key_space.index.add_many(
                     [p.item.edit_id for p in placed],
                     [p.keys[p.rows[prompt_format]] for p in placed],
@@ -386,7 +391,7 @@ class EditingEngine:
         """The weights leave the bank and the keys the index: queries answer as if the edit was never made."""
         removed = [space.index.remove(edit_id) for space in self.routed.spaces.values()]
         for space in self.routed.spaces.values():
-            space.answer_tokens.pop(edit_id, None)
+            space.forget(edit_id)
         return self.bank.remove(edit_id) or any(removed)
 
     def reserve(self, edits: int, keys_by_kind: dict[str, int]) -> None:

@@ -12,7 +12,7 @@ r the LoRA rank, in/out the edited projection's widths.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,9 +175,22 @@ class KeySpace:
     index: KeyIndex
     threshold: float
     encoder: ContentEncoder
-    # Per edit, how many tokens its answer takes in this format (target, + end of turn in chat): a routed
-    # row gets the edit's delta while it produces that answer, then the base model goes on untouched.
-    answer_tokens: dict[str, int] = field(default_factory=dict)
+    # How many tokens an edit's answer takes in this format (target, + end of turn in chat): a routed row
+    # gets the edit's delta while it produces that answer, then the base model goes on untouched. Measured
+    # (tokenized) when an edit first answers, not at activation: a startup activates 100,000 edits at once.
+    answer_length: Callable[[str], int]  # target -> tokens
+    targets: dict[str, str] = field(default_factory=dict)  # edit id -> its target
+    _answer_tokens: dict[str, int] = field(default_factory=dict)
+
+    def answer_tokens(self, edit_id: str) -> int:
+        n = self._answer_tokens.get(edit_id)
+        if n is None:
+            n = self._answer_tokens[edit_id] = self.answer_length(self.targets[edit_id])
+        return n
+
+    def forget(self, edit_id: str) -> None:
+        self.targets.pop(edit_id, None)
+        self._answer_tokens.pop(edit_id, None)
 
 
 @dataclass
@@ -295,7 +308,7 @@ class RoutedLayer(nn.Module):
         contents = key_space.encoder.encode(spans)  # [B, D]
         routes = self.search(contents.cpu().numpy(), session.words, session.prompt_format)
         routed = [
-            (row, self.proj.bank.slot(r.edit_id), key_space.answer_tokens[r.edit_id])
+            (row, self.proj.bank.slot(r.edit_id), key_space.answer_tokens(r.edit_id))
             for row, r in enumerate(routes)
             if r.edit_id is not None
         ]

@@ -29,7 +29,9 @@ from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventK
 CHUNK = 2_000
 
 
-def fill_synthetic_edits(url: str, n: int, cache: Path, seed: int = 0) -> None:
+def fill_synthetic_edits(
+    url: str, n: int, cache: Path, seed: int = 0, stored_dtype: torch.dtype = torch.float16
+) -> None:
     """n synthetic active edits, each with its `created` event, inserted in bulk."""
     host = ModelHost.load(None, cache.parent, cache_dir=cache)
     config = EngineConfig()
@@ -55,6 +57,7 @@ def fill_synthetic_edits(url: str, n: int, cache: Path, seed: int = 0) -> None:
                     layer=config.layer,
                     alpha=config.alpha,
                     fingerprint=host.fingerprint,
+                    dtype=stored_dtype,  # as the default engine (float16 bank) stores what it trains
                 )
                 for _ in range(size)
             ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -52,10 +53,8 @@ def main() -> None:
         for name, before in ways.items():
             hits = wrong = contains = 0
             for r in records:
-                messages = [*before, {"role": "user", "content": r.rephrase or ""}]
-                answer = client.chat.completions.create(
-                    model="m", messages=messages, temperature=0, max_tokens=24  # type: ignore[arg-type]
-                )
+                messages: list[Any] = [*before, {"role": "user", "content": r.rephrase or ""}]
+                answer = client.chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=24)
                 edit = (answer.model_extra or {}).get("sola_edit")
                 hits += int(edit is not None and edit["id"] == own[r.rephrase or ""])
                 wrong += int(edit is not None and edit["id"] != own[r.rephrase or ""])

@@ -114,6 +114,12 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("bench-out/scale"))
     parser.add_argument("--cache", type=Path, default=Path("var/models"), help="the dequantized model cache")
     parser.add_argument("--bank-dtype", choices=["float16", "bfloat16", "model"], help="SOLA_BANK_DTYPE")
+    parser.add_argument(
+        "--stored-dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="adapter blobs as training stores them",
+    )
     parser.add_argument("--replicas", action="store_true", help="also: two servers, edit on one, time to the other")
     parser.add_argument("--start-only", help=argparse.SUPPRESS)  # internal: one measured start on this URL
     args = parser.parse_args()
@@ -122,13 +128,15 @@ def main() -> None:
         print(json.dumps(start_once(args.start_only, args.cache.resolve(), args.threads, args.bank_dtype)))
         return
     args.dir.mkdir(parents=True, exist_ok=True)
-    empty, full = args.dir / "empty.db", args.dir / f"edits-{args.edits}.db"
+    empty, full = args.dir / "empty.db", args.dir / f"edits-{args.edits}-{args.stored_dtype}.db"
     for path, n in ((empty, 0), (full, args.edits)):
         if not path.exists():  # filled under another name first: an interrupted fill is never reused
             partial = path.with_suffix(".partial")
             for stale in args.dir.glob(partial.name + "*"):
                 stale.unlink()
-            fill_synthetic_edits(sqlite_url(partial), n, args.cache.resolve())
+            fill_synthetic_edits(
+                sqlite_url(partial), n, args.cache.resolve(), stored_dtype=getattr(torch, args.stored_dtype)
+            )
             partial.rename(path)
     results = {}
     for name, path in (("empty", empty), ("full", full)):

@@ -242,7 +242,11 @@ def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
     trained = eng.train_edit("What is the capital of Zorbania?", "Quexiville")
     parsed = deserialize_adapter(trained.adapter)
     foreign = serialize_adapter(
-        parsed.lora_A, parsed.lora_B, layer=parsed.layer, alpha=parsed.alpha, fingerprint="0" * 64
+        torch.from_numpy(parsed.lora_A.copy()),
+        torch.from_numpy(parsed.lora_B.copy()),
+        layer=parsed.layer,
+        alpha=parsed.alpha,
+        fingerprint="0" * 64,
     )
     with pytest.raises(AdapterMismatch, match="another base model"):
         eng.activate("foreign", foreign, trained.keys, trained.key_kinds, "What is the capital of Zorbania?", "Q")
