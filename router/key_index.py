@@ -14,7 +14,7 @@ instead of 1.3-1.5 ms per query at 10,000 keys, docs/benchmarks.md); they are th
 float32 copies, so every decision and reported similarity is the float32 cosine whichever index found them.
 Index kinds: "flat" scans every key (exact); "ivf" scans the `nprobe` nearest of about sqrt(n) k-means
 cells (approximate; FAISS removes from it in place, unlike HNSW); "auto" (the default) is flat below
-`approximate_from` keys and IVF above, rebuilt when the key count crosses it or quadruples since the last
+`approximate_from` keys and IVF above, rebuilt when the key count crosses it or doubles since the last
 k-means, so the cells keep fitting the keys. The figures behind these choices: docs/benchmarks.md, "Scale".
 """
 
@@ -181,8 +181,9 @@ class KeyIndex:
     def _wants_rebuild(self) -> bool:
         if self._should_be_approximate() != self._approximate:
             return True
-        # IVF cells fitted on few keys (or none, for kind "ivf") grow too big to scan: refit at 4x.
-        return self._approximate and len(self) >= 4 * max(self._trained_size, 256)
+        # IVF cells fitted on fewer keys (or none, for kind "ivf") fit the keys ever worse: refit at 2x. (At
+        # 4x, 100,000 keys sat in cells fitted on 50,000: recall@8 0.981 and 1.31 ms, against 0.990, 0.92 ms.)
+        return self._approximate and len(self) >= 2 * max(self._trained_size, 256)
 
     def _rebuild(self, approximate: bool) -> None:
         """A fresh FAISS index over every key held: flat, or IVF with k-means cells fitted to these keys."""
