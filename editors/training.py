@@ -54,22 +54,6 @@ def _init_lora(rank: int, in_features: int, out_features: int, seed: int) -> tup
     return lora_A.requires_grad_(), torch.zeros(out_features, rank, requires_grad=True)
 
 
-def train_lora(
-    layout: DecoderLayout,
-    routed: RoutedLayer,
-    config: EngineConfig,
-    hidden: torch.Tensor,
-    layer_kwargs: dict,
-    examples: list[EditExample],
-    in_features: int,
-    out_features: int,
-    spent: float = 0.0,
-) -> TrainResult:
-    """train_lora_steps run to the end in one go."""
-    steps = train_lora_steps(layout, routed, config, hidden, layer_kwargs, examples, in_features, out_features, spent)
-    return drain(steps)
-
-
 def train_lora_steps(
     layout: DecoderLayout,
     routed: RoutedLayer,
