@@ -258,7 +258,13 @@ async def completions(body: CompletionRequest, request: Request, _: Reader, svc:
     asks = completion_asks(body, request)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     model, created = svc.host.name, int(time.time())
-    opened_rows = await asyncio.gather(*(opened(svc, ask) for ask in asks))  # all join the batch together
+    attempts = await asyncio.gather(*(opened(svc, ask) for ask in asks), return_exceptions=True)
+    failed = [a for a in attempts if isinstance(a, BaseException)]
+    opened_rows = [a for a in attempts if not isinstance(a, BaseException)]  # all joined the batch together
+    if failed:  # one prompt refused: the others leave the batch now instead of decoding for nobody
+        for row in opened_rows:
+            await row[1].aclose()  # type: ignore[attr-defined]
+        raise failed[0]
     edits = [edit_of(start) for start, _ in opened_rows]
     headers = provenance_headers(edits[0], request_id)
     if not body.stream:

@@ -197,3 +197,15 @@ def test_generate_defaults_to_chat_and_reports_finish_and_counts(server: Server,
         out = reader.post("/generate", json={"prompt": ZORBANIA, "max_new_tokens": 16}).json()
     assert out["text"] == "Quexiville" and out["routed_edit_id"] == edit_ids[ZORBANIA]
     assert out["finish_reason"] == "stop" and out["prompt_tokens"] > 5 and out["completion_tokens"] >= 1
+
+
+def test_a_refused_prompt_in_a_list_refuses_the_request(client: openai.OpenAI, server: Server) -> None:
+    """The second prompt overflows the context with these max_tokens; the first, already queued, is let go."""
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model="m", prompt=["Hi", "word " * 20], max_tokens=8185, temperature=0)
+    assert isinstance(raised.value.body, dict) and "context" in raised.value.body["message"]
+    answer = chat(client, "Name a primary colour.", max_tokens=4)
+    assert answer.choices[0].finish_reason == "length"
+    with server.client(READER) as reader:
+        metrics = reader.get("/metrics").text
+    assert "sola_generate_queue_depth 0.0" in metrics
