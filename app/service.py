@@ -364,26 +364,7 @@ class EditService:
 
     async def complete(self, ask: Ask) -> Generation:
         """The whole answer of one request."""
-        parts: list[str] = []
-        start = end = None
-        async for event in self.stream(ask):
-            if event.kind == "start":
-                start = event
-            elif event.kind == "text":
-                parts.append(event.text)
-            elif event.kind == "end":
-                end = event
-        assert start is not None and end is not None and start.route is not None
-        route = start.route
-        return Generation(
-            text="".join(parts),
-            routed_edit_id=route.edit_id,
-            similarity=route.similarity,
-            token_ids=list(end.token_ids),
-            nearest_edit_id=route.nearest_edit_id,
-            finish_reason=end.finish_reason,
-            prompt_tokens=end.prompt_tokens,
-        )
+        return Generation.from_events([event async for event in self.stream(ask)])
 
     async def stream(self, ask: Ask) -> AsyncIterator[RowEvent]:
         """One request's events as the worker decodes it: its route (first), text as it comes, its end.

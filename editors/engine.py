@@ -32,7 +32,7 @@ from editors.routed_lora import (
     StopForward,
 )
 from editors.training import EditExample, drain, train_lora_steps
-from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
+from editors.types import EngineConfig, Generation, PromptFormat, Row, RowEvent, Sampling, Score, TrainedEdit
 from router import lexical
 from router.key_index import KeyIndex, Route
 
@@ -449,43 +449,24 @@ class EditingEngine:
         context: ChatContext | None = None,
         use_edits: bool = True,
     ) -> list[Generation]:
-        """Batched greedy decoding; each row routed by its own question, decided once at prefill.
+        """Batched greedy decoding, on the same continuous-batching decoder that serves requests
+        (editors/decoding.py): each row routed by its own question at prefill, the edit's delta applied
+        while the row produces its edit's answer.
 
         `min_new_tokens` holds back the stop tokens that long (benchmarks: equal work for every model)."""
-        encoded = [self.encode(p, prompt_format, context) for p in prompts]
-        input_ids, attention_mask = self.pad([e.ids for e in encoded], left=True)  # every row ends at -1
-        stop = self.host.end_of_turn_ids()
-        session = self.routing_session(prompts, encoded, prompt_format, left=True)
-        with self.routed.session_scope(session if use_edits else None):
-            out = self.host.model.generate(  # type: ignore[operator]  # transformers' mixin, untyped here
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                min_new_tokens=min_new_tokens or None,
-                do_sample=False,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=stop,
-                pad_token_id=self.host.tokenizer.pad_token_id,
-            )
-        routes = session.routes if use_edits else [Route(None, None)] * len(prompts)
-        assert routes is not None
-        results = []
-        for row, route in enumerate(routes):
-            tokens = out[row, input_ids.shape[1] :].tolist()
-            cut = next((i for i, t in enumerate(tokens) if t in stop), len(tokens))
-            tokens = tokens[:cut]
-            results.append(
-                Generation(
-                    text=str(self.host.tokenizer.decode(tokens, skip_special_tokens=True)),  # one sequence: a str
-                    routed_edit_id=route.edit_id,
-                    similarity=route.similarity,
-                    token_ids=tokens,
-                    nearest_edit_id=route.nearest_edit_id,
-                )
-            )
-        return results
+        from editors.decoding import ContinuousBatch  # it drives this engine: imported late, not circular
+
+        events: list[list[RowEvent]] = [[] for _ in prompts]
+        sampling = Sampling(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+        rows = [
+            Row(p, prompt_format, sampling, log.append, context=context, use_edits=use_edits)
+            for p, log in zip(prompts, events, strict=True)
+        ]
+        batch = ContinuousBatch(self)
+        batch.admit(rows)
+        while len(batch):
+            batch.step()
+        return [Generation.from_events(log) for log in events]
 
     @torch.no_grad()
     def score(

@@ -195,15 +195,14 @@ class KeySpace:
 
 @dataclass
 class RoutingSession:
-    """One batch's routing: decided at prefill from each row's question, kept for its decode steps."""
+    """A forward over whole questions (a prefill, scoring): each row routed by its own question, the routed
+    rows run with their edit's delta. Decode steps after a prefill run under a DecodeSession."""
 
     prompt_format: PromptFormat  # the batch's prompts are all in this format
     spans: list[tuple[int, int]]  # per row, [start, end) of its question's tokens in the padded batch
     words: list[frozenset[str]]  # per row, the question's words (router/lexical.py)
     routes: list[Route] | None = None
     plan: RowPlan | None = None
-    answer_tokens: torch.Tensor | None = None  # [R] answer length of each planned row's edit
-    decode_step: int = 0  # forwards since prefill
 
 
 @dataclass
@@ -269,25 +268,9 @@ class RoutedLayer(nn.Module):
             raise StopForward
         if isinstance(session, TrainSession | DecodeSession):
             return self._run(session.plan, hidden_states, args, kwargs)
-        if session.routes is None:  # prefill: the only step that sees the whole question
+        if session.routes is None:
             session.routes, session.plan = self.route(hidden_states, session)
-        elif session.plan is not None:  # decode step s produces answer token s + 1
-            session.decode_step += 1
-            self._retire_answered(session)
         return self._run(session.plan, hidden_states, args, kwargs)
-
-    @staticmethod
-    def _retire_answered(session: RoutingSession) -> None:
-        """Drop rows whose edit has produced its whole answer: the base model continues from there."""
-        assert session.plan is not None and session.answer_tokens is not None
-        keep = session.answer_tokens > session.decode_step
-        if bool(keep.all()):
-            return
-        if not bool(keep.any()):
-            session.plan, session.answer_tokens = None, None
-            return
-        session.plan = RowPlan(session.plan.rows[keep], session.plan.slots[keep])
-        session.answer_tokens = session.answer_tokens[keep]
 
     def _run(self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
         self.proj.plan = plan
@@ -307,14 +290,9 @@ class RoutedLayer(nn.Module):
         spans = [hidden_states[row, start:end].detach() for row, (start, end) in enumerate(session.spans)]
         contents = key_space.encoder.encode(spans)  # [B, D]
         routes = self.search(contents.cpu().numpy(), session.words, session.prompt_format)
-        routed = [
-            (row, self.proj.bank.slot(r.edit_id), key_space.answer_tokens(r.edit_id))
-            for row, r in enumerate(routes)
-            if r.edit_id is not None
-        ]
+        routed = [(row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None]
         if not routed:
             return routes, None
-        rows, slots, lengths = np.array(routed, dtype=np.int64).T
+        rows, slots = np.array(routed, dtype=np.int64).T
         device = hidden_states.device
-        session.answer_tokens = torch.from_numpy(lengths)
         return routes, RowPlan(torch.from_numpy(rows).to(device), torch.from_numpy(slots).to(device))

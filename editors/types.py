@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -71,6 +71,22 @@ class Generation:
     nearest_edit_id: str | None = None  # the edit of that best score, also when it did not fire
     finish_reason: str | None = None  # "stop" (end of turn, stop string) or "length" (served answers)
     prompt_tokens: int = 0
+
+    @classmethod
+    def from_events(cls, events: Sequence[RowEvent]) -> Generation:
+        """One decoded row's whole answer, from its events (start, text..., end)."""
+        start, end = events[0], events[-1]
+        assert start.kind == "start" and end.kind == "end", (start.kind, end.kind)
+        route = start.route
+        return cls(
+            text="".join(e.text for e in events if e.kind == "text"),
+            routed_edit_id=route.edit_id if route else None,
+            similarity=route.similarity if route else None,
+            token_ids=list(end.token_ids),
+            nearest_edit_id=route.nearest_edit_id if route else None,
+            finish_reason=end.finish_reason,
+            prompt_tokens=end.prompt_tokens,
+        )
 
 
 @dataclass
