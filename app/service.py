@@ -371,7 +371,7 @@ class EditService:
 
         Leaving the iteration early (a client that went away) frees its batch slot at the next decode step."""
         self._ready_edits()
-        await asyncio.to_thread(self.check_fits, ask)
+        encoded = await asyncio.to_thread(self.check_fits, ask)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[RowEvent] = asyncio.Queue()
 
@@ -385,6 +385,7 @@ class EditService:
             emit,
             context=ask.context,
             use_edits=ask.use_edits,
+            encoded=encoded,
         )
         try:
             self.worker.submit_row(row)
@@ -415,12 +416,14 @@ class EditService:
         if routed and row.route is not None and row.route.edit_id is not None:
             self.metrics.edit_hits.hit(row.route.edit_id)
 
-    def check_fits(self, ask: Ask) -> None:
-        """Raises InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
+    def check_fits(self, ask: Ask) -> Any:
+        """The prompt's tokens (editors.model_host.PromptTokens), encoded once for the decoder too; raises
+        InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
         from editors.model_host import PromptFormatError
 
         try:
-            n = len(self.host.encode_prompt(ask.prompt, ask.prompt_format, ask.context).ids)
+            encoded = self.engine.encode(ask.prompt, ask.prompt_format, ask.context)
+            n = len(encoded.ids)
         except PromptFormatError as exc:  # chat on a model without a chat template
             raise InvalidPrompt(str(exc)) from None
         except Exception:  # the tokenizer refused this text
@@ -432,9 +435,7 @@ class EditService:
                 f"the prompt ({n} tokens) + max new tokens ({ask.sampling.max_new_tokens}) exceed the model's "
                 f"context of {self.host.max_context} tokens"
             )
-
-    def prompt_tokens(self, ask: Ask) -> int:
-        return len(self.host.encode_prompt(ask.prompt, ask.prompt_format, ask.context).ids)
+        return encoded
 
     # ---- readiness ---------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -53,7 +53,7 @@ class ContinuousBatch:
 
     def _admit(self, rows: list[Row], prompt_format: PromptFormat, use_edits: bool) -> None:
         engine = self.engine
-        encoded: list[PromptTokens] = [engine.encode(r.prompt, prompt_format, r.context) for r in rows]
+        encoded: list[PromptTokens] = [r.encoded or engine.encode(r.prompt, prompt_format, r.context) for r in rows]
         input_ids, mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         session = engine.routing_session([r.prompt for r in rows], encoded, prompt_format, left=True)
@@ -67,14 +67,11 @@ class ContinuousBatch:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        routes = session.routes or [Route(None, None)] * len(rows)
+        routes = (session.routes if use_edits else None) or [Route(None, None)] * len(rows)
         space = engine.routed.spaces[prompt_format]
-        if not use_edits:
-            routes = [Route(None, None)] * len(rows)
         for row, e, route in zip(rows, encoded, routes, strict=True):
             row.route = route
-            fired = route.edit_id is not None
-            row.slot = engine.bank.slot(route.edit_id) if fired else None
+            row.slot = engine.bank.slot(route.edit_id) if route.edit_id is not None else None
             row.answer_tokens = space.answer_tokens(route.edit_id) if route.edit_id is not None else 0
             row.prompt_tokens = len(e.ids)
             if row.sampling.temperature > 0:

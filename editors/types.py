@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: importing them would load torch and FAISS
-    from editors.model_host import ChatContext
+    from editors.model_host import ChatContext, PromptTokens
     from router.key_index import Route
 
 
@@ -143,6 +143,7 @@ class Row:
     emit: Callable[[RowEvent], None]
     context: ChatContext | None = None  # editors.model_host.ChatContext
     use_edits: bool = True
+    encoded: PromptTokens | None = None  # the prompt's tokens, if the caller has them already (else encoded here)
     cancelled: bool = False  # set from any thread (client gone): the row leaves at the next step
     # filled in by the batch
     tokens: list[int] = field(default_factory=list)
