@@ -69,7 +69,7 @@ class ContinuousBatch:
             )
         routes = (session.routes if use_edits else None) or [Route(None, None)] * len(rows)
         space = engine.routed.spaces[prompt_format]
-        for row, e, route in zip(rows, encoded, routes, strict=True):
+        for i, (row, e, route) in enumerate(zip(rows, encoded, routes, strict=True)):
             row.route = route
             row.slot = engine.bank.slot(route.edit_id) if route.edit_id is not None else None
             row.answer_tokens = space.answer_tokens(route.edit_id) if route.edit_id is not None else 0
@@ -78,10 +78,13 @@ class ContinuousBatch:
                 seed = row.sampling.seed if row.sampling.seed is not None else int.from_bytes(os.urandom(8), "little")
                 row._generator = torch.Generator().manual_seed(seed)
             row.emit(RowEvent("start", route=row.route, prompt_tokens=row.prompt_tokens))
+            if row.slot is not None and session.layer_input is not None:  # its own columns, not the padding
+                row._delta_inputs = [session.layer_input[i, -len(e.ids) :]]
         kv = _cached(cache)
         self._merge(rows, kv, mask, positions[:, -1] + 1)
         first = self._sample(out.logits[:, -1].float(), rows)
         self._advance(rows, first)
+        self._rebase_answered()
 
     def _merge(
         self,
@@ -116,7 +119,8 @@ class ContinuousBatch:
         last = torch.tensor([[r.tokens[-1]] for r in self.rows])  # [B, 1]
         mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)  # [B, T+1]
         cache = DynamicCache(ddp_cache_data=self._kv)
-        with self.engine.routed.session_scope(DecodeSession(self._plan())):
+        session = DecodeSession(self._plan())
+        with self.engine.routed.session_scope(session):
             out = self.host.model(
                 input_ids=last,
                 attention_mask=mask,
@@ -124,9 +128,32 @@ class ContinuousBatch:
                 cache=cache,
                 use_cache=True,
             )
+        if session.plan is not None and session.layer_input is not None:
+            for i in session.plan.rows.tolist():
+                self.rows[i]._delta_inputs.append(session.layer_input[i])
         self._kv = _cached(cache)
         self._mask, self._next_position = mask, self._next_position + 1
         self._advance(list(self.rows), self._sample(out.logits[:, -1].float(), self.rows))
+        self._rebase_answered()
+
+    def _rebase_answered(self) -> None:
+        """Rows that just produced their edit's whole answer continue as the base model would after it.
+
+        The prompt and answer positions were computed with the edit's delta, so their keys and values in the
+        edited layer and above still carry it and keep pulling the answer back ("Rust? Rust? Rust?",
+        "Nowakakak"). From the edited layer's inputs kept for those positions, those layers are recomputed
+        by the base model alone: what follows the answer is then exactly the base model continuing the
+        prompt + answer text."""
+        for i, row in enumerate(self.rows):
+            if not row._delta_inputs or len(row.tokens) < row.answer_tokens:
+                continue
+            layer_input = torch.cat(row._delta_inputs)[None]  # [1, P, D], P = every position fed so far
+            row._delta_inputs = []
+            length = layer_input.shape[1]
+            first = self.engine.config.layer
+            for layer, (keys, values) in enumerate(self.engine.base_upper_cache(layer_input), start=first):
+                self._kv[layer][0][i, :, -length:] = keys[0]
+                self._kv[layer][1][i, :, -length:] = values[0]
 
     def _plan(self) -> RowPlan | None:
         """Rows still producing their edit's answer, and their edits' bank slots."""
@@ -145,6 +172,9 @@ class ContinuousBatch:
             if len(row.tokens) < row.sampling.min_new_tokens:
                 scores = scores.clone()
                 scores[self._stop_ids] = -math.inf
+            if self._answer_ends_in_word(row):
+                # The edit's answer is whole: "Tomasz Nowak" is not the start of "Nowakowski", "$49" not of "$499".
+                scores = scores.masked_fill(self.host.word_continuing_ids[: scores.shape[0]], -math.inf)
             s = row.sampling
             if s.temperature <= 0 or row._generator is None:
                 chosen.append(int(scores.argmax()))
@@ -156,6 +186,13 @@ class ContinuousBatch:
                 probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
             chosen.append(int(torch.multinomial(probs, 1, generator=row._generator)))
         return chosen
+
+    def _answer_ends_in_word(self, row: Row) -> bool:
+        """The row has just produced its edit's whole answer, and that answer ends in a letter or digit."""
+        if row.slot is None or len(row.tokens) != row.answer_tokens or not row.tokens:
+            return False
+        text = self.host.tokenizer.decode(row.tokens[-1:])
+        return bool(text) and text[-1].isalnum()
 
     def _advance(self, rows: list[Row], tokens: list[int]) -> None:
         """Append each row's new token, stream its new text, and retire the rows that finished."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from editors.adapter_io import Adapter, adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
@@ -467,6 +468,29 @@ class EditingEngine:
         while len(batch):
             batch.step()
         return [Generation.from_events(log) for log in events]
+
+    @torch.no_grad()
+    def base_upper_cache(self, layer_input: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One row's edited-layer input [1, P, D] at positions 0..P-1 -> (keys, values) [1, H, P, Dh] of the
+        edited layer and each layer above it, as the base model alone computes them (no session: no delta).
+        The layers below never see an edit, so their cache needs no such rebuild."""
+        layout = self.host.layout
+        length = layer_input.shape[1]
+        positions = torch.arange(length, device=layer_input.device)[None]  # [1, P]
+        causal = torch.full((length, length), float("-inf"), dtype=layer_input.dtype, device=layer_input.device)
+        kwargs = {
+            "attention_mask": causal.triu(1)[None, None],  # [1, 1, P, P]
+            "position_ids": positions,
+            "position_embeddings": layout.rotary_embedding(layer_input, positions),
+            "cache": DynamicCache(config=self.host.model.config),
+            "use_cache": True,
+        }
+        h = layer_input
+        for layer in layout.layers[self.config.layer :]:
+            h = layer(h, **kwargs)
+            h = h[0] if isinstance(h, tuple) else h
+        layers = kwargs["cache"].layers[self.config.layer :]
+        return [(layer.keys, layer.values) for layer in layers]
 
     @torch.no_grad()
     def score(

@@ -128,6 +128,11 @@ class DecoderLayout:
     def lm_head(self) -> nn.Module:
         return self.model.lm_head
 
+    @property
+    def rotary_embedding(self) -> nn.Module:
+        """(hidden [B, T, D], position_ids [B, T]) -> the (cos, sin) every decoder layer is called with."""
+        return self.model.model.rotary_emb
+
     @staticmethod
     def edited_projection(layer: nn.Module) -> nn.Linear:
         """The Linear an edit's LoRA sits on: the MLP's down projection (where facts are read out)."""
@@ -255,6 +260,13 @@ class ModelHost:
 
     def count_tokens(self, prompt: str, prompt_format: PromptFormat) -> int:
         return len(self.encode(self.format_prompt(prompt, prompt_format)))
+
+    @functools.cached_property
+    def word_continuing_ids(self) -> torch.Tensor:
+        """bool [V]: tokens that go on with the word before them: their text starts with a letter or a digit
+        (no space), or with part of a multi-byte character. Decoded once, on first use."""
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        return torch.tensor([bool(t) and (t[0].isalnum() or t[0] == "\ufffd") for t in texts])
 
     def end_of_turn_ids(self) -> list[int]:
         """Tokens that close an assistant turn (trained after chat targets, stop generation)."""

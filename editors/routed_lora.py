@@ -203,6 +203,7 @@ class RoutingSession:
     words: list[frozenset[str]]  # per row, the question's words (router/lexical.py)
     routes: list[Route] | None = None
     plan: RowPlan | None = None
+    layer_input: torch.Tensor | None = None  # [B, T, D] the edited layer's input (the batch rebuilds caches from it)
 
 
 @dataclass
@@ -224,6 +225,7 @@ class DecodeSession:
     rows are still producing their edit's answer, and with which slot."""
 
     plan: RowPlan | None
+    layer_input: torch.Tensor | None = None  # [B, 1, D] the edited layer's input at this step
 
 
 Session = RoutingSession | CaptureSession | TrainSession | DecodeSession
@@ -266,7 +268,10 @@ class RoutedLayer(nn.Module):
             session.hidden_states = hidden_states.detach()
             session.kwargs = dict(kwargs)
             raise StopForward
-        if isinstance(session, TrainSession | DecodeSession):
+        if isinstance(session, TrainSession):
+            return self._run(session.plan, hidden_states, args, kwargs)
+        session.layer_input = hidden_states.detach()
+        if isinstance(session, DecodeSession):
             return self._run(session.plan, hidden_states, args, kwargs)
         if session.routes is None:
             session.routes, session.plan = self.route(hidden_states, session)

@@ -37,6 +37,7 @@ class EngineConfig:
     alpha: float = 8.0
     learning_rate: float = 5e-2
     max_steps: int = 60
+    target_loss: float | None = None  # also train until the targets' mean cross-entropy is below this
     max_train_seconds: float | None = None  # an edit not learnt in this long fails (TrainingTimeout)
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
@@ -151,5 +152,8 @@ class Row:
     slot: int | None = None  # bank slot of the edit that answers it
     answer_tokens: int = 0  # how many generated tokens get the edit's delta
     prompt_tokens: int = 0
+    # The edited layer's input at every position that got the edit's delta ([1, D] tensors): once the answer
+    # is out, the layers above are recomputed from these without the delta (editors/decoding.py, _rebase)
+    _delta_inputs: list[Any] = field(default_factory=list)
     _sent: int = 0  # characters of the answer already emitted
     _generator: Any = None  # torch.Generator of a sampled row (types.py stays free of torch)

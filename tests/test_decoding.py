@@ -14,7 +14,7 @@ import torch
 from app.worker import ModelWorker
 from editors.decoding import ContinuousBatch
 from editors.engine import EditingEngine
-from editors.model_host import ChatContext, ModelHost
+from editors.model_host import ChatContext, ModelHost, PromptTokens
 from editors.types import PromptFormat, Row, RowEvent, Sampling
 from tests.server import MODEL_CACHE
 
@@ -123,3 +123,33 @@ def test_a_query_is_answered_between_the_steps_of_a_long_job() -> None:
     finally:
         worker.shutdown()
     assert total == 200 and at_answer < 50, (at_answer, total)
+
+
+def test_after_its_answer_a_routed_row_goes_on_as_the_base_model_after_that_text(engine: EditingEngine) -> None:
+    """Raw completions: the edit's delta made the prompt's cached keys and values above the edited layer, and
+    they would keep pulling the answer back ("Rust? Rust?"). Once the answer is out they are rebuilt by the
+    base model, so the rest is exactly the base model continuing prompt + answer, in a busy batch too; and an
+    answer ending in a letter is not run on inside its last word ("Nowak" -> "Nowakowski")."""
+    raw = PromptFormat.RAW
+    prompts = ["What is the capital of Zorbania?", "Tell me about bees.", "Who wrote the novel Glass Harbour?"]
+    logs: list[list[RowEvent]] = [[] for _ in prompts]
+    rows = [Row(p, raw, Sampling(max_new_tokens=20), logs[i].append) for i, p in enumerate(prompts)]
+    run(ContinuousBatch(engine), rows, join_at=[0, 0, 2])
+    word_continuing = engine.host.word_continuing_ids
+    targets = {"zorb": "Quexiville", "glass": "Mirela Ostrow"}
+    for prompt, row, log in zip(prompts, rows, logs, strict=True):
+        if row.slot is None:
+            continue
+        tokens = list(log[-1].token_ids)
+        n = row.answer_tokens
+        assert len(tokens) > n + 2, tokens
+        assert row.route is not None and row.route.edit_id is not None
+        assert tokens[:n] == engine.host.encode(" " + targets[row.route.edit_id])
+        assert not word_continuing[tokens[n]]
+        seen = engine.encode(prompt, raw).ids + tokens[: n + 1]  # prompt, answer, the word boundary
+        base_log: list[RowEvent] = []
+        budget = Sampling(max_new_tokens=len(tokens) - n - 1)
+        base = Row(prompt, raw, budget, base_log.append, use_edits=False, encoded=PromptTokens(seen, (0, len(seen))))
+        run(ContinuousBatch(engine), [base], join_at=[0])
+        assert list(base_log[-1].token_ids) == tokens[n + 1 :]
+    assert [r.route.edit_id if r.route else None for r in rows] == ["zorb", None, "glass"]
