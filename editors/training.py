@@ -65,8 +65,9 @@ def train_lora_steps(
     out_features: int,
     spent: float = 0.0,
 ) -> Generator[None, None, TrainResult]:
-    """Adam on (A, B) until every target token is the argmax in every example, or `max_steps`; yields after
-    each step, so the model thread can decode for other requests between steps (app/worker.py).
+    """Adam on (A, B) until every target token is the argmax in every example and the mean loss is under
+    `config.target_loss`, or `max_steps`; yields after each step, so the model thread can decode for other
+    requests between steps (app/worker.py).
 
     With `config.max_train_seconds`, raises TrainingTimeout once this edit's own compute time (`spent` so
     far, plus its steps; not the time others used between them) passes that budget without convergence:
@@ -92,7 +93,9 @@ def train_lora_steps(
             logits = layout.lm_head(layout.final_norm(h[rows, cols]))
         loss = F.cross_entropy(logits, labels)
         loss_value = float(loss.detach())
-        if bool((logits.detach().argmax(-1) == labels).all()):
+        if bool((logits.detach().argmax(-1) == labels).all()) and (
+            config.target_loss is None or loss_value < config.target_loss
+        ):
             break
         spent += time.perf_counter() - resumed
         if config.max_train_seconds is not None and spent > config.max_train_seconds:
