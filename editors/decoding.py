@@ -79,7 +79,7 @@ class ContinuousBatch:
                 row._generator = torch.Generator().manual_seed(seed)
             row.emit(RowEvent("start", route=row.route, prompt_tokens=row.prompt_tokens))
             if row.slot is not None and session.layer_input is not None:  # its own columns, not the padding
-                row._delta_inputs = [session.layer_input[i, -len(e.ids) :]]
+                row._delta_inputs = [session.layer_input[i, -len(e.ids) :].clone()]  # not the whole batch's
         kv = _cached(cache)
         self._merge(rows, kv, mask, positions[:, -1] + 1)
         first = self._sample(out.logits[:, -1].float(), rows)
