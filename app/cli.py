@@ -83,16 +83,28 @@ def evaluate(
     threshold: Annotated[
         float | None, typer.Option(help="Routing threshold (score = content cosine x subject coverage^2).")
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override an engine knob (editors.types.EngineConfig), e.g. --set target_loss=0.02; repeatable.",
+        ),
+    ] = None,
     model: Model = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per scoring batch.")] = 16,
     threads: Threads = None,
 ) -> None:
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
     from evaluation.datasets import DatasetError
-    from evaluation.quality import markdown_table, run_eval
+    from evaluation.quality import engine_config, markdown_table, run_eval
 
     if not dataset.is_file():
         raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")
+    try:
+        engine_config(layer, threshold, overrides or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--set") from exc
     try:
         results = run_eval(
             dataset,
@@ -105,6 +117,7 @@ def evaluate(
             prompt_format=prompt_format,
             layer=layer,
             threshold=threshold,
+            overrides=overrides or [],
             model=model,
             batch_size=batch_size,
             threads=threads,

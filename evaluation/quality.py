@@ -13,6 +13,7 @@ import random
 import resource
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -350,13 +351,41 @@ def rollback_counterfactual(
     return _fraction([t and lg for t, lg in zip(same_tokens, same_logits, strict=True)])
 
 
-def engine_config(layer: int | None, threshold: float | None) -> EngineConfig:
-    """Defaults from EngineConfig, with --layer / --threshold overrides."""
+def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> EngineConfig field values, typed as the field is (`none` for an optional one).
+
+    Raises ValueError naming the bad assignment and the known fields, so a mistyped knob never runs silently.
+    """
+    hints = typing.get_type_hints(EngineConfig)
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
+            raise ValueError(f"{assignment!r}: expected KEY=VALUE with KEY one of: {known}")
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw.lower() == "none":
+            if type(None) not in typing.get_args(hints[key]):
+                raise ValueError(f"{assignment!r}: {key} cannot be none")
+            changes[key] = None
+            continue
+        kind = kinds[0]
+        try:
+            changes[key] = {"true": True, "false": False}[raw.lower()] if kind is bool else kind(raw)
+        except (KeyError, ValueError):
+            raise ValueError(f"{assignment!r}: {key} takes a value of type {kind.__name__}") from None
+    return changes
+
+
+def engine_config(layer: int | None, threshold: float | None, overrides: Sequence[str] = ()) -> EngineConfig:
+    """Defaults from EngineConfig, with --layer / --threshold and then --set KEY=VALUE overrides."""
     changes: dict[str, Any] = {}
     if layer is not None:
         changes["layer"] = layer
     if threshold is not None:
         changes["threshold"] = threshold
+    changes |= parse_overrides(overrides)
     return dataclasses.replace(EngineConfig(), **changes)
 
 
@@ -373,6 +402,7 @@ def run_eval(
     threshold: float | None = None,
     model: str | None = None,
     batch_size: int = 16,
+    overrides: Sequence[str] = (),
     host: ModelHost | None = None,
     threads: int | None = None,
     cache_dir: Path | None = None,
@@ -393,11 +423,12 @@ def run_eval(
     # Neighbours: the records after the first n (same templates, other subjects), never edited.
     neighbours = load_records(dataset, record_format).records[len(records) + len(loaded.skipped) :][:MAX_NEIGHBOURS]
     prompt_format = prompt_format or NATURAL_FORMAT[record_format]
+    config = engine_config(layer, threshold, overrides)  # a bad override fails before the model loads
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
     host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir)
-    engine = EditingEngine(host, engine_config(layer, threshold))
+    engine = EditingEngine(host, config)
     ids = [f"e{i:06d}" for i in range(len(records))]
 
     trained: dict[str, TrainedEdit] = {}

@@ -34,6 +34,18 @@ def test_layer_and_threshold_override_the_defaults() -> None:
     assert engine_config(None, None) == EngineConfig()
 
 
+def test_set_overrides_any_engine_knob_typed_as_its_field() -> None:
+    config = engine_config(None, 0.5, ["target_loss=0.02", "max_steps=30", "bank_dtype=none", "layer = 24"])
+    assert (config.target_loss, config.max_steps, config.bank_dtype, config.layer) == (0.02, 30, None, 24)
+    assert config.threshold == 0.5 and isinstance(config.max_steps, int)
+    with pytest.raises(ValueError, match="KEY one of: layer, threshold"):
+        engine_config(None, None, ["treshold=0.3"])
+    with pytest.raises(ValueError, match="max_steps takes a value of type int"):
+        engine_config(None, None, ["max_steps=lots"])
+    with pytest.raises(ValueError, match="layer cannot be none"):
+        engine_config(None, None, ["layer=none"])
+
+
 def test_bad_file_fails_before_the_model_loads(tmp_path: Path) -> None:
     from evaluation.datasets import DatasetError
 
