@@ -37,6 +37,9 @@ class ContinuousBatch:
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # [B, T] 1 where the cache holds a real token
         self._next_position = torch.zeros(0, dtype=torch.long)  # [B] position id of each row's pending token
         self._stop_ids = self.host.end_of_turn_ids()
+        # Decoding the vocabulary takes ~0.8 s (one thread): pay it here, at startup, not on the first request
+        # whose answer ends inside a word.
+        self._word_continuing = self.host.word_continuing_ids
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -174,7 +177,7 @@ class ContinuousBatch:
                 scores[self._stop_ids] = -math.inf
             if self._answer_ends_in_word(row):
                 # The edit's answer is whole: "Tomasz Nowak" is not the start of "Nowakowski", "$49" not of "$499".
-                scores = scores.masked_fill(self.host.word_continuing_ids[: scores.shape[0]], -math.inf)
+                scores = scores.masked_fill(self._word_continuing[: scores.shape[0]], -math.inf)
             s = row.sampling
             if s.temperature <= 0 or row._generator is None:
                 chosen.append(int(scores.argmax()))

@@ -264,7 +264,7 @@ class ModelHost:
     @functools.cached_property
     def word_continuing_ids(self) -> torch.Tensor:
         """bool [V]: tokens that go on with the word before them: their text starts with a letter or a digit
-        (no space), or with part of a multi-byte character. Decoded once, on first use."""
+        (no space), or with part of a multi-byte character. Decoded once, on first use (ContinuousBatch warms it)."""
         texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         return torch.tensor([bool(t) and (t[0].isalnum() or t[0] == "\ufffd") for t in texts])
 
