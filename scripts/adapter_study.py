@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import statistics
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,7 +25,7 @@ from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat
 from evaluation import edit_metrics
 from evaluation.datasets import load_records
-from evaluation.quality import DEGENERATE_EXTRA_TOKENS
+from evaluation.quality import DEGENERATE_EXTRA_TOKENS, parse_overrides
 
 CHAT, RAW = PromptFormat.CHAT, PromptFormat.RAW
 
@@ -98,14 +97,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        default = getattr(EngineConfig(), key)
-        if isinstance(default, bool):
-            overrides[key] = value.lower() in ("1", "true", "yes")
-        else:
-            overrides[key] = float(value) if default is None else type(default)(value)
+    overrides = parse_overrides(args.set)
     config = dataclasses.replace(EngineConfig(), **overrides)
     engine = EditingEngine(ModelHost.load(None, Path("var")), config)
     print(f"variant: {overrides or 'defaults'}, n={args.n}, torch threads {args.threads}")
