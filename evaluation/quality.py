@@ -337,17 +337,13 @@ def rollback_counterfactual(
         )
     ]
 
-    def logits(engine: EditingEngine, desc: str) -> list[torch.Tensor]:
-        return map_batched(
-            lambda rows: engine.prompt_logits(rows, m.prompt_format), probes, max(1, m.batch_size // 2), desc
-        )
+    def logits_equal(rows: Sequence[str]) -> list[bool]:
+        # Compared batch by batch: holding every probe's [len, vocab] logits for both engines took 12 GB at n=1000.
+        ours = m.engine.prompt_logits(rows, m.prompt_format)
+        theirs = never_revoked.prompt_logits(rows, m.prompt_format)
+        return [torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)]
 
-    same_logits = [
-        torch.equal(a, b)
-        for a, b in zip(
-            logits(m.engine, "counterfactual logits"), logits(never_revoked, "never-made logits"), strict=True
-        )
-    ]
+    same_logits = map_batched(logits_equal, probes, max(1, m.batch_size // 2), "counterfactual logits")
     return _fraction([t and lg for t, lg in zip(same_tokens, same_logits, strict=True)])
 
 
