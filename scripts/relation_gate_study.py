@@ -196,6 +196,11 @@ RELATIONS = {
 }
 
 
+# The first 40 CounterFact records' paraphrases, read by hand: which ask another relation of the subject
+# ("native language" -> "was born in") or name the relation only vaguely; the other 21 ask the edited one.
+OTHER_RELATION = {3, 4, 10, 16, 19, 21, 24, 25, 28, 32, 34, 35, 38}
+VAGUE_RELATION = {0, 6, 14, 15, 30, 36}
+
 # Which question state f(q) the relation vector is made from; inputs [..., 2, D] -> [..., D or 2D].
 FEATURES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "last question token": lambda x: x[..., 1, :],
@@ -300,6 +305,14 @@ def main() -> None:
             print("| --- |" + " ---: |" * len(cuts))
             for name, s in scores.items():
                 print(f"| {name} | " + " | ".join(f"{np.mean(s >= c):.3f}" for c in cuts) + " |")
+            kept = scores["CounterFact paraphrases (chat)"][:40] >= cuts[-1]
+            groups = {
+                "same relation": [i for i in range(40) if i not in OTHER_RELATION | VAGUE_RELATION],
+                "other relation": sorted(OTHER_RELATION),
+                "vague": sorted(VAGUE_RELATION),
+            }
+            split = ", ".join(f"{g} {int(kept[idx].sum())}/{len(idx)}" for g, idx in groups.items())
+            print(f"CounterFact chat, first 40 records, kept at the last cut: {split}")
 
 
 def train_projection(quads: torch.Tensor, synthetic: torch.Tensor | None, dim: int = 128) -> torch.Tensor:
