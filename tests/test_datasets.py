@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.datasets import BenchmarkRecord, DatasetError, load_records, parse_records
+from evaluation.datasets import BenchmarkRecord, DatasetError, is_paraphrase_row, load_records, parse_records
 
 ZSRE = {
     "subject": "UniFirst",
@@ -69,9 +69,46 @@ def test_zsre() -> None:
 def test_counterfact() -> None:
     assert parse_records([COUNTERFACT], "counterfact").records == [
         BenchmarkRecord(
-            "Toko Yasuda, the", "piano", "Toko Yasuda is incredible at", "John Lennon performs on the", "guitar"
+            "Toko Yasuda, the",
+            "piano",
+            "Toko Yasuda is incredible at",
+            "John Lennon performs on the",
+            "guitar",
+            rephrase_is_paraphrase=False,  # a generation prompt (no sentence before the subject)
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("rephrase", "subject", "paraphrase"),
+    [
+        # ROME paraphrase prompts: an unrelated sentence, then the edited relation (rows of the dev file)
+        ("and Sallie Beavers Riley. Madrid University is located in", "Madrid University", True),
+        ("This renders the antibiotic inactive. Pidgeon Island, in", "Pidgeon Island", True),
+        ('He said "Go!" Toko Yasuda plays the', "Toko Yasuda", True),  # a closing quote after the stop
+        ("The trial ended (see above.) Toko Yasuda plays the", "Toko Yasuda", True),  # a bracket after it
+        ("Archived from the original\nToko Yasuda plays the", "Toko Yasuda", True),  # a newline
+        # ROME generation prompts: the subject first, no sentence before it
+        ("Toko Yasuda is incredible at", "Toko Yasuda", False),
+        ("Michel Denisot's mother tongue is", "Michel Denisot", False),
+        # a stop inside an abbreviation is followed by no whitespace; one after it is a boundary
+        ("Dr.Toko Yasuda plays the", "Toko Yasuda", False),
+        ("Michael Noland, B.A. Kryvyi Rih, in", "Kryvyi Rih", True),
+        ("nothing mentions the subject. at all", "Toko Yasuda", False),
+    ],
+)
+def test_counterfact_paraphrase_rows(rephrase: str, subject: str, paraphrase: bool) -> None:
+    assert is_paraphrase_row(rephrase, subject) is paraphrase
+    record = parse_records([{**COUNTERFACT, "subject": subject, "rephrase_prompt": rephrase}], "counterfact")
+    assert record.records[0].rephrase_is_paraphrase is paraphrase
+
+
+def test_counterfact_dev_file_has_1717_paraphrase_rows() -> None:
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact_train.json"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here")
+    records = load_records(path, "counterfact").records
+    assert sum(r.rephrase_is_paraphrase for r in records) == 1717  # ../shared/data/README.md
 
 
 def test_hallucination_has_no_rephrase() -> None:
