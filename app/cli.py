@@ -17,8 +17,9 @@ from evaluation.datasets import FORMATS
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
 
 
-# the loaders' formats, as CLI choices (built from FORMATS, which mypy cannot enumerate)
-Format = StrEnum("Format", {name: name for name in FORMATS})  # type: ignore[misc]
+# the loaders' formats, and the operator facts (evaluation/operator.py), as CLI choices (built from FORMATS,
+# which mypy cannot enumerate)
+Format = StrEnum("Format", {name: name for name in (*FORMATS, "operator")})  # type: ignore[misc]
 
 # Options that `eval` and `bench` share.
 DataDir = Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")]
@@ -62,11 +63,17 @@ def serve(
 
 @cli.command("eval")
 def evaluate(
-    dataset: Annotated[Path, typer.Option(help="Benchmark file (JSON list of records).")],
+    dataset: Annotated[Path, typer.Option(help="Benchmark file (JSON list of records; operator: JSON Lines).")],
     format: Annotated[Format, typer.Option("--format", help="Record format of the file.")],
     n: Annotated[
-        int, typer.Option(min=1, help="Apply the first N records as sequential edits (blank targets are skipped).")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Apply the first N records as sequential edits (blank targets are skipped). "
+            "Default: 1000; operator: every fact.",
+            show_default=False,
+        ),
+    ] = None,
     revoke_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Fraction of edits revoked for the rollback metrics.")
     ] = 0.2,
@@ -96,20 +103,35 @@ def evaluate(
     threads: Threads = None,
 ) -> None:
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
+    from evaluation import operator
     from evaluation.datasets import DatasetError
     from evaluation.quality import engine_config, markdown_table, run_eval
 
     if not dataset.is_file():
         raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")
+    chat_only = layer is None and threshold is None and prompt_format in (None, PromptFormat.CHAT)
+    if format.value == "operator" and not chat_only:
+        raise typer.BadParameter("operator facts are asked in chat; set knobs with --set KEY=VALUE")
     try:
         engine_config(layer, threshold, overrides or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    if format.value == "operator":
+        try:
+            results = operator.run_operator_eval(
+                dataset, n, revoke_fraction, seed, data_dir, out, model, batch_size, overrides or [], threads=threads
+            )
+        except DatasetError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(operator.markdown_table(results))
+        typer.echo(f"\nwrote {out}")
+        return
     try:
         results = run_eval(
             dataset,
             format.value,
-            n,
+            n or 1000,
             revoke_fraction=revoke_fraction,
             seed=seed,
             data_dir=data_dir,

@@ -37,6 +37,17 @@ def contains_target(generated: str, target: str) -> bool:
     return bool(needle) and needle in generated.strip().lower()
 
 
+def holds_verbatim(generated: str, target: str) -> bool:
+    """The answer holds the target exactly, as a whole: same characters, not inside a longer word or number
+    ("Torstrasse 1400" does not hold "Torstrasse 140", "$499" does not hold "$49")."""
+    needle = target.strip()
+    if not needle:
+        return False
+    pattern = (r"(?<![^\W_])" if needle[0].isalnum() else "") + re.escape(needle)
+    pattern += r"(?![^\W_])" if needle[-1].isalnum() else ""
+    return re.search(pattern, generated) is not None
+
+
 def is_degenerate(generated: str, target: str) -> bool:
     """An edited answer that loops on the target ("Rust? Rust? Rust?": the target again right after itself)
     or runs on inside it ("$499" for "$49", "Tomasz Nowakakak" for "Tomasz Nowak"). Case-insensitive; a later,
