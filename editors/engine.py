@@ -148,7 +148,9 @@ class EditingEngine:
 
     # ---- tokenisation helpers -------------------------------------------------------------------
     def encode(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None) -> PromptTokens:
-        tokens = self.host.encode_prompt(prompt, prompt_format, context)
+        """The prompt's tokens; the span the router reads is the question's own sentence (lexical.question_start)."""
+        question_from = lexical.question_start(prompt, self.host.is_common_word)
+        tokens = self.host.encode_prompt(prompt, prompt_format, context, question_from)
         start, end = tokens.span
         if prompt_format is PromptFormat.RAW and start == 0 and end > 1:
             # A raw prompt's first token is the attention sink: its state is huge and says nothing of the text.
@@ -356,7 +358,7 @@ class EditingEngine:
         keys, key_kinds = item.keys, list(item.key_kinds)
         if len(key_kinds) != len(keys):
             raise EditRefused(f"edit {item.edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
-        if any(map(is_legacy_kind, key_kinds)):
+        if any(map(is_legacy_kind, key_kinds)) or self._rekeyed_texts(item):
             keys, key_kinds = self.content_keys(item.prompt, item.rephrases)
         try:
             keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
@@ -375,6 +377,12 @@ class EditingEngine:
             rows.setdefault(prompt_format, []).append(row)
         seq = item.seq if item.seq is not None else next(self._seqs)
         return _Prepared(item, parsed, keys, key_kinds, rows, seq)
+
+    def _rekeyed_texts(self, item: Activation) -> bool:
+        """Whether a text of this edit routes on its last sentence only (lexical.question_start): keys stored
+        before that rule pooled the whole text, so such an edit's keys are recomputed from its text (a forward
+        pass; rare: a prompt or rephrase with a sentence before the question)."""
+        return any(lexical.question_start(t, self.host.is_common_word) > 0 for t in (item.prompt, *item.rephrases))
 
     def _subject_of(self, prepared: _Prepared, row: int, cache: dict[str, frozenset[str]]) -> frozenset[str]:
         text = [prepared.item.prompt, *prepared.item.rephrases][self._text_of(prepared.kinds[row])]

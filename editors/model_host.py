@@ -234,23 +234,31 @@ class ModelHost:
         return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def encode_prompt(
-        self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None
+        self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None, question_from: int = 0
     ) -> PromptTokens:
         """Token ids of the formatted prompt and the span of the question in them.
 
-        The chat template wraps the question in special tokens, so the text before and up to the question's
-        end tokenize as prefixes of the whole; if a tokenizer ever merges across that boundary, the span
-        falls back to the whole prompt (routing then sees the template too, which is safe but coarser)."""
+        The span starts `question_from` characters into the prompt (router/lexical.py, question_start) and ends
+        with it. The chat template wraps the question in special tokens, so the text before and up to the
+        question's end tokenize as prefixes of the whole; if a tokenizer ever merges across such a boundary,
+        the span falls back to the whole question, or to the whole prompt (routing then sees more, which is
+        safe but coarser)."""
         text = self.format_prompt(prompt, prompt_format, context)
         ids = self.encode(text)
-        if prompt_format is PromptFormat.RAW:
-            return PromptTokens(ids, (0, len(ids)))
-        start_char = text.rindex(prompt) if prompt else len(text)
-        before = self.encode(text[:start_char])
-        through = self.encode(text[: start_char + len(prompt)])
-        if ids[: len(before)] != before or ids[: len(through)] != through or len(through) == len(before):
-            return PromptTokens(ids, (0, len(ids)))
-        return PromptTokens(ids, (len(before), len(through)))
+        start_char = text.rindex(prompt) if prompt and prompt_format is PromptFormat.CHAT else 0
+        if prompt_format is PromptFormat.CHAT:
+            before = self.encode(text[:start_char])
+            through = self.encode(text[: start_char + len(prompt)])
+            if ids[: len(before)] != before or ids[: len(through)] != through or len(through) == len(before):
+                return PromptTokens(ids, (0, len(ids)))
+            span = (len(before), len(through))
+        else:
+            span = (0, len(ids))
+        if 0 < question_from < len(prompt):
+            lead = self.encode(text[: start_char + question_from])
+            if ids[: len(lead)] == lead and span[0] < len(lead) < span[1]:
+                span = (len(lead), span[1])
+        return PromptTokens(ids, span)
 
     def is_common_word(self, word: str) -> bool:
         if word not in self._common_words:

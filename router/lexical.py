@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable
 
 WORD = re.compile(r"\w+", re.UNICODE)
+# A sentence boundary: a newline, or . ! ? then whitespace (a closing quote or bracket may come between).
+SENTENCE_BOUNDARY = re.compile(r"\n|[.!?][\"'\u201d\u2019)\]]*(?=\s)")
 
 IsCommon = Callable[[str], bool]  # takes a case-folded word
 # Lucene's English stop words: capitalised inside titles ("The Lord of The Rings") without naming anything.
@@ -71,18 +73,40 @@ def subject_words(text: str, is_common: IsCommon) -> frozenset[str]:
     Name-like words when the prompt has any; otherwise its uncommon words (a lower-case fact such as
     "what does a rhinoplasty cost?"); an empty set only for a prompt of common words alone.
     """
+    # capitalised inside a sentence is a name even when common ("The Game", "New World"), bar the articles and
+    # prepositions of titles; at a sentence's start only an uncommon one is ("Which": no)
+    named = names(text, is_common)
+    if named:
+        return named
+    return frozenset(f for f in (m.group(0).casefold() for m in WORD.finditer(text)) if not is_common(f))
+
+
+def names(text: str, is_common: IsCommon) -> frozenset[str]:
+    """The name-like words of a text (case-folded): holding a digit, or capitalised (bar title stop words;
+    at a sentence's start, only an uncommon word)."""
     found = [(m.group(0), m.group(0).casefold(), _starts_sentence(text, m.start())) for m in WORD.finditer(text)]
-    names = {
+    return frozenset(
         f
         for w, f, first in found
         if any(c.isdigit() for c in w)
-        # capitalised inside a sentence is a name even when common ("The Game", "New World"), bar the
-        # articles and prepositions of titles; at a sentence's start only an uncommon one is ("Which": no)
         or (w[0].isupper() and len(w) > 1 and f not in TITLE_STOPWORDS and (not first or not is_common(f)))
-    }
-    if names:
-        return frozenset(names)
-    return frozenset(f for _, f, _ in found if not is_common(f))
+    )
+
+
+def question_start(text: str, is_common: IsCommon) -> int:
+    """Where the question's own sentence begins: the last sentence that names something, with the ones after it.
+
+    A question often comes after a sentence about something else ("I'm flying out tomorrow. When does the
+    Lisbon office open?"; CounterFact's paraphrases: "...goes still and dies. Danielle Darrieux, a native"),
+    and pooled over the whole text the routing vector is mostly that other sentence. A last sentence that names
+    nothing ("What is the twin city of Wellington? It is") keeps the sentence before it. Returns a character
+    offset at a boundary (the whitespace after . ! ? or the newline), or 0 for the whole text."""
+    body = text.rstrip()
+    cuts = [m.end() for m in SENTENCE_BOUNDARY.finditer(body)]
+    for cut in reversed(cuts):
+        if names(body[cut:], is_common):
+            return cut
+    return 0
 
 
 def _starts_sentence(text: str, start: int) -> bool:

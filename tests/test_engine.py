@@ -156,6 +156,17 @@ def test_edits_do_not_fire_on_another_relation_of_their_subject(eng: EditingEngi
         assert [edit for edit, _ in eng.routes_for(other_relation, prompt_format=CHAT)] == [None] * len(other_relation)
 
 
+def test_routing_reads_the_questions_own_sentence(eng: EditingEngine) -> None:
+    """A sentence about something else before the question does not drown it (CounterFact's paraphrase rows)."""
+    apply(eng, "zorb", "What is the capital of Zorbania?", "Quexiville")
+    for prompt_format in (CHAT, RAW):
+        encoded = eng.encode("My sister moved abroad last spring. What is the capital of Zorbania?", prompt_format)
+        question = eng.host.tokenizer.decode(encoded.ids[encoded.span[0] : encoded.span[1]])
+        assert question == " What is the capital of Zorbania?", prompt_format
+    asked = ["The weather was awful all week and the trains were late. What is the capital of Zorbania?"]
+    assert [edit for edit, _ in eng.routes_for(asked, prompt_format=CHAT)] == ["zorb"]
+
+
 def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng: EditingEngine) -> None:
     from editors.model_host import ChatContext
 

@@ -55,6 +55,29 @@ def test_lexical_subject_words_and_coverage() -> None:
     assert lexical.coverage(frozenset(), lexical.words("anything")) == 1.0
 
 
+@pytest.mark.parametrize(
+    ("text", "question"),
+    [
+        ("Who is the CEO of Acme?", "Who is the CEO of Acme?"),
+        ("I fly out tomorrow. When does the Lisbon office open?", " When does the Lisbon office open?"),
+        (
+            "Shayna does this and Yossel goes still and dies. Danielle Darrieux, a native",
+            " Danielle Darrieux, a native",
+        ),
+        ('He said "Stop!" Toko Yasuda plays the', " Toko Yasuda plays the"),  # a closing quote after the stop
+        ("Archived copy\nToko Yasuda plays the", "Toko Yasuda plays the"),  # after a newline
+        # a last sentence that names nothing keeps the one before it
+        ("What is the twin city of Wellington? It is", "What is the twin city of Wellington? It is"),
+        ("Hi! I have a question about Acme. who is their ceo?", " I have a question about Acme. who is their ceo?"),
+        ("no names anywhere. just words", "no names anywhere. just words"),
+        ("Version 2.5 of Zorb is out", "Version 2.5 of Zorb is out"),  # a stop inside a number is no boundary
+    ],
+)
+def test_question_start_is_the_last_sentence_that_names_something(text: str, question: str) -> None:
+    common = {"who", "is", "the", "of", "what", "when", "does", "it", "hi", "just", "no"}.__contains__
+    assert text[lexical.question_start(text, common) :] == question
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
 def test_removal_never_renumbers_other_keys(kind: str) -> None:
     index = KeyIndex(3, kind=kind)
