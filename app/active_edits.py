@@ -25,6 +25,7 @@ class ActiveEdits:
         self.metrics = metrics
         self.active: set[str] = set()  # edit ids this process put into the engine
         self.refused: dict[str, str] = {}  # edit id -> why it was refused (never used while listed)
+        self.negatives: dict[str, list[str]] = {}  # edit id -> the negatives the engine holds for it
 
     def __contains__(self, edit_id: str) -> bool:
         """Known here: active, or refused (and so not worth loading again until its status changes)."""
@@ -66,7 +67,9 @@ class ActiveEdits:
                 edit = payload.edit
                 keys, kinds = rows_to_keys(payload.keys), [k.kind for k in payload.keys]
                 texts = (edit.prompt, edit.target, edit.rephrases)
-                items.append(Activation(edit.id, payload.adapter, keys, kinds, *texts, seq=edit.seq))
+                items.append(
+                    Activation(edit.id, payload.adapter, keys, kinds, *texts, seq=edit.seq, negatives=edit.negatives)
+                )
             refused = self.engine.activate_many(items)  # EditRefused: keys or adapter the engine cannot place
             for item in items:
                 if item.edit_id in refused:
@@ -74,6 +77,8 @@ class ActiveEdits:
                 else:
                     self.active.add(item.edit_id)
                     self.refused.pop(item.edit_id, None)
+                    if item.negatives:
+                        self.negatives[item.edit_id] = list(item.negatives)
                     active += 1
         return active
 
@@ -81,6 +86,21 @@ class ActiveEdits:
         self.engine.revoke(edit_id)
         self.active.discard(edit_id)
         self.refused.pop(edit_id, None)
+        self.negatives.pop(edit_id, None)
+
+    def set_negatives(self, edit_id: str, negatives: list[str], keys: Any, kinds: list[str]) -> None:
+        """Replace an active edit's negatives (keys [n, D] and kinds from EditingEngine.negative_keys)."""
+        self.engine.set_negatives(edit_id, negatives, keys, kinds)
+        if negatives:
+            self.negatives[edit_id] = list(negatives)
+        else:
+            self.negatives.pop(edit_id, None)
+
+    def refresh_negatives(self, payload: EditPayload) -> None:
+        """Take an active edit's negatives as stored (set by another replica)."""
+        rows = [k for k in payload.keys if ":negative:" in k.kind]
+        keys = rows_to_keys(rows) if rows else None
+        self.set_negatives(payload.edit.id, payload.edit.negatives, keys, [k.kind for k in rows])
 
     def publish(self) -> None:
         self.metrics.edits_active.set(len(self.active))

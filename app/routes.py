@@ -20,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.auth import Principal, require, require_key_unless
 from app.errors import ApiError, documented
 from app.schemas import (
+    Capture,
     CreatedEditOut,
+    EditChange,
     EditCreate,
     EditOut,
     EditPage,
@@ -30,6 +32,9 @@ from app.schemas import (
     GenerateRequest,
     Overlap,
     RevokeRequest,
+    RouteOut,
+    RouteRequest,
+    RoutesOut,
 )
 from app.service import EditService
 from storage.models import EditStatus, EventKind
@@ -130,11 +135,59 @@ async def create_edit(
         raise ApiError(413, "target_too_long", f"targets are limited to {limits.max_target_chars} characters")
     if len(body.rephrases) > limits.max_rephrases:
         raise ApiError(422, "too_many_rephrases", f"at most {limits.max_rephrases} rephrases per edit")
+    _check_negatives(body.negatives, limits)
     created = await svc.create_edit(body, principal.name, idempotency_key)
     if created.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     out = EditOut.model_validate(created.record).model_dump()
-    return CreatedEditOut.model_validate({**out, "supersedes": [Overlap.model_validate(s) for s in created.supersedes]})
+    return CreatedEditOut.model_validate(
+        {
+            **out,
+            "supersedes": [Overlap.model_validate(s) for s in created.supersedes],
+            "captures": [Capture.model_validate(c, from_attributes=True) for c in created.captures],
+            "captured_by": [Capture.model_validate(c, from_attributes=True) for c in created.captured_by],
+        }
+    )
+
+
+def _check_negatives(negatives: list[str], limits: Any) -> None:
+    if len(negatives) > limits.max_rephrases:
+        raise ApiError(422, "too_many_negatives", f"at most {limits.max_rephrases} negatives per edit")
+    if any(len(n) > limits.max_prompt_chars for n in negatives):
+        raise ApiError(413, "prompt_too_long", f"negatives are limited to {limits.max_prompt_chars} characters")
+
+
+@router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 413, 422, 503))
+async def change_edit(edit_id: EditId, body: EditChange, request: Request, principal: Admin, svc: Service) -> EditOut:
+    """Replace the edit's negatives: questions it must not answer (each vetoes this edit, and no other, for a
+    question closer to it than to the edit's own wordings). Kept with a `negatives_set` event holding the old
+    and new lists; no retraining."""
+    _check_negatives(body.negatives, request.app.state.settings)
+    return EditOut.model_validate(await svc.change(edit_id, body, principal.name))
+
+
+@router.post("/route", response_model=RoutesOut, responses=documented(400, 401, 413, 422, 503))
+async def route(body: RouteRequest, request: Request, _: Reader, svc: Service) -> RoutesOut:
+    """Which edit each question would reach, and how close the runner-up is, without generating: the decision
+    generation takes at prefill (check near misses before users ask them)."""
+    limit = request.app.state.settings.max_prompt_chars
+    if any(len(q) > limit for q in body.questions):
+        raise ApiError(413, "prompt_too_long", f"questions are limited to {limit} characters")
+    routes = await svc.route(body)
+    return RoutesOut(
+        routes=[
+            RouteOut(
+                question=question,
+                edit_id=r.edit_id,
+                score=r.similarity,
+                nearest_edit_id=r.nearest_edit_id,
+                runner_up_id=r.runner_up_id,
+                margin=r.margin,
+                vetoed=list(r.vetoed),
+            )
+            for question, r in zip(body.questions, routes, strict=True)
+        ]
+    )
 
 
 @router.get("/edits", response_model=EditPage, responses=documented(400, 401, 422))

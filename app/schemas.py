@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
@@ -51,8 +51,20 @@ def _storable_json(value: Any) -> Any:
 class EditCreate(_Request):
     prompt: Prompt
     target: Prompt
-    rephrases: list[Prompt] = Field(default_factory=list)
+    rephrases: list[Prompt] = Field(default_factory=list, description="Other wordings the edit must answer")
+    negatives: list[Prompt] = Field(
+        default_factory=list,
+        description="Questions the edit must NOT answer (e.g. another attribute of the same subject); each vetoes "
+        "this edit, and no other, for questions closer to it than to the edit's own wordings",
+    )
     metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] = Field(default_factory=dict)
+
+
+class EditChange(_Request):
+    """PATCH /edits/{id}: what may change on a stored edit without retraining it."""
+
+    negatives: list[Prompt] = Field(description="The edit's negatives, replacing the current list")
+    reason: Annotated[str, AfterValidator(_storable), Field(max_length=2000)] | None = None
 
 
 class GenerateRequest(_Request):
@@ -82,6 +94,7 @@ class EditOut(BaseModel):
     prompt: str
     target: str
     rephrases: list[str]
+    negatives: list[str]
     metadata: dict[str, Any]
     created_at: datetime
     created_by: str
@@ -105,11 +118,59 @@ class Overlap(BaseModel):
     similarity: float
 
 
+class Capture(BaseModel):
+    """A wording that routes to another edit than the one it belongs to."""
+
+    question: str
+    edit_id: str = Field(description="The edit the question belongs to (captures) or now reaches (captured_by)")
+    score: float = Field(description="The routing score of the capturing edit for this question")
+    prompt_format: str = Field(description="`chat` or `raw`: the format it was asked in")
+
+
 class CreatedEditOut(EditOut):
     supersedes: list[Overlap] = Field(
         default_factory=list,
         description="Active edits of the same question this edit now answers in place of (also in its event)",
     )
+    captures: list[Capture] = Field(
+        default_factory=list,
+        description="Prompts and rephrases of active edits that now reach this edit instead of their own",
+    )
+    captured_by: list[Capture] = Field(
+        default_factory=list,
+        description="This edit's own prompt and rephrases that reach an older edit instead of this one",
+    )
+
+
+class ChatTurn(_Request):
+    role: Literal["user", "assistant"]
+    content: Annotated[str, AfterValidator(_storable)]
+
+
+class RouteRequest(_Request):
+    """POST /route: which edit each question would reach, without generating."""
+
+    questions: list[Prompt] = Field(min_length=1, max_length=64)
+    chat: bool = Field(True, description="Ask each question as the user turn of the chat template (false: raw)")
+    system: Annotated[str, AfterValidator(_storable)] | None = Field(None, description="A system prompt (chat)")
+    history: list[ChatTurn] = Field(default_factory=list, description="Earlier turns before each question (chat)")
+
+
+class RouteOut(BaseModel):
+    question: str
+    edit_id: str | None = Field(description="The edit that would answer (its LoRA applied), or null")
+    score: float | None = Field(description="Its routing score, or the best score seen when none answers")
+    nearest_edit_id: str | None = Field(description="The edit of the best score, answering or not")
+    runner_up_id: str | None = Field(description="The best-scoring other edit")
+    margin: float | None = Field(description="score minus the runner-up's score")
+    vetoed: list[str] = Field(
+        description="Edits that scored over the threshold but did not pass a check (subject words, names, "
+        "negatives, the second stage)"
+    )
+
+
+class RoutesOut(BaseModel):
+    routes: list[RouteOut]
 
 
 class RevokeRequest(_Request):

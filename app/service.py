@@ -15,14 +15,14 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from app.active_edits import ActiveEdits
 from app.bulk_load import release_freed_memory
 from app.log_follower import AuditLogFollower
 from app.metrics import Metrics
-from app.schemas import EditCreate, GenerateRequest
+from app.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 from app.service_errors import (
     ActivationFailed,
     AdapterRefused,
@@ -37,6 +37,7 @@ from app.service_errors import (
 from app.settings import Settings, default_torch_threads
 from app.worker import ModelWorker
 from editors.types import Generation, PromptFormat, Row, RowEvent, Sampling, TrainedEdit  # no torch at import
+from router.key_index import Route
 from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
@@ -67,10 +68,22 @@ class Ask:
 
 
 @dataclass(frozen=True)
+class Capture:
+    """A wording that reaches another edit than its own (POST /edits `captures` and `captured_by`)."""
+
+    question: str
+    edit_id: str  # the wording's own edit (captures) or the edit it reaches (captured_by)
+    score: float
+    prompt_format: str
+
+
+@dataclass(frozen=True)
 class CreatedEdit:
     record: EditRecord
     supersedes: list[Supersession]  # active edits of the same question this one now answers in place of
     replayed: bool  # an Idempotency-Key replay: the edit existed already
+    captures: list[Capture] = field(default_factory=list)  # older edits' wordings that now reach this edit
+    captured_by: list[Capture] = field(default_factory=list)  # this edit's wordings that reach an older edit
 
 
 def new_edit_id() -> str:
@@ -91,13 +104,18 @@ def stored_edit(
     layer: int,
     actor: str,
     idempotency_key: str | None = None,
+    negative_keys: tuple[Any, list[str]] | None = None,  # (keys [n, D], kinds) from EditingEngine.negative_keys
 ) -> NewEdit:
     """The database row of a trained edit (the benchmark commits its edits through this too)."""
+    keys = keys_to_rows(trained.keys, trained.key_kinds)
+    if negative_keys is not None and negative_keys[1]:
+        keys += keys_to_rows(*negative_keys)
     return NewEdit(
         id=edit_id,
         prompt=body.prompt,
         target=body.target,
         rephrases=body.rephrases,
+        negatives=body.negatives,
         metadata=body.metadata,
         created_by=actor,
         base_model=host.name,
@@ -108,7 +126,7 @@ def stored_edit(
         train_seconds=float(trained.seconds),
         adapter=trained.adapter,
         adapter_sha256=trained.adapter_sha256,
-        keys=keys_to_rows(trained.keys, trained.key_kinds),
+        keys=keys,
         idempotency_key=idempotency_key,
         request_hash=request_hash(body) if idempotency_key else None,
     )
@@ -205,11 +223,14 @@ class EditService:
         if not touched:
             return []
         statuses = self.repo.statuses(touched)
+        negatives = self.repo.negatives_of([e for e in touched if e in edits.active])
         gone = []
         for edit_id in touched:
             if statuses.get(edit_id) == EditStatus.ACTIVE:
                 if edit_id not in edits:
                     self._load_and_activate(edit_id)
+                elif negatives.get(edit_id, []) != edits.negatives.get(edit_id, []):  # set on another replica
+                    edits.refresh_negatives(self.repo.load_payload(edit_id))
             elif edit_id in edits:  # revoked here or by another replica
                 gone.append(edit_id)
         edits.publish()
@@ -261,8 +282,11 @@ class EditService:
                 f"{exc}; nothing was stored. Shorten the prompt, target or rephrases, or raise SOLA_MAX_TRAIN_SECONDS"
             ) from None
         self.metrics.train_seconds.observe(trained.seconds)
+        yield
+        negative_keys = self.engine.negative_keys(body.negatives)
         superseded = self._supersessions(trained, body.prompt)  # the new edit is not in the index yet
-        new = stored_edit(new_edit_id(), body, trained, self.host, self.engine.config.layer, actor, idempotency_key)
+        layer = self.engine.config.layer
+        new = stored_edit(new_edit_id(), body, trained, self.host, layer, actor, idempotency_key, negative_keys)
         with self._state_lock:
             record: EditRecord | None
             try:
@@ -279,7 +303,32 @@ class EditService:
         if not activated:
             raise ActivationFailed(f"edit {record.id} was stored but refused: {edits.refused.get(record.id)}")
         log.info("edit %s created by %s (%d steps, %.2fs)", record.id, actor, trained.steps, trained.seconds)
-        return CreatedEdit(record, superseded, replayed=False)
+        yield
+        captures, captured_by = self._captures(record, trained)
+        return CreatedEdit(record, superseded, False, captures, captured_by)
+
+    def _captures(self, record: EditRecord, trained: TrainedEdit) -> tuple[list[Capture], list[Capture]]:
+        """With the new edit active: the older edits' wordings near its keys that now reach it, and its own
+        wordings that reach another edit. Read by routing them as queries (a partial forward each)."""
+        from editors.engine import parse_kind
+
+        captures: list[Capture] = []
+        captured_by: list[Capture] = []
+        own = [record.prompt, *record.rephrases]
+        for prompt_format, space in self.engine.routed.spaces.items():
+            rows = [i for i, k in enumerate(trained.key_kinds) if parse_kind(k).prompt_format == prompt_format]
+            near = space.index.nearest_keys(trained.keys[rows], self.settings.capture_candidates) if rows else []
+            neighbours = {space.index.owner(int(k)) for ids in near for k in ids if k >= 0} - {record.id, None}
+            wordings = [(e, w) for e in sorted(n for n in neighbours if n) for w in space.gate.wordings.get(e, ())]
+            asked = [w for _, w in wordings] + own
+            routes = self.engine.route(asked, prompt_format) if asked else []
+            for (edit_id, question), route in zip(wordings, routes, strict=False):
+                if route.edit_id == record.id and route.similarity is not None:
+                    captures.append(Capture(question, edit_id, round(route.similarity, 6), str(prompt_format)))
+            for question, route in zip(own, routes[len(wordings) :], strict=True):
+                if route.edit_id not in (None, record.id) and route.similarity is not None:
+                    captured_by.append(Capture(question, route.edit_id, round(route.similarity, 6), str(prompt_format)))
+        return captures, captured_by
 
     def _replay(self, existing: EditRecord, body: EditCreate) -> CreatedEdit:
         """The edit an Idempotency-Key already made. Made by another replica, it is loaded here at once, so
@@ -315,6 +364,35 @@ class EditService:
             if edit_id is not None and similarity is not None and similarity >= self.settings.supersede_similarity:
                 best[edit_id] = max(float(similarity), best.get(edit_id, -1.0))
         return [Supersession(older_id=k, similarity=round(v, 6)) for k, v in best.items()]
+
+    async def change(self, edit_id: str, change: EditChange, actor: str) -> EditRecord:
+        """PATCH /edits/{id}: replace the edit's negatives (their keys computed here, no retraining)."""
+        self._ready_edits()
+        return await self.worker.run(self._change, edit_id, change, actor)
+
+    def _change(self, edit_id: str, change: EditChange, actor: str) -> EditRecord:
+        edits = self._ready_edits()
+        keys, kinds = self.engine.negative_keys(change.negatives)
+        with self._state_lock:
+            record = self.repo.set_negatives(edit_id, change.negatives, keys_to_rows(keys, kinds), actor, change.reason)
+            if edit_id in edits.active:
+                edits.set_negatives(edit_id, record.negatives, keys, kinds)
+            edits.publish()
+        log.info("edit %s negatives set by %s (%d)", edit_id, actor, len(change.negatives))
+        return record
+
+    async def route(self, request: RouteRequest) -> list[Route]:
+        """POST /route: where each question would go, decided as generation decides it at prefill."""
+        from editors.model_host import ChatContext
+
+        self._ready_edits()
+        prompt_format = PromptFormat.CHAT if request.chat and self.host.has_chat_template else PromptFormat.RAW
+        context = None
+        if prompt_format is PromptFormat.CHAT and (request.system is not None or request.history):
+            context = ChatContext(request.system, tuple((t.role, t.content) for t in request.history))
+        for question in request.questions:
+            self.check_fits(Ask(question, prompt_format, Sampling(max_new_tokens=1), context))
+        return await self.worker.run(self.engine.route, request.questions, prompt_format, context)
 
     async def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
         """Once no row is decoding: a row answering through this edit finishes its answer first."""

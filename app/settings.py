@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_train_seconds: float = Field(30.0, gt=0.0)
     # Keys at least this similar to an older active edit's key mark the older one as superseded.
     supersede_similarity: float = Field(0.999, gt=0.0, le=1.0)
+    # A new edit's `captures` are read among the active edits owning its keys' this many nearest keys.
+    capture_candidates: int = Field(16, ge=1, le=256)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from editors.routed_lora import (
 from editors.training import EditExample, drain, train_lora_steps
 from editors.types import EngineConfig, Generation, PromptFormat, Row, RowEvent, Sampling, Score, TrainedEdit
 from router import lexical
-from router.key_index import KeyIndex, Route
+from router.gate import Gate, Negatives
+from router.key_index import KeyIndex, Route, normalise
 
 
 class EditRefused(ValueError):
@@ -58,6 +60,7 @@ class Activation:
     target: str
     rephrases: Sequence[str] = ()
     seq: int | None = None  # recency among edits of the same fact (None: after every edit so far)
+    negatives: Sequence[str] = ()  # questions the edit must not answer (their keys are among `keys`)
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,23 @@ class _Prepared:
     adapter: Adapter
     keys: np.ndarray  # [n, hidden] float32
     kinds: list[str]
-    rows: dict[PromptFormat, list[int]]  # prompt format -> its key rows
+    rows: dict[PromptFormat, list[int]]  # prompt format -> the key rows of its wordings (prompt, rephrases)
+    negative_rows: dict[PromptFormat, list[int]]  # prompt format -> the key rows of its negatives
     seq: int  # the item's, or the next one after every edit so far
 
 
-def key_kind(prompt_format: PromptFormat, rephrase: int | None) -> str:
-    """Names one routing key: its prompt format and which prompt, e.g. "chat:prompt", "raw:rephrase:0"."""
+class KeyKind(NamedTuple):
+    """What one routing key was made from: a prompt format, and the prompt, a rephrase or a negative."""
+
+    prompt_format: PromptFormat
+    rephrase: int | None = None  # index into the edit's rephrases (None: its prompt, or a negative)
+    negative: int | None = None  # index into the edit's negatives: a question it must not answer
+
+
+def key_kind(prompt_format: PromptFormat, rephrase: int | None = None, negative: int | None = None) -> str:
+    """Names one routing key, e.g. "chat:prompt", "raw:rephrase:0", "chat:negative:1"."""
+    if negative is not None:
+        return f"{prompt_format}:negative:{negative}"
     return f"{prompt_format}:" + ("prompt" if rephrase is None else f"rephrase:{rephrase}")
 
 
@@ -87,15 +101,19 @@ def is_legacy_kind(kind: str) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of distinct kinds, parsed for every key of every edit at startup
-def parse_kind(kind: str) -> tuple[PromptFormat, int | None]:
-    """(prompt format, rephrase index or None) of a key kind, legacy kinds included."""
+def parse_kind(kind: str) -> KeyKind:
+    """The KeyKind of a key kind's name, legacy kinds included."""
     if is_legacy_kind(kind):
         legacy = PromptFormat.CHAT if "chat" in kind else PromptFormat.RAW
-        return legacy, int(kind.rsplit(":", 1)[1]) if kind.startswith("rephrase-") else None
+        return KeyKind(legacy, int(kind.rsplit(":", 1)[1]) if kind.startswith("rephrase-") else None)
     name, _, rest = kind.partition(":")
-    if name not in FORMAT_NAMES or not (rest == "prompt" or rest.startswith("rephrase:")):
+    role, _, index = rest.partition(":")
+    valid = (role == "prompt" and not index) or (role in ("rephrase", "negative") and index.isdigit())
+    if name not in FORMAT_NAMES or not valid:
         raise ValueError(f"unknown key kind {kind!r}")
-    return PromptFormat(name), None if rest == "prompt" else int(rest.split(":", 1)[1])
+    if role == "negative":
+        return KeyKind(PromptFormat(name), None, int(index))
+    return KeyKind(PromptFormat(name), int(index) if role == "rephrase" else None)
 
 
 class EditingEngine:
@@ -124,7 +142,8 @@ class EditingEngine:
             index = KeyIndex(host.hidden_size, kind=index_kind)
             encoder = self._content_encoder(prompt_format)
             answer_length = functools.partial(self._answer_length, prompt_format=prompt_format)
-            self.routed.spaces[prompt_format] = KeySpace(index, self.config.threshold, encoder, answer_length)
+            gate = Gate(host.is_common_word)
+            self.routed.spaces[prompt_format] = KeySpace(index, self.config.threshold, encoder, gate, answer_length)
         self._seqs = itertools.count(1)
 
     def _content_encoder(self, prompt_format: PromptFormat) -> ContentEncoder:
@@ -258,9 +277,27 @@ class EditingEngine:
                 kinds.append(key_kind(prompt_format, None if i == 0 else i - 1))
         return encoded, kinds
 
-    def content_keys(self, prompt: str, rephrases: Sequence[str] = ()) -> tuple[np.ndarray, list[str]]:
-        """The routing keys train_edit would store for this edit, without training (re-keying old edits)."""
+    def content_keys(
+        self, prompt: str, rephrases: Sequence[str] = (), negatives: Sequence[str] = ()
+    ) -> tuple[np.ndarray, list[str]]:
+        """The routing keys train_edit would store for this edit, and its negatives' keys, without training
+        (re-keying old edits)."""
         encoded, kinds = self._key_prompts(prompt, rephrases)
+        negative_keys, negative_kinds = self.negative_keys(negatives)
+        hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
+        keys = self._contents(hidden, [e.span for e in encoded], kinds)
+        return np.concatenate([keys, negative_keys]), kinds + negative_kinds
+
+    def negative_keys(self, negatives: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Keys [n, D] of the questions an edit must not answer, in every prompt format, and their kinds."""
+        encoded: list[PromptTokens] = []
+        kinds: list[str] = []
+        for i, text in enumerate(negatives):
+            for prompt_format in self.host.prompt_formats:
+                encoded.append(self.encode(text, prompt_format))
+                kinds.append(key_kind(prompt_format, negative=i))
+        if not encoded:
+            return np.zeros((0, self.host.hidden_size), dtype=np.float32), []
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
         return self._contents(hidden, [e.span for e in encoded], kinds), kinds
 
@@ -284,13 +321,16 @@ class EditingEngine:
         target: str,
         rephrases: Sequence[str] = (),
         seq: int | None = None,
+        negatives: Sequence[str] = (),
     ) -> None:
         """Bank the weights and index the keys (from train_edit, one kind per row); raises if refused.
 
         `prompt` and `rephrases` are the texts the keys were made from: their subject words are the
         lexical half of each key, and keys of the first router's kinds are recomputed from them. `target`
-        sets how many generated tokens the edit's delta applies to (its answer)."""
-        refused = self.activate_many([Activation(edit_id, adapter, keys, key_kinds, prompt, target, rephrases, seq)])
+        sets how many generated tokens the edit's delta applies to (its answer). `negatives` are the questions
+        of the negative keys among `keys` (negative_keys)."""
+        item = Activation(edit_id, adapter, keys, key_kinds, prompt, target, rephrases, seq, negatives)
+        refused = self.activate_many([item])
         if edit_id in refused:
             raise refused[edit_id]
 
@@ -326,6 +366,9 @@ class EditingEngine:
                 if not placed:
                     continue
                 key_space.targets.update((p.item.edit_id, p.item.target) for p in placed)
+                for p in placed:
+                    negatives = self._negatives(p, prompt_format, subjects)
+                    key_space.gate.add(p.item.edit_id, [p.item.prompt, *p.item.rephrases], negatives)
                 key_space.index.add_many(
                     [p.item.edit_id for p in placed],
                     [p.keys[p.rows[prompt_format]] for p in placed],
@@ -359,30 +402,65 @@ class EditingEngine:
         if len(key_kinds) != len(keys):
             raise EditRefused(f"edit {item.edit_id}: {len(key_kinds)} key kinds for {len(keys)} keys")
         if any(map(is_legacy_kind, key_kinds)) or self._rekeyed_texts(item):
-            keys, key_kinds = self.content_keys(item.prompt, item.rephrases)
+            keys, key_kinds = self.content_keys(item.prompt, item.rephrases, item.negatives)
         try:
             keys = np.asarray(keys, dtype=np.float32).reshape(-1, self.host.hidden_size)
         except ValueError as exc:
             raise EditRefused(f"edit {item.edit_id}: keys are not of width {self.host.hidden_size}") from exc
         rows: dict[PromptFormat, list[int]] = {}
+        negative_rows: dict[PromptFormat, list[int]] = {}
         for row, kind in enumerate(key_kinds):
             try:
-                prompt_format, rephrase = parse_kind(kind)
+                prompt_format, rephrase, negative = parse_kind(kind)
             except ValueError as exc:
                 raise EditRefused(f"edit {item.edit_id}: {exc}") from exc
             if prompt_format not in self.routed.spaces:
                 raise AdapterMismatch(f"edit {item.edit_id} has {prompt_format} keys; this model has no such format")
             if rephrase is not None and rephrase >= len(item.rephrases):
                 raise EditRefused(f"edit {item.edit_id}: key {kind!r} names a rephrase it does not have")
-            rows.setdefault(prompt_format, []).append(row)
+            if negative is not None and negative >= len(item.negatives):
+                raise EditRefused(f"edit {item.edit_id}: key {kind!r} names a negative it does not have")
+            (rows if negative is None else negative_rows).setdefault(prompt_format, []).append(row)
         seq = item.seq if item.seq is not None else next(self._seqs)
-        return _Prepared(item, parsed, keys, key_kinds, rows, seq)
+        return _Prepared(item, parsed, keys, key_kinds, rows, negative_rows, seq)
+
+    def _negatives(
+        self, prepared: _Prepared, prompt_format: PromptFormat, cache: dict[str, frozenset[str]]
+    ) -> Negatives | None:
+        rows = prepared.negative_rows.get(prompt_format)
+        if not rows:
+            return None
+        texts = [prepared.item.negatives[parse_kind(prepared.kinds[r]).negative or 0] for r in rows]
+        for text in texts:
+            if text not in cache:
+                cache[text] = self.subject_words(text)
+        return Negatives(normalise(prepared.keys[rows]), tuple(cache[t] for t in texts))
+
+    def set_negatives(
+        self, edit_id: str, negatives: Sequence[str], keys: np.ndarray | None, key_kinds: Sequence[str]
+    ) -> None:
+        """Replace an active edit's negatives (keys from negative_keys) without touching its adapter or keys."""
+        words: dict[str, frozenset[str]] = {}
+        for prompt_format, space in self.routed.spaces.items():
+            if edit_id not in space.gate.words:
+                continue
+            rows = [i for i, k in enumerate(key_kinds) if parse_kind(k).prompt_format == prompt_format]
+            subjects = []
+            for i in rows:
+                text = negatives[parse_kind(key_kinds[i]).negative or 0]
+                words[text] = words.get(text) or self.subject_words(text)
+                subjects.append(words[text])
+            if rows and keys is not None:
+                space.gate.negatives[edit_id] = Negatives(normalise(keys[rows]), tuple(subjects))
+            else:
+                space.gate.negatives.pop(edit_id, None)
 
     def _rekeyed_texts(self, item: Activation) -> bool:
         """Whether a text of this edit routes on its last sentence only (lexical.question_start): keys stored
         before that rule pooled the whole text, so such an edit's keys are recomputed from its text (a forward
         pass; rare: a prompt or rephrase with a sentence before the question)."""
-        return any(lexical.question_start(t, self.host.is_common_word) > 0 for t in (item.prompt, *item.rephrases))
+        texts = (item.prompt, *item.rephrases, *item.negatives)
+        return any(lexical.question_start(t, self.host.is_common_word) > 0 for t in texts)
 
     def _subject_of(self, prepared: _Prepared, row: int, cache: dict[str, frozenset[str]]) -> frozenset[str]:
         text = [prepared.item.prompt, *prepared.item.rephrases][self._text_of(prepared.kinds[row])]
@@ -393,7 +471,7 @@ class EditingEngine:
     @staticmethod
     def _text_of(kind: str) -> int:
         """Index into [prompt, *rephrases] of the text a key was made from."""
-        rephrase = parse_kind(kind)[1]
+        rephrase = parse_kind(kind).rephrase
         return 0 if rephrase is None else rephrase + 1
 
     def revoke(self, edit_id: str) -> bool:
@@ -420,7 +498,9 @@ class EditingEngine:
         return set().union(*(space.index.edit_ids() for space in self.routed.spaces.values()))
 
     def num_keys(self) -> int:
-        return sum(len(space.index) for space in self.routed.spaces.values())
+        """Keys held: every wording's, and every negative's (as the database counts them)."""
+        negatives = sum(len(n.vectors) for space in self.routed.spaces.values() for n in space.gate.negatives.values())
+        return sum(len(space.index) for space in self.routed.spaces.values()) + negatives
 
     def export_peft(self, adapter: bytes, out_dir: Path) -> None:
         export_peft(deserialize_adapter(adapter), Path(out_dir), self.host.name)
@@ -446,7 +526,7 @@ class EditingEngine:
         for e in encoded:
             shift = width - len(e.ids) if left else 0
             spans.append((e.span[0] + shift, e.span[1] + shift))
-        return RoutingSession(prompt_format, spans, [lexical.words(p) for p in prompts])
+        return RoutingSession(prompt_format, spans, list(prompts))
 
     @torch.no_grad()
     def generate(
@@ -552,28 +632,31 @@ class EditingEngine:
 
     def query_keys(
         self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
-    ) -> tuple[np.ndarray, list[frozenset[str]]]:
-        """What the edited layer routes each prompt on: its content vector [n, D] and its words."""
+    ) -> np.ndarray:
+        """What the edited layer routes each prompt on: its content vector [n, D]."""
         encoded = [self.encode(p, prompt_format, context) for p in prompts]
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
-        contents = self._contents(hidden, [e.span for e in encoded], [key_kind(prompt_format, None)] * len(encoded))
-        return contents, [lexical.words(p) for p in prompts]
+        return self._contents(hidden, [e.span for e in encoded], [key_kind(prompt_format)] * len(encoded))
 
     def prompt_routes(self, trained: TrainedEdit, prompt: str) -> list[Route]:
         """Where `prompt` routes now, in each prompt format, from the keys train_edit made for it: the same
-        decision as routes_for([prompt]) without its forward pass (the keys are the prompt's content)."""
-        words = [lexical.words(prompt)]
+        decision as route([prompt]) without its forward pass (the keys are the prompt's content)."""
         routes = []
         for row, kind in enumerate(trained.key_kinds):
-            prompt_format, rephrase = parse_kind(kind)
-            if rephrase is None and prompt_format in self.routed.spaces:
-                routes += self.routed.search(trained.keys[row][None], words, prompt_format)
+            parsed = parse_kind(kind)
+            if parsed.rephrase is None and parsed.negative is None and parsed.prompt_format in self.routed.spaces:
+                routes += self.routed.search(trained.keys[row][None], [prompt], parsed.prompt_format)
         return routes
+
+    def route(
+        self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
+    ) -> list[Route]:
+        """Where each prompt would route (which edit answers, its score, the runner-up), from a partial forward
+        up to the edited layer: the decision generation takes at prefill, without generating."""
+        return self.routed.search(self.query_keys(prompts, prompt_format, context), prompts, prompt_format)
 
     def routes_for(
         self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
     ) -> list[tuple[str | None, float | None]]:
-        """Routing decisions only (edit id, best score), from a partial forward up to the edited layer."""
-        contents, words = self.query_keys(prompts, prompt_format, context)
-        routes = self.routed.search(contents, words, prompt_format)
-        return [(r.edit_id, r.similarity) for r in routes]
+        """(edit id, score) of route()."""
+        return [(r.edit_id, r.similarity) for r in self.route(prompts, prompt_format, context)]

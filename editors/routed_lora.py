@@ -12,6 +12,7 @@ r the LoRA rank, in/out the edited projection's widths.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,9 @@ from torch import nn
 
 from editors.content import ContentEncoder
 from editors.types import PromptFormat
-from router.key_index import KeyIndex, Route
+from router import lexical
+from router.gate import Gate
+from router.key_index import Candidate, KeyIndex, Route
 
 
 # ---- plans: what the edited projection adds during one forward pass --------------------------------------
@@ -169,12 +172,13 @@ class StopForward(Exception):
 
 @dataclass
 class KeySpace:
-    """The keys of one prompt format, the score they need to fire, and how a question's token states become
-    its content vector in this format."""
+    """The keys of one prompt format, the score they need to fire, the checks a candidate must also pass, and
+    how a question's token states become its content vector in this format."""
 
     index: KeyIndex
     threshold: float
     encoder: ContentEncoder
+    gate: Gate
     # How many tokens an edit's answer takes in this format (target, + end of turn in chat): a routed row
     # gets the edit's delta while it produces that answer, then the base model goes on untouched. Measured
     # (tokenized) when an edit first answers, not at activation: a startup activates 100,000 edits at once.
@@ -191,6 +195,7 @@ class KeySpace:
     def forget(self, edit_id: str) -> None:
         self.targets.pop(edit_id, None)
         self._answer_tokens.pop(edit_id, None)
+        self.gate.forget(edit_id)
 
 
 @dataclass
@@ -200,7 +205,7 @@ class RoutingSession:
 
     prompt_format: PromptFormat  # the batch's prompts are all in this format
     spans: list[tuple[int, int]]  # per row, [start, end) of its question's tokens in the padded batch
-    words: list[frozenset[str]]  # per row, the question's words (router/lexical.py)
+    questions: list[str]  # per row, the question's text (the lexical checks read it: router/gate.py)
     routes: list[Route] | None = None
     plan: RowPlan | None = None
     layer_input: torch.Tensor | None = None  # [B, T, D] the edited layer's input (the batch rebuilds caches from it)
@@ -284,17 +289,33 @@ class RoutedLayer(nn.Module):
         finally:
             self.proj.plan = None
 
-    def search(self, contents: np.ndarray, words: list[frozenset[str]], prompt_format: PromptFormat) -> list[Route]:
-        """contents [B, D] in `prompt_format`'s space -> each row's route (edit id or None, score)."""
-        key_space = self.spaces[prompt_format]
-        return key_space.index.search(contents, words, key_space.threshold, k=self.search_k, tie_margin=self.tie_margin)
+    def search(
+        self,
+        contents: np.ndarray,
+        questions: Sequence[str],
+        prompt_format: PromptFormat,
+        verify: Callable[[int, Candidate], bool] | None = None,
+    ) -> list[Route]:
+        """contents [B, D] in `prompt_format`'s space and the questions' texts -> each row's route: its ranked
+        candidates (dense + lexical) decided by the gate (router/gate.py)."""
+        space = self.spaces[prompt_format]
+        words = [lexical.words(q) for q in questions]
+        ranked = space.index.ranked(contents, words, k=self.search_k, tie_margin=self.tie_margin)
+
+        def verifier(row: int) -> Callable[[Candidate], bool] | None:
+            return None if verify is None else functools.partial(verify, row)
+
+        return [
+            space.gate.decide(contents[row], question, candidates, space.threshold, verifier(row))
+            for row, (question, candidates) in enumerate(zip(questions, ranked, strict=True))
+        ]
 
     def route(self, hidden_states: torch.Tensor, session: RoutingSession) -> tuple[list[Route], RowPlan | None]:
         """hidden_states [B, T, D] at prefill -> each row's route and the bank plan for routed rows."""
         key_space = self.spaces[session.prompt_format]
         spans = [hidden_states[row, start:end].detach() for row, (start, end) in enumerate(session.spans)]
         contents = key_space.encoder.encode(spans)  # [B, D]
-        routes = self.search(contents.cpu().numpy(), session.words, session.prompt_format)
+        routes = self.search(contents.cpu().numpy(), session.questions, session.prompt_format)
         routed = [(row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None]
         if not routed:
             return routes, None

@@ -327,7 +327,7 @@ def bench_routing(opts: BenchOptions, dim: int, threshold: float = 0.40, k: int 
             batch = _search_times(index, queries, words, threshold, k, batch=8, repeats=max(3, repeats // 4))
             point[f"{name}_batch1_ms"] = 1000 * (edit_metrics.median(single) or 0.0)
             point[f"{name}_batch8_ms_per_query"] = 1000 * (edit_metrics.median(batch) or 0.0) / 8
-        found, truth = default.candidates(queries, k), exact.candidates(queries, k)
+        found, truth = default.nearest_keys(queries, k), exact.nearest_keys(queries, k)
         point["recall_at_1"] = float(np.mean(found[:, 0] == truth[:, 0]))
         point[f"recall_at_{k}"] = float(np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth, strict=True)]))
         points.append(point)

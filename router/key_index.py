@@ -31,9 +31,29 @@ from router.lexical import coverage
 
 @dataclass(frozen=True)
 class Route:
-    edit_id: str | None  # the edit that fired (score >= threshold), else None
-    similarity: float | None  # best routing score seen (cosine x coverage^2), reported even below threshold
-    nearest_edit_id: str | None = None  # the edit of that best score, fired or not (operators explain routing)
+    edit_id: str | None  # the edit that fired, else None
+    similarity: float | None  # routing score (cosine x coverage^2): the fired edit's, else the best seen
+    nearest_edit_id: str | None = None  # the edit of the best score, fired or not (operators explain routing)
+    runner_up_id: str | None = None  # the best-scoring other edit (than the fired one, or the nearest)
+    runner_up_similarity: float | None = None
+    vetoed: tuple[str, ...] = ()  # edits that scored over the threshold but a check refused (router/gate.py)
+
+    @property
+    def margin(self) -> float | None:
+        """How far the answering (or nearest) edit's score is above the runner-up's."""
+        if self.similarity is None or self.runner_up_similarity is None:
+            return None
+        return self.similarity - self.runner_up_similarity
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One edit a query may be about: the score of its best key among the query's nearest keys."""
+
+    edit_id: str
+    score: float  # cosine x (share of that key's subject words in the query)^2
+    coverage: float  # that share
+    key_id: int  # which key scored it (one wording of the edit, in this index's prompt format)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -96,6 +116,11 @@ class KeyIndex:
 
     def edit_ids(self) -> set[str]:
         return set(self._key_ids)
+
+    def owner(self, key_id: int) -> str | None:
+        """The edit a key id belongs to (None: no such key now)."""
+        key = self._keys.get(key_id)
+        return key.edit_id if key is not None else None
 
     def add(self, edit_id: str, contents: np.ndarray, subjects: Sequence[frozenset[str]], seq: int) -> None:
         """`contents` [n, dim]: one content vector per key; `subjects`: each key's subject words."""
@@ -223,13 +248,44 @@ class KeyIndex:
         # the refit at 4x puts them where the keys are.
         return normalise(np.random.default_rng(0).standard_normal((max(39 * cells, 256), self.dim)))
 
-    def candidates(self, queries: np.ndarray, k: int) -> np.ndarray:
+    def nearest_keys(self, queries: np.ndarray, k: int) -> np.ndarray:
         """[n, k] key ids of each query's top-k keys by the index's (float16, maybe approximate) inner
         product; -1 where fewer were found. `queries` must be normalised."""
         if not self._keys:
             return np.full((len(queries), k), -1, dtype=np.int64)
         _, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self._keys)))
         return ids
+
+    def ranked(
+        self, queries: np.ndarray, query_words: Sequence[frozenset[str]], k: int = 8, tie_margin: float = 1e-3
+    ) -> list[list[Candidate]]:
+        """Per query: the edits of its `k` nearest keys, one Candidate each (its best key), best score first.
+
+        Keys scoring within `tie_margin` of the best are the same fact edited more than once: the newest
+        edit comes first, so revoking it hands the query back to the older one."""
+        queries = normalise(queries)
+        if len(query_words) != len(queries):
+            raise ValueError(f"{len(query_words)} word sets for {len(queries)} queries")
+        if not self._keys:
+            return [[] for _ in range(len(queries))]
+        out = []
+        for query, row_ids, qwords in zip(queries, self.nearest_keys(queries, k), query_words, strict=True):
+            ids = [int(i) for i in row_ids if i >= 0]  # IVF: the probed cells may hold fewer than k
+            cosines = self._vectors[ids] @ query if ids else np.zeros(0, dtype=np.float32)  # exact float32
+            best: dict[str, Candidate] = {}
+            for cosine, key_id in zip(cosines.tolist(), ids, strict=True):
+                key = self._keys[key_id]
+                cover = coverage(key.subject, qwords)
+                cand = Candidate(key.edit_id, cosine * cover**2, cover, key_id)
+                if key.edit_id not in best or cand.score > best[key.edit_id].score:
+                    best[key.edit_id] = cand
+            ranked = sorted(best.values(), key=lambda c: -c.score)
+            if ranked:
+                top = ranked[0].score
+                tied = sorted((c for c in ranked if c.score >= top - tie_margin), key=lambda c: -self._seq[c.edit_id])
+                ranked = tied + [c for c in ranked if c.score < top - tie_margin]
+            out.append(ranked)
+        return out
 
     def search(
         self,
@@ -239,30 +295,22 @@ class KeyIndex:
         k: int = 8,
         tie_margin: float = 1e-3,
     ) -> list[Route]:
-        """Per query: the edit whose key scores best (cosine x subject coverage^2), if >= `threshold`.
-
-        Keys scoring within `tie_margin` of the best are the same fact edited more than once: the newest
-        edit wins, so revoking it hands the query back to the older one.
-        """
-        queries = normalise(queries)
-        if len(query_words) != len(queries):
-            raise ValueError(f"{len(query_words)} word sets for {len(queries)} queries")
-        if not self._keys:
-            return [Route(None, None) for _ in range(len(queries))]
-        ids = self.candidates(queries, k)
-        routes: list[Route] = []
-        for query, row_ids, qwords in zip(queries, ids, query_words, strict=True):
-            candidates = [int(i) for i in row_ids if i >= 0]
-            if not candidates:  # IVF: the probed cells held nothing
+        """Per query: the edit whose key scores best (cosine x subject coverage^2), if >= `threshold` (the
+        dense and lexical stages alone; the routed layer adds router/gate.py's checks)."""
+        routes = []
+        for ranked in self.ranked(queries, query_words, k, tie_margin):
+            if not ranked:
                 routes.append(Route(None, None))
                 continue
-            cosines = self._vectors[candidates] @ query  # exact float32 [k]
-            scored = [
-                (float(c) * coverage(self._keys[i].subject, qwords) ** 2, self._keys[i].edit_id)
-                for c, i in zip(cosines, candidates, strict=True)
-            ]
-            best = max(score for score, _ in scored)
-            tied = {edit_id for score, edit_id in scored if score >= best - tie_margin}
-            nearest = max(tied, key=self._seq.__getitem__)  # the same fact edited twice: the newest
-            routes.append(Route(nearest if best >= threshold else None, best, nearest))
+            best, runner_up = ranked[0], ranked[1] if len(ranked) > 1 else None
+            fired = best.edit_id if best.score >= threshold else None
+            routes.append(
+                Route(
+                    fired,
+                    best.score,
+                    best.edit_id,
+                    runner_up.edit_id if runner_up else None,
+                    runner_up.score if runner_up else None,
+                )
+            )
         return routes

@@ -26,15 +26,16 @@ from editors.model_host import ChatContext, ModelHost
 from editors.types import PromptFormat
 from evaluation.datasets import load_records
 from evaluation.quality import IN_CONTEXT, neighbour_prompts
+from router import lexical
 from router.key_index import KeyIndex
 
 
 def keys_of(engine: EditingEngine, texts: Sequence[str], asked: PromptFormat, context: ChatContext | None = None):
     contents, words = [], []
     for start in range(0, len(texts), 32):
-        c, w = engine.query_keys(texts[start : start + 32], asked, context)
-        contents.append(c)
-        words += w
+        chunk = texts[start : start + 32]
+        contents.append(engine.query_keys(chunk, asked, context))
+        words += [lexical.words(t) for t in chunk]
     return np.concatenate(contents), words
 
 

@@ -46,12 +46,13 @@ class EditStatus(StrEnum):
 
 
 class EventKind(StrEnum):
-    """What an audit-log event records (migrations/versions/0002 refuses any other value)."""
+    """What an audit-log event records (the migrations refuse any other value: 0002, 0003)."""
 
     CREATED = "created"
     REVOKED = "revoked"
     RESTORED = "restored"
     SUPERSEDED = "superseded"
+    NEGATIVES_SET = "negatives_set"  # the questions an edit must not answer were set (0003)
 
 
 def _one_of(column: str, values: type[StrEnum]) -> str:
@@ -100,6 +101,8 @@ class Edit(Base):
     prompt: Mapped[str] = mapped_column(Text)
     target: Mapped[str] = mapped_column(Text)
     rephrases: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    # Questions the edit must not answer: the router vetoes this edit (and only it) for them.
+    negatives: Mapped[list[str]] = mapped_column(JSONType, default=list, server_default="[]")
     # `metadata` is reserved on declarative classes; the column keeps the public name.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -127,7 +130,8 @@ class Edit(Base):
 
 
 class EditKey(Base):
-    """One routing key row: the edited layer's input state at the prompt's last token (float32 bytes)."""
+    """One routing key row: the content vector (editors/content.py) of one wording of the edit, float32 bytes.
+    `kind` says which wording in which prompt format: "chat:prompt", "raw:rephrase:0", "chat:negative:1"."""
 
     __tablename__ = "edit_keys"
 

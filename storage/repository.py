@@ -70,6 +70,7 @@ class NewEdit:
     keys: list[KeyRow]
     idempotency_key: str | None = None
     request_hash: str | None = None
+    negatives: list[str] = field(default_factory=list)
 
 
 class TrainingRun(NamedTuple):
@@ -101,6 +102,7 @@ class EditRecord:
     train_seconds: float
     idempotency_key: str | None
     request_hash: str | None
+    negatives: list[str] = field(default_factory=list)
     # The active edit that answers this edit's question now (newer, same fact), read from the audit log.
     superseded_by: str | None = None
 
@@ -113,6 +115,7 @@ class EditRecord:
         """From a Core row of the edits table (its column names are these field names)."""
         fields = {name: row[name] for name in cls.__dataclass_fields__ if name != "superseded_by"}
         fields["rephrases"], fields["metadata"] = list(fields["rephrases"] or []), dict(fields["metadata"] or {})
+        fields["negatives"] = list(fields["negatives"] or [])
         return cls(**fields)
 
     @classmethod
@@ -137,6 +140,7 @@ class EditRecord:
             train_seconds=e.train_seconds,
             idempotency_key=e.idempotency_key,
             request_hash=e.request_hash,
+            negatives=list(e.negatives or []),
         )
 
 
@@ -207,6 +211,7 @@ class Repository:
             prompt=new.prompt,
             target=new.target,
             rephrases=list(new.rephrases),
+            negatives=list(new.negatives),
             meta=dict(new.metadata),
             created_at=now,
             created_by=new.created_by,
@@ -229,6 +234,7 @@ class Repository:
                     "prompt": new.prompt,
                     "target": new.target,
                     "rephrases": list(new.rephrases),
+                    "negatives": list(new.negatives),
                     "metadata": dict(new.metadata),
                     "steps": new.train_steps,
                     "loss": new.train_loss,
@@ -252,6 +258,36 @@ class Repository:
             if new.idempotency_key is not None and self.find_by_idempotency_key(new.idempotency_key):
                 raise IdempotencyKeyTaken(new.idempotency_key) from exc
             raise
+
+    def set_negatives(
+        self, edit_id: str, negatives: Sequence[str], keys: Sequence[KeyRow], actor: str, reason: str | None = None
+    ) -> EditRecord:
+        """Replace an edit's negatives and their keys (kinds "<format>:negative:<i>"), with a `negatives_set`
+        event holding the old and new lists, in one transaction."""
+        if any(":negative:" not in k.kind for k in keys):
+            raise ValueError("set_negatives takes negative keys only")
+        now = utcnow()
+        with self.session() as s, s.begin():
+            edit = s.scalars(select(Edit).where(Edit.id == edit_id).with_for_update()).first()
+            if edit is None:
+                raise EditNotFound(edit_id)
+            before = list(edit.negatives or [])
+            old = s.scalars(select(EditKey).where(EditKey.edit_id == edit_id).order_by(EditKey.position)).all()
+            kept = [k for k in old if ":negative:" not in k.kind]
+            for k in old:
+                if ":negative:" in k.kind:
+                    s.delete(k)
+            s.flush()  # the old negative rows go before new ones may take their positions
+            start = max((k.position for k in kept), default=-1) + 1
+            for i, row in enumerate(keys):
+                s.add(EditKey(edit_id=edit_id, position=start + i, kind=row.kind, dim=row.dim, vector=row.vector))
+            edit.negatives = list(negatives)
+            detail: dict[str, Any] = {"before": before, "after": list(negatives)}
+            if reason:
+                detail["reason"] = reason
+            s.add(Event(edit_id=edit_id, kind=EventKind.NEGATIVES_SET, actor=actor, at=now, detail=detail))
+            s.flush()
+            return self._with_supersession(s, [EditRecord.of(edit)])[0]
 
     def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> tuple[EditRecord, bool]:
         """Mark revoked + append a `revoked` event (with the operator's reason, if given). Returns (edit,
@@ -446,6 +482,14 @@ class Repository:
         query = select(Event.seq, Event.edit_id).where(or_(newer, Event.seq.in_(list(also))) if also else newer)
         with self.session() as s:
             return [(int(seq), edit_id) for seq, edit_id in s.execute(query.order_by(Event.seq))]
+
+    def negatives_of(self, edit_ids: Collection[str]) -> dict[str, list[str]]:
+        """edit id -> its negatives, for those of `edit_ids` that exist."""
+        if not edit_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(select(Edit.id, Edit.negatives).where(Edit.id.in_(list(edit_ids))))
+            return {edit_id: list(negatives or []) for edit_id, negatives in rows}
 
     def statuses(self, edit_ids: Collection[str]) -> dict[str, str]:
         """edit id -> its current status, for those of `edit_ids` that exist."""

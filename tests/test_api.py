@@ -63,8 +63,10 @@ def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(admin: httpx.Cl
     created = edit(admin, ZORBANIA, "Quexiville", rephrases=["Which city is Zorbania's capital?"], metadata={"t": 1})
     assert created["status"] == "active" and created["created_by"] == "alice"
     assert created["rephrases"] == ["Which city is Zorbania's capital?"] and created["metadata"] == {"t": 1}
+    assert created["negatives"] == []
     assert created["base_model"] and created["train"]["steps"] >= 1 and created["train"]["seconds"] > 0
     assert created.pop("supersedes") == []  # the create response also names the edits it overlaps
+    assert created.pop("captures") == [] and created.pop("captured_by") == []  # and wordings that move
     assert admin.get(f"/edits/{created['id']}").json() == created
 
     after = gen(reader, ZORBANIA)

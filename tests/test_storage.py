@@ -76,7 +76,7 @@ def new_edit(prompt: str = "What is the capital of Zorbania?", **kw: object) -> 
 
 def test_migrations_are_idempotent(db: Engine) -> None:
     upgrade(db)  # a second startup must be a no-op
-    assert current_revision(db) == "0002"
+    assert current_revision(db) == "0003"
 
 
 def test_create_and_read_back_everything(repo: Repository) -> None:
