@@ -187,6 +187,7 @@ def bench(
 # The API client commands (app/client_cli.py): they talk to a running server over HTTP.
 cli.add_typer(client_cli.edits, name="edits")
 cli.command("ask")(client_cli.ask)
+cli.command("route")(client_cli.route)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.schemas import EditOut, EditPage, EventOut, EventPage, GenerateOut
+from app.schemas import Capture, EditOut, EditPage, EventOut, EventPage, GenerateOut, RouteOut, RoutesOut
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # An edit waits for its own training (SOLA_MAX_TRAIN_SECONDS, 30 s by default) behind whatever is queued.
@@ -60,10 +60,12 @@ class Superseded(BaseModel):
     similarity: float
 
 
-class _Supersedes(BaseModel):
+class _Created(BaseModel):
     # app.schemas.Overlap reads `edit_id` from the service's `older_id` (a validation alias), so it cannot read
-    # back the API's own JSON; this reads just that field of the answer.
+    # back the API's own JSON; this reads just the reports of the answer.
     supersedes: list[Superseded] = []
+    captures: list[Capture] = []
+    captured_by: list[Capture] = []
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,17 @@ class CreatedEdit:
     edit: EditOut
     replayed: bool  # an Idempotency-Key replay: the edit already existed and nothing was trained
     supersedes: list[Superseded] = field(default_factory=list)
+    captures: list[Capture] = field(default_factory=list)  # older edits' wordings that now reach this edit
+    captured_by: list[Capture] = field(default_factory=list)  # this edit's wordings that reach an older edit
 
     def as_json(self) -> dict[str, Any]:
-        """The API's own answer: the edit and its `supersedes`."""
-        return {**self.edit.model_dump(mode="json"), "supersedes": [s.model_dump() for s in self.supersedes]}
+        """The API's own answer: the edit and its reports."""
+        return {
+            **self.edit.model_dump(mode="json"),
+            "supersedes": [s.model_dump() for s in self.supersedes],
+            "captures": [c.model_dump() for c in self.captures],
+            "captured_by": [c.model_dump() for c in self.captured_by],
+        }
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,15 @@ class EditQuery:
 
 
 def edit_request(
-    prompt: str, target: str, rephrases: Sequence[str] = (), metadata: Mapping[str, Any] | None = None
+    prompt: str,
+    target: str,
+    rephrases: Sequence[str] = (),
+    metadata: Mapping[str, Any] | None = None,
+    negatives: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The POST /edits body, every field present (so its canonical form matches the server's request hash)."""
-    return {"prompt": prompt, "target": target, "rephrases": list(rephrases), "metadata": dict(metadata or {})}
+    """The POST /edits body as the server hashes it for idempotency (negatives only when there are some)."""
+    body = {"prompt": prompt, "target": target, "rephrases": list(rephrases), "metadata": dict(metadata or {})}
+    return body | ({"negatives": list(negatives)} if negatives else {})
 
 
 def content_key(body: Mapping[str, Any]) -> str:
@@ -182,12 +196,26 @@ class SolaClient:
         rephrases: Sequence[str] = (),
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        negatives: Sequence[str] = (),
     ) -> CreatedEdit:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = edit_request(prompt, target, rephrases, metadata)
+        body = edit_request(prompt, target, rephrases, metadata, negatives)
         response = self._request("POST", "/edits", json=body, headers=headers)
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
-        return CreatedEdit(_parse(EditOut, response), replayed, _parse(_Supersedes, response).supersedes)
+        reports = _parse(_Created, response)
+        return CreatedEdit(
+            _parse(EditOut, response), replayed, reports.supersedes, reports.captures, reports.captured_by
+        )
+
+    def set_negatives(self, edit_id: str, negatives: Sequence[str], reason: str | None = None) -> EditOut:
+        """Replace the edit's negatives (questions it must not answer); kept with a `negatives_set` event."""
+        body: dict[str, Any] = {"negatives": list(negatives)} | ({"reason": reason} if reason else {})
+        return _parse(EditOut, self._request("PATCH", _edit_path(edit_id), json=body))
+
+    def route(self, questions: Sequence[str], chat: bool = True) -> list[RouteOut]:
+        """Which edit each question would reach (score, runner-up, margin), without generating."""
+        body = {"questions": list(questions), "chat": chat}
+        return _parse(RoutesOut, self._request("POST", "/route", json=body)).routes
 
     def list_edits(
         self, status: str | None = None, limit: int = 50, after: str | None = None, where: EditQuery | None = None

@@ -28,12 +28,12 @@ from rich.text import Text
 
 from app.client import (
     DEFAULT_URL,
+    CreatedEdit,
     EditQuery,
     SolaApiError,
     SolaClient,
     SolaConnectionError,
     SolaError,
-    Superseded,
     content_key,
     edit_request,
     extract_adapter,
@@ -144,8 +144,9 @@ def edit_table(items: Iterable[EditOut]) -> Table:
     return table(("id", "status", "prompt", "target", "by", "created"), rows)
 
 
-def edit_details(e: EditOut, supersedes: Sequence[Superseded] | None = None) -> Table:
-    """One edit in full; `supersedes`: what POST /edits answered (the edits this one now answers in place of)."""
+def edit_details(e: EditOut, created: CreatedEdit | None = None) -> Table:
+    """One edit in full; `created`: what POST /edits answered (the edits this one now answers in place of, and
+    the wordings it captures from older edits or loses to them)."""
     t = Table(show_header=False, box=None)
     revoked = f"{when(e.revoked_at)} by {e.revoked_by}" if e.revoked_at else "-"
     rows = {
@@ -154,6 +155,7 @@ def edit_details(e: EditOut, supersedes: Sequence[Superseded] | None = None) -> 
         "prompt": e.prompt,
         "target": e.target,
         "rephrases": "\n".join(e.rephrases) or "-",
+        "negatives": "\n".join(e.negatives) or "-",
         "metadata": json.dumps(e.metadata, ensure_ascii=False) if e.metadata else "-",
         "created": f"{when(e.created_at)} by {e.created_by}",
         "revoked": revoked,
@@ -161,8 +163,16 @@ def edit_details(e: EditOut, supersedes: Sequence[Superseded] | None = None) -> 
         "base model": f"{e.base_model} ({e.base_fingerprint[:12]}), layer {e.layer}",
         "training": f"{e.train.steps} steps, loss {e.train.loss:.4f}, {e.train.seconds:.2f} s",
     }
-    if supersedes is not None:
-        rows["supersedes"] = "\n".join(f"{s.edit_id} (similarity {s.similarity:.3f})" for s in supersedes) or "-"
+    if created is not None:
+        rows["supersedes"] = (
+            "\n".join(f"{s.edit_id} (similarity {s.similarity:.3f})" for s in created.supersedes) or "-"
+        )
+        rows["captures"] = "\n".join(f"{c.question!r} of {c.edit_id} ({c.prompt_format})" for c in created.captures)
+        rows["captured by"] = "\n".join(
+            f"{c.question!r} reaches {c.edit_id} ({c.prompt_format})" for c in created.captured_by
+        )
+        rows["captures"] = rows["captures"] or "-"
+        rows["captured by"] = rows["captured by"] or "-"
     for key, value in rows.items():
         t.add_row(Text(key, style="bold"), Text(value))
     return t
@@ -196,6 +206,10 @@ def add(
     rephrase: Annotated[
         list[str] | None, typer.Option("--rephrase", help="Another wording of the prompt (repeatable).")
     ] = None,
+    negative: Annotated[
+        list[str] | None,
+        typer.Option("--negative", help="A question the edit must NOT answer (repeatable)."),
+    ] = None,
     meta: Annotated[list[str] | None, typer.Option("--meta", help="Metadata key=value (repeatable).")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Send again with the same key: the first edit is returned, not a second.")
@@ -207,14 +221,14 @@ def add(
     """Train and store one edit (waits while it trains: seconds)."""
     metadata = parse_meta(meta or [])
     with connect(url, token) as client:
-        created = client.create_edit(prompt, target, rephrase or [], metadata, idempotency_key)
+        created = client.create_edit(prompt, target, rephrase or [], metadata, idempotency_key, negative or [])
     if created.replayed:
         note(f"edit {created.edit.id} already existed under this Idempotency-Key: nothing was trained")
     if as_json:
         print_json(created.as_json())
         return
     emit(Text(f"created {created.edit.id}" if not created.replayed else f"existing {created.edit.id}"))
-    emit(edit_details(created.edit, created.supersedes))
+    emit(edit_details(created.edit, created))
 
 
 @edits.command("list")
@@ -330,7 +344,51 @@ def export(
         emit(Text(f"wrote {', '.join(f.name for f in files)} to {out_dir}"))
 
 
+@edits.command("negatives")
+def negatives(
+    edit_id: EditIdArg,
+    questions: Annotated[
+        list[str] | None, typer.Argument(help="The questions the edit must not answer (none: clear them).")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the negatives_set event).")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Replace an edit's negatives: each vetoes this edit (and no other) for questions closer to it."""
+    with connect(url, token) as client:
+        changed = client.set_negatives(edit_id, questions or [], reason)
+    if as_json:
+        print_json(changed)
+        return
+    emit(edit_details(changed))
+
+
 # ---- asking ----------------------------------------------------------------------------------------------------
+def route(
+    questions: Annotated[list[str], typer.Argument(help="The questions.", show_default=False)],
+    raw: Annotated[bool, typer.Option("--raw", help="Plain completion instead of the chat format.")] = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
+    """Which edit each question would reach, with the runner-up and the margin, without generating."""
+    with connect(url, token) as client:
+        routes = client.route(questions, chat=not raw)
+    if as_json:
+        print_json(routes)
+        return
+
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    rows = (
+        (r.question, r.edit_id or "none", score(r.score), r.runner_up_id or "-", score(r.margin), ", ".join(r.vetoed))
+        for r in routes
+    )
+    emit(table(("question", "edit", "score", "runner-up", "margin", "vetoed"), rows))
+
+
 def ask(
     prompt: Annotated[str, typer.Argument(help="The question.", show_default=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Plain completion instead of the chat format.")] = False,
@@ -426,7 +484,8 @@ def jsonl_records(path: Path, limit: int | None) -> tuple[list[Record], list[tup
         except ValidationError as exc:
             bad.append((f"line {n}", _validation_message(exc)))
         else:
-            records.append(Record(f"line {n}", body.model_dump(mode="json")))
+            fields = (body.prompt, body.target, body.rephrases, body.metadata, body.negatives)
+            records.append(Record(f"line {n}", edit_request(*fields)))
     return records, bad
 
 
@@ -478,7 +537,8 @@ def import_(
     format: Annotated[
         ImportFormat,
         typer.Option(
-            "--format", help="A benchmark format, or jsonl: one {prompt, target, rephrases?, metadata?} a line."
+            "--format",
+            help="A benchmark format, or jsonl: one {prompt, target, rephrases?, negatives?, metadata?} a line.",
         ),
     ],
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,

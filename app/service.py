@@ -91,8 +91,12 @@ def new_edit_id() -> str:
 
 
 def request_hash(body: EditCreate) -> str:
-    """Canonical hash of an edit request: an idempotency key replays only the very same request."""
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Canonical hash of an edit request: an idempotency key replays only the very same request. Fields added
+    since keys were first stored (negatives) count only when set, so an older request still hashes the same."""
+    fields = body.model_dump(mode="json")
+    if not fields["negatives"]:
+        del fields["negatives"]
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

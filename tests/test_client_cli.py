@@ -55,8 +55,9 @@ def test_every_command_once(server: Server) -> None:
     added = sola_json(url, "edits", "add", prompt, "Ada Merrow", "--rephrase", "The Quillon Bridge was designed by?")
     edit_id = added["id"]
     assert added["status"] == "active" and added["rephrases"] == ["The Quillon Bridge was designed by?"]
-    assert added["supersedes"] == []  # what POST /edits answered; the stored edit has no such field
-    assert sola_json(url, "edits", "show", edit_id) == {k: v for k, v in added.items() if k != "supersedes"}
+    reports = ("supersedes", "captures", "captured_by")  # what POST /edits answered; the stored edit has none
+    assert [added[r] for r in reports] == [[], [], []]
+    assert sola_json(url, "edits", "show", edit_id) == {k: v for k, v in added.items() if k not in reports}
     shown = sola(url, "edits", "show", edit_id)
     assert shown.exit_code == 0 and edit_id in shown.stdout and "Ada Merrow" in shown.stdout
     assert edit_id in [e["id"] for e in sola_json(url, "edits", "list", "--status", "active")]
@@ -75,6 +76,23 @@ def test_every_command_once(server: Server) -> None:
     assert sola_json(url, "edits", "restore", edit_id)["status"] == "active"
     assert [ev["kind"] for ev in sola_json(url, "edits", "log", edit_id)] == ["created", "revoked", "restored"]
     assert edit_id in sola(url, "edits", "log").stdout
+
+
+def test_negatives_and_route(server: Server) -> None:
+    url = server.url
+    opens, closes = "When does the Vell Street library open?", "When does the Vell Street library close?"
+    added = sola_json(url, "edits", "add", opens, "8:15 am", "--negative", closes)
+    assert added["negatives"] == [closes]
+    routed = sola_json(url, "route", opens, closes, token=READER)
+    assert [r["edit_id"] for r in routed] == [added["id"], None] and added["id"] in routed[1]["vetoed"]
+    shown = sola(url, "route", opens, closes, token=READER)
+    assert shown.exit_code == 0 and added["id"] in shown.stdout and "runner-up" in shown.stdout
+    cleared = sola_json(url, "edits", "negatives", added["id"], "--reason", "not needed")
+    assert cleared["negatives"] == []
+    event = sola_json(url, "edits", "log", added["id"])[-1]
+    assert event["kind"] == "negatives_set" and event["detail"]["reason"] == "not needed"
+    assert sola(url, "edits", "negatives", added["id"], closes, token=READER).exit_code == 1  # a reader may not
+    sola(url, "edits", "revoke", added["id"])
 
 
 def test_filters_reasons_supersession_and_nearest_edit(server: Server) -> None:
