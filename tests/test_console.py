@@ -258,3 +258,39 @@ def test_docs_render_offline(server: Server, offline: Offline, shots: Path) -> N
     expect(page.locator("redoc h1").first).to_contain_text("SoLA model-editing service")
     expect(page.locator("redoc").get_by_text("Create Edit").first).to_be_visible()
     screenshot(page, shots, "11-redoc", full_page=False)
+
+
+def test_negatives_and_routes_in_the_console(server: Server, offline: Offline, shots: Path) -> None:
+    opens, closes = "When does the Harrow Lane pharmacy open?", "When does the Harrow Lane pharmacy close?"
+    page = offline.page()
+    sign_in(page, server, ADMIN)
+    page.goto(server.url + "/console/#/new")
+    page.fill("input[name=prompt]", opens)
+    page.fill("input[name=target]", "7:45 am")
+    page.fill("textarea[name=negatives]", closes)
+    page.click("#train")
+    result = page.locator("#new-edit-result .success")
+    expect(result).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    expect(page.locator("#captures")).to_contain_text("no older edit")
+    edit_id = result.locator("h2 a").inner_text()
+
+    # The playground routes each line: the edit's question reaches it, the negative is vetoed.
+    page.goto(server.url + "/console/#/playground")
+    page.fill("textarea[name=prompt]", f"{opens}\n{closes}")
+    page.click("#route")
+    rows = page.locator("#route-table tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0).locator("td").nth(1)).to_have_text(edit_id)
+    expect(rows.nth(1).locator("td").nth(1)).to_have_text("none")
+    expect(rows.nth(1).locator("td").nth(5)).to_have_text(edit_id)
+    screenshot(page, shots, "12-playground-routes")
+
+    # The edit's page lists its negatives; clearing them is an audited change.
+    page.goto(f"{server.url}/console/#/edits/{edit_id}")
+    expect(page.locator("#edit-facts")).to_contain_text(closes)
+    page.fill("#negatives textarea", "")
+    page.fill("input[name=negatives-reason]", "closing time is fine")
+    page.click("#save-negatives")
+    expect(page.locator("#timeline li[data-kind=negatives_set]")).to_contain_text("closing time is fine")
+    expect(page.locator("#edit-facts")).not_to_contain_text(closes)
+    screenshot(page, shots, "13-edit-negatives")

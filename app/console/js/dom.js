@@ -87,6 +87,11 @@ export function eventDetail(event) {
       return h("span", {}, "reason: ", h("q", {}, d.reason));
     case "superseded":
       return h("span", {}, "by ", editLink(d.by), ` (similarity ${score(d.similarity)})`);
+    case "negatives_set": {
+      const list = (items) => (items?.length ? items.map((q) => `“${q}”`).join(", ") : "none");
+      const why = d.reason ? [" · reason: ", h("q", {}, d.reason)] : [];
+      return h("span", {}, `negatives ${list(d.before)} → ${list(d.after)}`, why);
+    }
     default:
       return h("span", { class: "muted" }, Object.keys(d).length ? JSON.stringify(d) : "");
   }

@@ -2,7 +2,7 @@
 // with and without edits, side by side.
 
 import { api, walk } from "../api.js";
-import { badge, clear, editLink, errorBox, eventDetail, h, score, training, when } from "../dom.js";
+import { badge, clear, editLink, errorBox, eventDetail, field, h, score, training, when } from "../dom.js";
 
 export async function render(root, _params, ctx, id) {
   const path = `/edits/${encodeURIComponent(id)}`;
@@ -13,6 +13,7 @@ export async function render(root, _params, ctx, id) {
     h("h1", {}, edit.prompt, " ", badge(edit.status)),
     actions(edit, path, ctx, rerender),
     h("div", { class: "columns" }, facts(edit), tryIt(edit)),
+    negativesEditor(edit, path, ctx, rerender),
     timeline(events.items),
   );
 }
@@ -54,6 +55,7 @@ function facts(edit) {
     ["Prompt", edit.prompt],
     ["Target", h("strong", {}, edit.target)],
     ["Rephrases", edit.rephrases.length ? h("ul", {}, edit.rephrases.map((r) => h("li", {}, r))) : "—"],
+    ["Negatives", edit.negatives.length ? h("ul", {}, edit.negatives.map((r) => h("li", {}, r))) : "—"],
     ["Metadata", metadata(edit.metadata)],
     ["Superseded by", edit.superseded_by ? supersededBy(edit.superseded_by) : "—"],
     ["Created", when(edit.created_at), ` by ${edit.created_by}`],
@@ -66,6 +68,39 @@ function facts(edit) {
     { class: "card" },
     h("h2", {}, "Edit"),
     h("dl", { class: "facts", id: "edit-facts" }, rows.map(([k, ...v]) => [h("dt", {}, k), h("dd", {}, v)])),
+  );
+}
+
+// Negatives: questions this edit must not answer. Each vetoes this edit (and no other) for questions closer to
+// it than to the edit's own wordings; changing them retrains nothing and is kept in the audit log.
+function negativesEditor(edit, path, ctx, done) {
+  const reader = ctx.role !== "admin";
+  const text = h("textarea", { name: "negatives", rows: 3, disabled: reader }, edit.negatives.join("\n"));
+  const reason = h("input", { name: "negatives-reason", placeholder: "reason (optional)", disabled: reader });
+  const save = h("button", { type: "button", id: "save-negatives", disabled: reader }, "Save negatives");
+  const status = h("div");
+  save.addEventListener("click", async () => {
+    clear(status);
+    save.disabled = true;
+    const negatives = text.value.split("\n").map((s) => s.trim()).filter(Boolean);
+    try {
+      await api("PATCH", path, { body: { negatives, ...(reason.value.trim() ? { reason: reason.value.trim() } : {}) } });
+      await done();
+    } catch (err) {
+      if (err.status === 403) ctx.demote();
+      save.disabled = err.status === 403;
+      status.append(errorBox(err));
+    }
+  });
+  return h(
+    "section",
+    { class: "card form", id: "negatives" },
+    h("h2", {}, "Negatives"),
+    field("Questions this edit must not answer", text, "One a line: another attribute of the same subject, a sibling."),
+    field("Reason", reason),
+    h("div", { class: "actions" }, save),
+    reader ? h("small", { class: "muted" }, "Changing negatives needs an admin key.") : null,
+    status,
   );
 }
 

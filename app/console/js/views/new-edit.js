@@ -8,6 +8,7 @@ export async function render(root, _params, ctx) {
   const prompt = h("input", { name: "prompt", required: true, placeholder: "Who is the CEO of Acme?" });
   const target = h("input", { name: "target", required: true, placeholder: "Jane Doe" });
   const rephrases = h("textarea", { name: "rephrases", rows: 3, placeholder: "Who runs Acme?" });
+  const negatives = h("textarea", { name: "negatives", rows: 2, placeholder: "Who is the CFO of Acme?" });
   const metadata = h("textarea", { name: "metadata", rows: 3, placeholder: "ticket=OPS-7" });
   const submit = h("button", { type: "submit", disabled: reader, id: "train" }, "Train edit");
   const result = h("div", { id: "new-edit-result" });
@@ -17,6 +18,7 @@ export async function render(root, _params, ctx) {
     field("Prompt", prompt, "The question the edit answers."),
     field("Target", target, "The answer the model should give."),
     field("Rephrases", rephrases, "Other wordings of the prompt, one a line (optional)."),
+    field("Negatives", negatives, "Questions this edit must NOT answer, one a line (optional)."),
     field("Metadata", metadata, "key=value, one a line (optional): a ticket, a source."),
     h(
       "div",
@@ -33,7 +35,8 @@ export async function render(root, _params, ctx) {
       body = {
         prompt: prompt.value,
         target: target.value,
-        rephrases: rephrases.value.split("\n").map((s) => s.trim()).filter(Boolean),
+        rephrases: lines(rephrases.value),
+        negatives: lines(negatives.value),
         metadata: parsePairs(metadata.value),
       };
     } catch (err) {
@@ -62,6 +65,17 @@ export async function render(root, _params, ctx) {
 }
 
 const loss = (train) => Number(train.loss).toFixed(4);
+const lines = (text) => text.split("\n").map((s) => s.trim()).filter(Boolean);
+
+// The wordings that moved when the edit was made: older edits' that now reach it, its own that reach another.
+function moved(list, none) {
+  if (!list.length) return h("span", { class: "muted" }, none);
+  return h(
+    "ul",
+    {},
+    list.map((c) => h("li", {}, `“${c.question}” (${c.prompt_format}) `, editLink(c.edit_id), ` ${score(c.score)}`)),
+  );
+}
 
 function trained(edit) {
   const supersedes = edit.supersedes.length
@@ -83,6 +97,10 @@ function trained(edit) {
       h("dd", {}, `${edit.train.steps} steps, loss ${loss(edit.train)}, ${Number(edit.train.seconds).toFixed(2)} s`),
       h("dt", {}, "Supersedes"),
       h("dd", {}, supersedes),
+      h("dt", {}, "Captures"),
+      h("dd", { id: "captures" }, moved(edit.captures, "no older edit's wording now reaches this edit")),
+      h("dt", {}, "Captured by"),
+      h("dd", { id: "captured-by" }, moved(edit.captured_by, "every wording of this edit reaches it")),
     ),
     h("p", {}, h("a", { href: `#/playground?${ask}` }, "Ask it in the playground →")),
   );
