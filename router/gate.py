@@ -8,9 +8,11 @@ threshold is not enough: an edit answers a query only if also
 2. the query's own question (its last sentence that names something) names nothing the edit's wordings
    never mention: "the Korvane K7 Max" is not "the Korvane K7", "Brightwater Electronics Canada" is not
    "Brightwater Electronics" (a name-like word: holding a digit, or capitalised);
-3. none of the edit's negatives (questions the operator said it must not answer) is at least as close to
+3. the query asks what one of the edit's wordings asks, not another attribute of the same subject
+   (router/relation.py: "What time does X close?" is not "What time does X open?");
+4. none of the edit's negatives (questions the operator said it must not answer) is at least as close to
    the query as the edit's best wording: a negative vetoes its own edit and no other;
-4. the second-stage check accepts it, when there is one (editors/verifier.py: same question or not).
+5. a further check passes, when the caller gives one.
 
 The first candidate over the threshold that passes answers; a refused one leaves the next its chance.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router import lexical
+from router import lexical, relation
 from router.key_index import Candidate, Route, normalise
 
 # (row of the batch, candidate) -> accepted? A second stage that needs the query's own features.
@@ -50,31 +52,45 @@ class Gate:
     wordings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # edit id -> its prompt and rephrases
     words: dict[str, frozenset[str]] = field(default_factory=dict)  # edit id -> the words of all its wordings
     negatives: dict[str, Negatives] = field(default_factory=dict)  # edit id -> its negatives (this format)
+    # The relation check's view of each edit's wordings, made when a query first reaches the edit (a startup
+    # activating 100,000 edits does not pay for it).
+    _relations: dict[str, tuple[relation.Wording, ...]] = field(default_factory=dict, repr=False)
 
     def add(self, edit_id: str, wordings: Sequence[str], negatives: Negatives | None = None) -> None:
         self.wordings[edit_id] = tuple(wordings)
         self.words[edit_id] = frozenset().union(*(lexical.words(w) for w in wordings))
+        self._relations.pop(edit_id, None)
         if negatives is not None and len(negatives.vectors):
             self.negatives[edit_id] = negatives
         else:
             self.negatives.pop(edit_id, None)
 
     def forget(self, edit_id: str) -> None:
+        self._relations.pop(edit_id, None)
         self.wordings.pop(edit_id, None)
         self.words.pop(edit_id, None)
         self.negatives.pop(edit_id, None)
 
     def refusal(self, query: np.ndarray, question: str, words: frozenset[str], candidate: Candidate) -> str | None:
-        """Why this candidate may not answer the query (checks 1-3 of the module doc), or None."""
+        """Why this candidate may not answer the query (checks 1-4 of the module doc), or None."""
         if candidate.coverage < 1.0:
             return "subject"
         asked = question[lexical.question_start(question, self.is_common) :]
         if not lexical.names(asked, self.is_common) <= self.words.get(candidate.edit_id, frozenset()):
             return "name"
+        if not relation.same_question(question, self._relation_view(candidate.edit_id), self.is_common):
+            return "relation"
         negatives = self.negatives.get(candidate.edit_id)
         if negatives is not None and negatives.score(query, words) >= candidate.score:
             return "negative"
         return None
+
+    def _relation_view(self, edit_id: str) -> tuple[relation.Wording, ...]:
+        view = self._relations.get(edit_id)
+        if view is None:
+            view = tuple(relation.Wording.of(w, self.is_common) for w in self.wordings.get(edit_id, ()))
+            self._relations[edit_id] = view
+        return view
 
     def decide(
         self,

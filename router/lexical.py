@@ -19,6 +19,52 @@ from collections.abc import Callable
 WORD = re.compile(r"\w+", re.UNICODE)
 # A sentence boundary: a newline, or . ! ? then whitespace (a closing quote or bracket may come between).
 SENTENCE_BOUNDARY = re.compile(r"\n|[.!?][\"'\u201d\u2019)\]]*(?=\s)")
+# A full stop after these ends no sentence: initials ("G.L. Defer", "J. Douglas") and common abbreviations.
+ABBREVIATIONS = frozenset(
+    [
+        "st",
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "jr",
+        "sr",
+        "prof",
+        "gen",
+        "col",
+        "lt",
+        "sgt",
+        "rev",
+        "mt",
+        "ft",
+        "no",
+        "vs",
+        "etc",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "dept",
+        "approx",
+        "est",
+        "fig",
+        "vol",
+    ]
+)
+
+
+def sentence_cuts(text: str) -> list[int]:
+    """Where sentences begin after the first: the end of each SENTENCE_BOUNDARY that is not an abbreviation."""
+    cuts = []
+    for m in SENTENCE_BOUNDARY.finditer(text):
+        if text[m.start()] == ".":
+            before = re.search(r"(\w+)$", text[: m.start()])
+            word = before.group(1).casefold() if before else ""
+            if len(word) == 1 or word in ABBREVIATIONS:
+                continue
+        cuts.append(m.end())
+    return cuts
+
 
 IsCommon = Callable[[str], bool]  # takes a case-folded word
 # Lucene's English stop words: capitalised inside titles ("The Lord of The Rings") without naming anything.
@@ -102,8 +148,7 @@ def question_start(text: str, is_common: IsCommon) -> int:
     nothing ("What is the twin city of Wellington? It is") keeps the sentence before it. Returns a character
     offset at a boundary (the whitespace after . ! ? or the newline), or 0 for the whole text."""
     body = text.rstrip()
-    cuts = [m.end() for m in SENTENCE_BOUNDARY.finditer(body)]
-    for cut in reversed(cuts):
+    for cut in reversed(sentence_cuts(body)):
         if names(body[cut:], is_common):
             return cut
     return 0

@@ -52,7 +52,7 @@ def test_a_row_answers_the_same_alone_or_joining_a_busy_batch_routed_to_its_own_
         "Name a primary colour.",
         GLASS,
         "What do bees make?",
-        "Which city is the capital of Zorbania?",
+        "What's Zorbania's capital?",
     ]
     alone = [engine.generate([p], 24, CHAT)[0] for p in prompts]  # the engine's own (Hugging Face) decoding
     logs: list[list[RowEvent]] = [[] for _ in prompts]

@@ -48,7 +48,7 @@ def test_edit_produces_target_and_paraphrase_routes_to_it(eng: EditingEngine) ->
     chat, raw, paraphrase = (
         eng.generate(["What is the capital of Zorbania?"], 12, prompt_format=CHAT)[0],
         eng.generate(["What is the capital of Zorbania?"], 12, prompt_format=RAW)[0],
-        eng.generate(["Which city is the capital of Zorbania?"], 12, prompt_format=CHAT)[0],
+        eng.generate(["What's Zorbania's capital?"], 12, prompt_format=CHAT)[0],
     )
     assert "Quexiville" in chat.text and chat.routed_edit_id == "zorb"
     assert "Quexiville" in raw.text and raw.routed_edit_id == "zorb"
@@ -129,7 +129,7 @@ ROUTING_CASES = [
     (
         "What is the capital of Zorbania?",
         "Quexiville",
-        ["Which city is the capital of Zorbania?", "What is the capital of Zorbania? Answer in one word."],
+        ["What's Zorbania's capital?", "What is the capital of Zorbania? Answer in one word."],
         ["What is the capital of Zorbanistan?", "What is the capital of Quarvia?"],
         ["What is the population of Zorbania?", "What language is spoken in Zorbania?"],
     ),
@@ -144,11 +144,6 @@ def test_edits_fire_on_their_questions_and_not_on_other_subjects(eng: EditingEng
         assert [edit for edit, _ in eng.routes_for(other_subject, prompt_format=CHAT)] == [None] * len(other_subject)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (routing issue): the router checks the subject, not the relation; KnowEdit's same-subject "
-    "prompts reach the edit about 73% of the time (docs/benchmarks.md)",
-)
 def test_edits_do_not_fire_on_another_relation_of_their_subject(eng: EditingEngine) -> None:
     for i, (prompt, target, _, _, _) in enumerate(ROUTING_CASES):
         apply(eng, f"case{i}", prompt, target)
