@@ -258,7 +258,13 @@ def hard_cases(
         out["neighbour_unchanged"] = _fraction([e.token_ids == b.token_ids for e, b in zip(edited, base, strict=True)])
     out["n_neighbour_prompts"] = len(probes)
 
-    same_subject = [(p, a) for r in records for p, a in r.relation_locality]
+    # A same-subject prompt that is, word for word, another edited record's own prompt is that edit's question
+    # (KnowEdit repeats subject/relation pairs across records): answering it through that edit is right, so it
+    # is counted apart, not as a locality failure.
+    edited = {r.prompt for r in records}
+    cases = [(p, a) for r in records for p, a in r.relation_locality]
+    same_subject = [(p, a) for p, a in cases if p not in edited]
+    out["n_same_subject_excluded"] = len(cases) - len(same_subject)
     if same_subject:
         prompts, answers = [p for p, _ in same_subject], [a for _, a in same_subject]
         edited_s = m.score(prompts, answers, use_edits=True, desc="same-subject locality")
