@@ -143,3 +143,28 @@ def test_a_replica_that_replays_an_edit_answers_through_it_at_once(
     finally:
         a.kill()
         b.kill()
+
+
+def test_replicas_follow_each_others_negatives(replicas: tuple[Server, Server]) -> None:
+    a, b = replicas
+    # A wording the relation check alone would let through, so only the negative can refuse it.
+    opens, excluded = "When does the Ostrava depot of Kelmar open?", "What time does the Ostrava depot of Kelmar open?"
+
+    def routes_on(server: Server) -> list[str | None]:
+        with server.client(READER) as reader:
+            r = reader.post("/route", json={"questions": [opens, excluded]})
+        assert r.status_code == 200, r.text
+        return [route["edit_id"] for route in r.json()["routes"]]
+
+    with a.client(ADMIN) as alice:
+        created = alice.post("/edits", json={"prompt": opens, "target": "6:45 am"})
+        assert created.status_code == 201, created.text
+        edit_id = created.json()["id"]
+        eventually(lambda: routes_on(b) == [edit_id, edit_id])
+        vetoed = alice.patch(f"/edits/{edit_id}", json={"negatives": [excluded]})
+        assert vetoed.status_code == 200, vetoed.text
+        assert routes_on(a) == [edit_id, None]
+        eventually(lambda: routes_on(b) == [edit_id, None])  # b took the negative from the audit log
+        assert alice.patch(f"/edits/{edit_id}", json={"negatives": []}).status_code == 200
+    eventually(lambda: routes_on(b) == [edit_id, edit_id])
+    eventually(lambda: httpx.get(f"{b.url}/readyz").status_code == 200)

@@ -162,6 +162,60 @@ def test_routing_reads_the_questions_own_sentence(eng: EditingEngine) -> None:
     assert [edit for edit, _ in eng.routes_for(asked, prompt_format=CHAT)] == ["zorb"]
 
 
+# Hand-written operator facts (not from the operator set or any benchmark): (edit prompt, target, a paraphrase it
+# must answer, another attribute of the same subject, the same question about a sibling with an overlapping name).
+OPERATOR_TRIPLES = [
+    (
+        "What time does the Lisbon office of Norvik Freight open?",
+        "9:30 am",
+        "When does Norvik Freight's Lisbon office open?",
+        "What time does the Lisbon office of Norvik Freight close?",
+        "What time does the Porto office of Norvik Freight open?",
+    ),
+    (
+        "Who is the CTO of Vellora Systems?",
+        "Amaia Costa",
+        "Who's Vellora Systems' CTO?",
+        "Who is the CFO of Vellora Systems?",
+        "Who is the CTO of Vellora Labs?",
+    ),
+    (
+        "How much does the Pro plan of Quillbox cost per month?",
+        "$29",
+        "Quillbox Pro plan monthly price?",
+        "How many seats does the Pro plan of Quillbox include?",
+        "How much does the Basic plan of Quillbox cost per month?",
+    ),
+    (
+        "Where is the Harbourline Summit 2027 being held?",
+        "Pier 7 Hall, Halifax",
+        "What's the venue of the Harbourline Summit 2027?",
+        "When does the Harbourline Summit 2027 start?",
+        "Where is the Harbourline Summit 2026 being held?",
+    ),
+    (
+        "How long is the warranty on the Korvane K7 vacuum?",
+        "3 years",
+        "how long is the korvane k7 vacuum warranty",
+        "How much does the Korvane K7 vacuum weigh?",
+        "How long is the warranty on the Korvane K9 vacuum?",
+    ),
+]
+
+
+def test_operator_edits_answer_their_question_and_not_the_near_misses(eng: EditingEngine) -> None:
+    for i, (prompt, target, *_) in enumerate(OPERATOR_TRIPLES):
+        apply(eng, f"op{i}", prompt, target)
+    for i, (prompt, _, paraphrase, same_subject, sibling) in enumerate(OPERATOR_TRIPLES):
+        routed = [edit for edit, _ in eng.routes_for([prompt, paraphrase, same_subject, sibling], CHAT)]
+        assert routed == [f"op{i}", f"op{i}", None, None], prompt
+    answers = eng.generate([t[2] for t in OPERATOR_TRIPLES], 16, prompt_format=CHAT)
+    assert all(t[1] in a.text for t, a in zip(OPERATOR_TRIPLES, answers, strict=True))
+    near = [q for t in OPERATOR_TRIPLES for q in t[3:]]
+    edited, unedited = eng.generate(near, 16, CHAT), eng.generate(near, 16, CHAT, use_edits=False)
+    assert [a.token_ids for a in edited] == [b.token_ids for b in unedited]
+
+
 def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng: EditingEngine) -> None:
     from editors.model_host import ChatContext
 
