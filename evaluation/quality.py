@@ -261,9 +261,9 @@ def hard_cases(
     # A same-subject prompt that is, word for word, another edited record's own prompt is that edit's question
     # (KnowEdit repeats subject/relation pairs across records): answering it through that edit is right, so it
     # is counted apart, not as a locality failure.
-    edited = {r.prompt for r in records}
+    edited_prompts = {r.prompt for r in records}
     cases = [(p, a) for r in records for p, a in r.relation_locality]
-    same_subject = [(p, a) for p, a in cases if p not in edited]
+    same_subject = [(p, a) for p, a in cases if p not in edited_prompts]
     out["n_same_subject_excluded"] = len(cases) - len(same_subject)
     if same_subject:
         prompts, answers = [p for p, _ in same_subject], [a for _, a in same_subject]
