@@ -247,8 +247,10 @@ class SolaClient:
         body = {"reason": reason} if reason else None
         return _parse(EditOut, self._request("DELETE", _edit_path(edit_id), json=body))
 
-    def restore(self, edit_id: str) -> EditOut:
-        return _parse(EditOut, self._request("POST", _edit_path(edit_id, "restore")))
+    def restore(self, edit_id: str, reason: str | None = None) -> EditOut:
+        """Serve a revoked edit again; the reason, if any, is kept in its `restored` event."""
+        body = {"reason": reason} if reason else None
+        return _parse(EditOut, self._request("POST", _edit_path(edit_id, "restore"), json=body))
 
     def download_adapter(self, edit_id: str) -> bytes:
         """The edit's adapter as a zip of a PEFT adapter directory (see `extract_adapter`)."""

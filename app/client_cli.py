@@ -297,9 +297,15 @@ def revoke(
 
 
 @edits.command("restore")
-def restore(edit_id: EditIdArg, url: Url = DEFAULT_URL, token: Token = None, as_json: AsJson = False) -> None:
+def restore(
+    edit_id: EditIdArg,
+    reason: Annotated[str | None, typer.Option(help="Why: kept in the audit log's `restored` event.")] = None,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+    as_json: AsJson = False,
+) -> None:
     """Serve a revoked edit again."""
-    _switch(SolaClient.restore, "restored", edit_id, url, token, as_json)
+    _switch(lambda client, i: client.restore(i, reason), "restored", edit_id, url, token, as_json)
 
 
 @edits.command("log")

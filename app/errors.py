@@ -39,7 +39,8 @@ _DOCUMENTED = {
     401: "No API key, or an unknown one (sent with WWW-Authenticate: Bearer)",
     403: "The key's role may not do this (reader keys cannot edit, revoke or restore)",
     404: "No edit with this id",
-    409: "This Idempotency-Key was already used with a different request body",
+    409: "Conflict: an Idempotency-Key used with another body, an edit already revoked (`already_revoked`, with "
+    "the revocation) or already active (`already_active`), an adapter this server cannot run",
     413: "Body, prompt or target over its limit, or prompt + tokens over the model's context",
     422: "A field is missing or invalid; the message names it. Also `training_timeout` (nothing stored)",
     500: "The edit was stored but the engine refused to activate it (`activation_failed`); never otherwise",
@@ -62,6 +63,8 @@ SERVICE_STATUS: dict[type[se.ServiceError], int] = {
     se.InvalidPrompt: 422,
     se.TrainingTimedOut: 422,
     se.IdempotencyKeyReused: 409,
+    se.AlreadyRevoked: 409,
+    se.AlreadyActive: 409,
     se.AdapterRefused: 409,
     se.ActivationFailed: 500,
     se.GenerationFailed: 500,
@@ -90,8 +93,15 @@ def error_type(status: int) -> str:
     )
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"code": code, "message": message, "type": error_type(status), "param": None}
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    """The error body; `extra` adds fields beside the standard four (already_revoked: the revocation)."""
+    body = {"code": code, "message": message, "type": error_type(status), "param": None, **(extra or {})}
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
@@ -121,7 +131,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(se.ServiceError)
     async def _service_error(_: Request, exc: se.ServiceError) -> JSONResponse:
         retry = {"Retry-After": "5"} if isinstance(exc, se.NotReady) else None  # loading takes seconds
-        return error_response(service_status(exc), exc.code, exc.message, retry)
+        return error_response(service_status(exc), exc.code, exc.message, retry, exc.detail)
 
     @app.exception_handler(EditNotFound)
     async def _not_found(_: Request, exc: EditNotFound) -> JSONResponse:

@@ -228,7 +228,7 @@ async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     return EditOut.model_validate(record)
 
 
-@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
+@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 409, 422, 503))
 async def revoke_edit(
     edit_id: EditId,
     principal: Admin,
@@ -237,14 +237,24 @@ async def revoke_edit(
     reason: Annotated[str | None, Query(max_length=2000, description="Why (kept in the `revoked` event)")] = None,
 ) -> EditOut:
     """Take the edit out of service. The reason (a JSON body `{"reason": ...}` or `?reason=`) is kept in the audit
-    log; revoking an already revoked edit changes nothing."""
+    log. An edit already revoked answers 409 `already_revoked` with its `revocation` (when, by whom, why) in the
+    error body, and records nothing."""
     why = (body.reason if body is not None else None) or reason
     return EditOut.model_validate(await svc.revoke(edit_id, principal.name, why))
 
 
-@router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 422, 503))
-async def restore_edit(edit_id: EditId, principal: Admin, svc: Service) -> EditOut:
-    return EditOut.model_validate(await svc.restore(edit_id, principal.name))
+@router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 409, 422, 503))
+async def restore_edit(
+    edit_id: EditId,
+    principal: Admin,
+    svc: Service,
+    body: RevokeRequest | None = None,
+    reason: Annotated[str | None, Query(max_length=2000, description="Why (kept in the `restored` event)")] = None,
+) -> EditOut:
+    """Serve a revoked edit again; the reason (`{"reason": ...}` or `?reason=`) is kept in the `restored` event.
+    An edit already active answers 409 `already_active` and records nothing."""
+    why = (body.reason if body is not None else None) or reason
+    return EditOut.model_validate(await svc.restore(edit_id, principal.name, why))
 
 
 @router.get(

@@ -26,6 +26,8 @@ from app.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 from app.service_errors import (
     ActivationFailed,
     AdapterRefused,
+    AlreadyActive,
+    AlreadyRevoked,
     GenerationFailed,
     IdempotencyKeyReused,
     InvalidPrompt,
@@ -408,28 +410,43 @@ class EditService:
             if self.edits is not None:  # also on a repeat: heals an index that missed an earlier revoke
                 self.edits.revoke(edit_id)
                 self.edits.publish()
-        if changed:
-            log.info("edit %s revoked by %s", edit_id, actor)
+        if not changed:
+            previous = self.repo.last_event(edit_id, EventKind.REVOKED)
+            revocation = {
+                "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+                "revoked_by": record.revoked_by,
+                "reason": (previous.detail.get("reason") if previous else None),
+            }
+            why = f" (reason: {revocation['reason']})" if revocation["reason"] else ""
+            raise AlreadyRevoked(
+                f"edit {edit_id} was already revoked at {revocation['revoked_at']} by {record.revoked_by}{why}; "
+                "nothing changed and this request's reason was not recorded",
+                {"revocation": revocation},
+            )
+        log.info("edit %s revoked by %s", edit_id, actor)
         return record
 
-    async def restore(self, edit_id: str, actor: str) -> EditRecord:
+    async def restore(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
         self._ready_edits()
-        return await self.worker.run(self._restore, edit_id, actor)
+        return await self.worker.run(self._restore, edit_id, actor, reason)
 
-    def _restore(self, edit_id: str, actor: str) -> EditRecord:
+    def _restore(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
         edits = self._ready_edits()
         payload = self.repo.load_payload(edit_id)
         problem = edits.verify(payload)
         if problem is not None:  # checked before commit: a restore never activates a bad adapter
             raise AdapterRefused(f"edit {edit_id} cannot be restored: {problem}")
         with self._state_lock:
-            record, changed = self.repo.restore(edit_id, actor)
+            record, changed = self.repo.restore(edit_id, actor, reason)
             activated = edit_id in edits.active or edits.activate(replace(payload, edit=record))
             edits.publish()
         if not activated:
             raise AdapterRefused(f"edit {edit_id} refused by the engine: {edits.refused.get(edit_id)}")
-        if changed:
-            log.info("edit %s restored by %s", edit_id, actor)
+        if not changed:
+            raise AlreadyActive(
+                f"edit {edit_id} is already active; nothing changed and this request's reason was not recorded"
+            )
+        log.info("edit %s restored by %s", edit_id, actor)
         return record
 
     # ---- generation: rows of the worker's continuous batch (editors/decoding.py) ------------------------

@@ -5,15 +5,16 @@ act on, and the edge decides the status (one table, in app/errors.py)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class ServiceError(Exception):
     code: ClassVar[str]
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.detail = detail  # more for the caller, beside the message (the edge puts it in the error body)
 
 
 class NotReady(ServiceError):
@@ -58,6 +59,18 @@ class GenerationFailed(ServiceError):
     """Decoding failed on the server (a bug): every row of that batch gets this error, none waits forever."""
 
     code = "generation_failed"
+
+
+class AlreadyRevoked(ServiceError):
+    """A revoke of an edit already revoked: nothing changed, and the reason sent was not recorded."""
+
+    code = "already_revoked"
+
+
+class AlreadyActive(ServiceError):
+    """A restore of an edit already active: nothing changed, and the reason sent was not recorded."""
+
+    code = "already_active"
 
 
 class ActivationFailed(ServiceError):

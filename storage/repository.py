@@ -295,8 +295,17 @@ class Repository:
         detail = {"reason": reason} if reason else {}
         return self._set_status(edit_id, actor, EditStatus.ACTIVE, EditStatus.REVOKED, EventKind.REVOKED, detail)
 
-    def restore(self, edit_id: str, actor: str) -> tuple[EditRecord, bool]:
-        return self._set_status(edit_id, actor, EditStatus.REVOKED, EditStatus.ACTIVE, EventKind.RESTORED)
+    def restore(self, edit_id: str, actor: str, reason: str | None = None) -> tuple[EditRecord, bool]:
+        """Mark active + append a `restored` event (with the reason, if given). Returns (edit, changed)."""
+        detail = {"reason": reason} if reason else {}
+        return self._set_status(edit_id, actor, EditStatus.REVOKED, EditStatus.ACTIVE, EventKind.RESTORED, detail)
+
+    def last_event(self, edit_id: str, kind: str) -> EventRecord | None:
+        """The edit's newest event of this kind."""
+        with self.session() as s:
+            query = select(Event).where(Event.edit_id == edit_id, Event.kind == kind).order_by(Event.seq.desc())
+            event = s.scalars(query.limit(1)).first()
+            return EventRecord.of(event) if event else None
 
     def _set_status(
         self,

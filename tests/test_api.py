@@ -74,21 +74,28 @@ def test_edit_routes_and_revoke_gives_back_the_base_text_exactly(admin: httpx.Cl
     assert after["similarity"] is not None and after["model"] == before_chat["model"]
     assert "Quexiville" in gen(reader, ZORBANIA, chat=False)["text"]
 
-    revoked = admin.delete(f"/edits/{created['id']}")
+    revoked = admin.delete(f"/edits/{created['id']}", params={"reason": "wrong capital (T-2)"})
     assert revoked.status_code == 200
     body = revoked.json()
     assert body["status"] == "revoked" and body["revoked_by"] == "alice" and body["revoked_at"]
-    again = admin.delete(f"/edits/{created['id']}")  # repeating is a 200 no-op
-    assert again.status_code == 200 and again.json()["revoked_at"] == body["revoked_at"]
+    again = admin.delete(f"/edits/{created['id']}", params={"reason": "second thoughts"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_revoked"
+    revocation = again.json()["error"]["revocation"]
+    assert revocation["revoked_by"] == "alice" and revocation["reason"] == "wrong capital (T-2)"
+    assert "second thoughts" not in str(admin.get(f"/edits/{created['id']}/events").json())  # not recorded
     assert gen(reader, ZORBANIA) == before_chat  # exactly the unedited text, no routing
     assert gen(reader, ZORBANIA, chat=False) == before_raw
 
-    restored = admin.post(f"/edits/{created['id']}/restore")
+    restored = admin.post(f"/edits/{created['id']}/restore", json={"reason": "the capital was right after all"})
     assert restored.status_code == 200 and restored.json()["status"] == "active"
+    again = admin.post(f"/edits/{created['id']}/restore")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "already_active"
     assert restored.json()["revoked_at"] is None and restored.json()["revoked_by"] is None
     assert gen(reader, ZORBANIA)["routed_edit_id"] == created["id"]
     kinds = [e["kind"] for e in reader.get(f"/edits/{created['id']}/events").json()["data"]]
-    assert kinds == ["created", "revoked", "restored"]  # the no-op revoke logged nothing
+    assert kinds == ["created", "revoked", "restored"]  # the refused repeats logged nothing
+    restored_event = reader.get(f"/edits/{created['id']}/events").json()["data"][-1]
+    assert restored_event["detail"] == {"reason": "the capital was right after all"}
 
 
 def test_audit_log_order_and_actors(server: Server, reader: httpx.Client) -> None:

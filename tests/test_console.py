@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path(os.environ.get("SOLA_TEST_CHROMIUM", "/usr/bin/chromium"))
 SHOTS = REPO / "bench-out" / "console-screenshots"
 TRAIN_TIMEOUT_MS = 120_000  # one edit trains in seconds on one thread; queued behind other work, longer
+ANSWER_TIMEOUT_MS = 30_000  # a generated answer: under a second alone, longer on a busy machine
 
 if not CHROMIUM.is_file():
     pytest.skip(
@@ -166,7 +167,7 @@ def test_admin_makes_finds_asks_and_revokes_an_edit(server: Server, offline: Off
     page.fill("textarea[name=prompt]", prompt)
     page.click("#ask")
     answer = page.locator("#answers .answer").first
-    expect(answer.locator("blockquote")).to_contain_text(target)
+    expect(answer.locator("blockquote")).to_contain_text(target, timeout=ANSWER_TIMEOUT_MS)
     expect(answer.locator(".routed")).to_contain_text(f"Answered by edit {edit_id}")
     expect(answer.locator(".routed")).to_contain_text("similarity")
     screenshot(page, shots, "04-playground")
@@ -177,25 +178,40 @@ def test_admin_makes_finds_asks_and_revokes_an_edit(server: Server, offline: Off
     expect(facts).to_contain_text("OPS-12")
     expect(facts).to_contain_text("The Varrow Lighthouse was designed by whom?")
     page.click("#try-it")
-    expect(page.locator("#answer-with")).to_contain_text(target)
+    expect(page.locator("#answer-with")).to_contain_text(target, timeout=ANSWER_TIMEOUT_MS)
     expect(page.locator("#answer-with .routed")).to_contain_text(f"{edit_id} (this edit)")
     expect(page.locator("#answer-without .unrouted")).to_contain_text("Edits off")
     expect(page.locator("#answer-without blockquote")).not_to_contain_text(target)
     screenshot(page, shots, "05-edit")
 
-    # Revoke with a reason: the timeline says so and the edit no longer answers.
-    page.fill("input[name=reason]", "wrong architect (OPS-13)")
+    # Revoke asks first: cancelling changes nothing; confirming with a reason revokes, and the timeline says so.
     page.click("#revoke")
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-dialog")).to_contain_text(target)
+    page.click("#cancel")
+    expect(page.locator("h1 .badge")).to_have_text("active")
+    page.click("#revoke")
+    page.fill("#confirm-dialog input[name=reason]", "wrong architect (OPS-13)")
+    screenshot(page, shots, "05b-revoke-dialog")
+    page.click("#confirm")
     expect(page.locator("h1 .badge")).to_have_text("revoked")
     revoked = page.locator("#timeline li[data-kind=revoked]")
     expect(revoked).to_contain_text("by alice")
     expect(revoked).to_contain_text("wrong architect (OPS-13)")
     expect(page.locator("#timeline li")).to_have_count(2)
     page.click("#try-it")
-    expect(page.locator("#answer-with .unrouted")).to_contain_text("No edit fired")
+    expect(page.locator("#answer-with .unrouted")).to_contain_text("No edit fired", timeout=ANSWER_TIMEOUT_MS)
     expect(page.locator("#answer-with blockquote")).not_to_contain_text(target)
     expect(page.locator("#restore")).to_be_enabled()
     screenshot(page, shots, "06-edit-revoked")
+    # Restore asks too, and keeps its reason; a second revoke elsewhere would be refused, not recorded.
+    page.click("#restore")
+    page.fill("#confirm-dialog input[name=reason]", "architect confirmed (OPS-14)")
+    page.click("#confirm")
+    expect(page.locator("h1 .badge")).to_have_text("active")
+    expect(page.locator("#timeline li[data-kind=restored]")).to_contain_text("architect confirmed (OPS-14)")
+    with server.client(ADMIN) as admin:
+        admin.delete(f"/edits/{edit_id}", params={"reason": "wrong architect (OPS-13)"}).raise_for_status()
 
     # The audit log, newest first, filtered by kind.
     page.goto(server.url + "/console/#/audit")
@@ -236,6 +252,7 @@ def test_a_reader_cannot_revoke(server: Server, offline: Offline, shots: Path) -
     # Even with the button forced on, the server refuses, and the page shows its message.
     page.locator("#revoke").evaluate("button => { button.disabled = false; }")
     page.click("#revoke")
+    page.click("#confirm")
     api_error(page, "this action needs the admin role; key 'rita' is a reader (HTTP 403 forbidden)")
     with server.client(READER) as reader:
         assert reader.get(f"/edits/{edit_id}").json()["status"] == "active"

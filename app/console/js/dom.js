@@ -83,6 +83,7 @@ export function eventDetail(event) {
       return h("span", {}, parts, sup);
     }
     case "revoked":
+    case "restored":
       if (!d.reason) return h("span", { class: "muted" }, "no reason given");
       return h("span", {}, "reason: ", h("q", {}, d.reason));
     case "superseded":

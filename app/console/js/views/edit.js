@@ -18,35 +18,51 @@ export async function render(root, _params, ctx, id) {
   );
 }
 
+// Revoke / restore: the button opens a confirmation dialog that asks for the reason (kept in the audit log).
 function actions(edit, path, ctx, done) {
   const reader = ctx.role !== "admin";
   const status = h("div", { id: "action-status" });
-  const reason = h("input", {
-    name: "reason",
-    placeholder: "reason (optional, kept in the audit log)",
-    disabled: reader,
-  });
-  const run = async (button, method, url, body) => {
+  const revoking = edit.status === "active";
+  const verb = revoking ? "Revoke" : "Restore";
+  const open = h("button", { type: "button", class: revoking ? "danger" : "", id: verb.toLowerCase(), disabled: reader }, verb);
+  const reason = h("input", { name: "reason", placeholder: "reason (optional, kept in the audit log)" });
+  const confirm = h("button", { type: "submit", class: revoking ? "danger" : "", id: "confirm" }, verb);
+  const cancel = h("button", { type: "button", id: "cancel" }, "Cancel");
+  const effect = revoking
+    ? "Queries will answer as if this edit had never been made. You can restore it later."
+    : "The edit will answer its questions again.";
+  const dialog = h(
+    "dialog",
+    { id: "confirm-dialog" },
+    h(
+      "form",
+      { method: "dialog", class: "form" },
+      h("h2", {}, `${verb} this edit?`),
+      h("p", {}, h("strong", {}, edit.prompt), " → ", edit.target),
+      h("p", { class: "muted" }, effect),
+      h("label", { class: "field" }, h("span", {}, "Reason"), reason),
+      h("div", { class: "actions" }, confirm, cancel),
+    ),
+  );
+  open.addEventListener("click", () => dialog.showModal());
+  cancel.addEventListener("click", () => dialog.close());
+  dialog.querySelector("form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    dialog.close();
     clear(status);
-    button.disabled = true;
+    open.disabled = true;
+    const body = reason.value.trim() ? { reason: reason.value.trim() } : undefined;
     try {
-      await api(method, url, { body });
+      await api(revoking ? "DELETE" : "POST", revoking ? path : `${path}/restore`, { body });
       await done();
     } catch (err) {
       if (err.status === 403) ctx.demote(); // the server's word on the role beats the sign-in probe
-      button.disabled = err.status === 403;
+      open.disabled = err.status === 403;
       status.append(errorBox(err));
     }
-  };
-  const revoke = h("button", { type: "button", class: "danger", id: "revoke", disabled: reader }, "Revoke");
-  revoke.addEventListener("click", () =>
-    run(revoke, "DELETE", path, reason.value.trim() ? { reason: reason.value.trim() } : undefined),
-  );
-  const restore = h("button", { type: "button", id: "restore", disabled: reader }, "Restore");
-  restore.addEventListener("click", () => run(restore, "POST", `${path}/restore`));
-  const controls = edit.status === "active" ? [reason, revoke] : [restore];
+  });
   const note = reader ? h("small", { class: "muted" }, "Revoking and restoring need an admin key.") : null;
-  return h("div", { class: "card actions-bar" }, h("div", { class: "row" }, controls), note, status);
+  return h("div", { class: "card actions-bar" }, h("div", { class: "row" }, open), note, status, dialog);
 }
 
 function facts(edit) {
