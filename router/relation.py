@@ -53,7 +53,7 @@ PLACE, PERSON, NUMBER, AMOUNT, DURATION = "place", "person", "number", "amount",
 _WH_NOUN = {
     **dict.fromkeys(("time", "hour"), CLOCK),
     **dict.fromkeys(("date", "day", "year", "month", "week"), DATE),
-    **dict.fromkeys(("place", "city", "town", "country", "location", "address", "venue"), PLACE),
+    **dict.fromkeys(("place", "city", "town", "country", "location", "address", "venue", "floor", "level"), PLACE),
     **dict.fromkeys(("person", "people"), PERSON),
     **dict.fromkeys(("price", "cost", "fee", "rate"), AMOUNT),
 }
@@ -135,11 +135,36 @@ def asked(text: str, subject: frozenset[str], is_common: lexical.IsCommon) -> st
 def masked(text: str, subject: frozenset[str], is_common: lexical.IsCommon) -> str | None:
     """The question sentence with the span of its subject words replaced by {}, folded (None: no subject)."""
     text = text[lexical.question_start(text, is_common) :].strip()
-    spans = [m.span() for m in re.finditer(r"\w+", text) if m.group(0).casefold() in subject]
-    if not spans:
+    tokens = [(m.group(0).casefold(), m.span(), m.group(0).casefold() in subject) for m in re.finditer(r"\w+", text)]
+    runs = _subject_runs(tokens)
+    if not runs:
         return None
-    start, end = spans[0][0], spans[-1][1]
+    start, end = max(runs, key=lambda r: r[1] - r[0])  # the subject's name, not a word elsewhere ("on Saturdays")
     return re.sub(r"\s+", " ", (text[:start] + "{}" + text[end:]).casefold()).strip(" ?.!")
+
+
+# Lower-case particles inside a person's or place's name ("Olympe de Gouges", "Ludwig van Beethoven"). Not
+# "of" or "the": "the CEO of Acme" names a role and a company, and the role is what the question asks.
+NAME_PARTICLES = frozenset(
+    ["de", "da", "di", "du", "del", "della", "der", "den", "van", "von", "la", "le", "y", "bin", "al", "el"]
+)
+
+
+def _subject_runs(tokens: list[tuple[str, tuple[int, int], bool]]) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of consecutive subject words (name particles may join a run)."""
+    runs: list[tuple[int, int]] = []
+    open_run = False
+    pending: tuple[int, int] | None = None  # a particle that joins the run if a subject word follows it
+    for word, (start, end), named in tokens:
+        if named and open_run:
+            runs[-1] = (runs[-1][0], end)
+        elif named:
+            runs.append((start, end))
+        elif open_run and word in NAME_PARTICLES and pending is None:
+            pending = (start, end)
+            continue
+        open_run, pending = named, None
+    return runs
 
 
 @functools.cache
@@ -185,18 +210,19 @@ def same_question(query: str, wordings: tuple[Wording, ...], is_common: lexical.
     voice = subject_first_voice(query, subject)
     template = masked(query, subject, is_common)
     relation = known_relations().get(template) if template is not None else None
+    # A terse wording ("founding year of X?") asks what the edit's other wordings ask: its prompt's answer type.
+    edit_answer = next((w.answer for w in wordings if w.answer is not None), None)
     for w in wordings:
         if relation is not None and relation == w.relation:
             return True
-        if not compatible(answer, w.answer) or (voice is not None and w.voice is not None and voice != w.voice):
+        kind = w.answer or edit_answer
+        if not compatible(answer, kind) or (voice is not None and w.voice is not None and voice != w.voice):
             continue
-        unexplained = {
-            u for u in words - known if not (w.answer and u in TYPE_WORDS and compatible(TYPE_WORDS[u], w.answer))
-        }
+        unexplained = {u for u in words - known if not (kind and u in TYPE_WORDS and compatible(TYPE_WORDS[u], kind))}
         # A query that names the subject and nothing the wording asks ("Tell me about the Lisbon office") asks
         # something else, unless both ask for the same kind of answer ("Where is DevCon?").
-        unasked = not (words & w.words) and not (answer and w.answer)
-        vague = bool(w.words) and (unasked or (answer is None and w.answer is not None and words < w.words))
+        unasked = not (words & w.words) and not (answer and kind)
+        vague = bool(w.words) and (unasked or (answer is None and kind is not None and words < w.words))
         if not unexplained and not vague:
             return True
     return False

@@ -68,16 +68,39 @@ def test_paraphrases_ask_the_same(edit: str, query: str) -> None:
         ("Stifter, Adalbert is followed by", "Stifter, Adalbert follows"),  # the other direction
         ("What time does the Lisbon office of Norvik open?", "Tell me about the Lisbon office of Norvik."),  # vague
         ("How much does the Velmora V3 cost?", "What colours does the Velmora V3 come in?"),
+        (
+            "Which level of the Quayside car park has the EV chargers?",
+            "How many EV chargers are in the Quayside car park?",
+        ),
     ],
 )
 def test_other_questions_about_the_subject_do_not(edit: str, query: str) -> None:
     assert not asks_the_same(query, edit)
 
 
+def test_a_terse_rephrase_asks_what_its_prompt_asks() -> None:
+    founded = ("When was Pemberton Architects founded?", "Pemberton Architects founding year?")
+    assert asks_the_same("What year was Pemberton Architects founded?", *founded)
+    assert not asks_the_same("Who founded Pemberton Architects?", *founded)
+
+
 def test_a_rephrase_widens_what_an_edit_answers() -> None:
     edit = "Who is the CEO of Acme?"
-    assert not asks_the_same("Who runs Acme?", edit)
-    assert asks_the_same("Who runs Acme?", edit, "Who runs Acme day to day?")
+    assert not asks_the_same("Who is at the helm of Acme?", edit)
+    assert asks_the_same("Who is at the helm of Acme?", edit, "Who is at the helm of Acme these days?")
+
+
+def test_a_subject_split_by_a_name_particle_is_masked_whole() -> None:
+    subject = frozenset({"olympe", "gouges"})
+    assert (
+        relation.masked("The mother tongue of Olympe de Gouges is", subject, is_common) == "the mother tongue of {} is"
+    )
+    # the longest run of subject words is the name; a capitalised word elsewhere stays in the template
+    days = frozenset({"brightwater", "dental", "saturdays"})
+    assert (
+        relation.masked("When does Brightwater Dental close on Saturdays?", days, is_common)
+        == "when does {} close on saturdays"
+    )
 
 
 def test_known_phrasings_of_one_relation_match_across_words() -> None:
