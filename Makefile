@@ -41,7 +41,8 @@ serve: setup
 	.venv/bin/sola serve
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy \
+	  && .venv/bin/hadolint Dockerfile
 
 clean:
 	rm -rf .venv var .pytest_cache

