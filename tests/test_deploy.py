@@ -1,5 +1,5 @@
-"""Deployment files. No container engine runs here, so: the files parse and point at things that exist, the
-Dockerfile passes hadolint, and the lock (constraints.txt) pins every runtime dependency inside
+"""Deployment files. No container engine runs here, so: the files parse and agree with each other and with the
+code, the Dockerfile passes hadolint, and the lock (constraints.txt) pins every runtime dependency inside
 pyproject.toml's ranges."""
 
 from __future__ import annotations
@@ -100,22 +100,40 @@ def test_dockerfile_passes_hadolint() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_compose_builds_this_dockerfile_with_postgres_and_healthchecks() -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+# ---- docker compose -----------------------------------------------------------------------------------
+def test_compose_runs_two_replicas_behind_one_port_on_postgres() -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
     services = compose["services"]
-    sola, pg = services["sola"], services["postgres"]
+    sola, pg, proxy = services["sola"], services["postgres"], services["proxy"]
     build = sola["build"]
     assert (REPO / build["context"] / build["dockerfile"]).is_file()
     assert sola["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert proxy["depends_on"]["sola"]["condition"] == "service_healthy"
+    # two replicas, reached through the proxy only
+    assert sola["deploy"]["replicas"] == 2 and "ports" not in sola and sola["expose"] == ["8000"]
+    assert proxy["ports"] == ["127.0.0.1:8000:8080"]
+    conf = "./deploy/nginx.conf"
+    assert f"{conf}:/etc/nginx/nginx.conf:ro" in proxy["volumes"] and (REPO / conf).is_file()
+    nginx = (REPO / conf).read_text()
+    assert re.search(r"^\s*listen 8080;", nginx, re.M) and "http://sola:8000;" in nginx
     env = sola["environment"]
-    assert (
-        env["SOLA_DATABASE_URL"].startswith("postgresql+psycopg://") and "@postgres:5432/" in env["SOLA_DATABASE_URL"]
-    )
+    url = env["SOLA_DATABASE_URL"]
+    assert url.startswith("postgresql+psycopg://") and "@postgres:5432/" in url and env["SOLA_PORT"] == "8000"
     # It listens on 0.0.0.0, which the server only allows with API keys: compose must demand them.
     assert env["SOLA_HOST"] == "0.0.0.0" and env["SOLA_API_KEYS"].startswith("${SOLA_API_KEYS:?")
-    for service in (sola, pg):
+    # No default database password: the same required variable on both sides.
+    assert pg["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    assert "sola:${POSTGRES_PASSWORD:?" in url and "POSTGRES_PASSWORD:-" not in text
+    for service in (sola, pg, proxy):
         assert service["healthcheck"]["test"]
+        limits = service["deploy"]["resources"]["limits"]
+        assert limits["cpus"] and limits["memory"]
     assert "/readyz" in " ".join(sola["healthcheck"]["test"])
-    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", []) if not v.startswith(("$", "."))}
     assert named <= set(compose["volumes"]) and {"pgdata", "sola-data"} <= named
     assert any(v.endswith(":/data") for v in sola["volumes"]) and env["SOLA_DATA_DIR"] == "/data"
+    # Your own model: a read-only folder at /models; SOLA_MODEL passes through from the shell, unset by default
+    # (an empty value would not mean "the bundled model").
+    assert "${SOLA_MODELS_DIR:-./deploy/models}:/models:ro" in sola["volumes"] and (REPO / "deploy/models").is_dir()
+    assert "SOLA_MODEL" in env and env["SOLA_MODEL"] is None
