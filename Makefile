@@ -42,7 +42,8 @@ serve: setup
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy \
-	  && .venv/bin/hadolint Dockerfile
+	  && .venv/bin/hadolint Dockerfile \
+	  && for v in 1.30 1.37; do .venv/bin/kubernetes-validate --strict --quiet -k $$v deploy/kubernetes/*.yaml || exit 1; done
 
 clean:
 	rm -rf .venv var .pytest_cache

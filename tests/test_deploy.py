@@ -1,6 +1,6 @@
 """Deployment files. No container engine runs here, so: the files parse and agree with each other and with the
-code, the Dockerfile passes hadolint, and the lock (constraints.txt) pins every runtime dependency inside
-pyproject.toml's ranges."""
+code, the Dockerfile passes hadolint, the Kubernetes manifests validate against the Kubernetes schemas, and
+the lock (constraints.txt) pins every runtime dependency inside pyproject.toml's ranges."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import yaml
@@ -19,8 +20,13 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from app.settings import parse_api_keys
 from deploy.lock import closure, project_requirements
 from tests.server import REPO
+
+K8S = REPO / "deploy" / "kubernetes"
+# The oldest Kubernetes the manifests claim; the newest is whatever kubernetes-validate knows.
+K8S_OLDEST = "1.30"
 
 
 def dev_tool(module: str) -> ModuleType:
@@ -45,6 +51,13 @@ def pinned(path: Path) -> dict[str, Version]:
         assert name not in pins, f"{path.name}: {name} twice"
         pins[name] = Version(only.version)
     return pins
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    docs = [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert len(by_kind) == len(docs), "one resource of each kind"
+    return by_kind
 
 
 # ---- the lock -----------------------------------------------------------------------------------------
@@ -137,3 +150,53 @@ def test_compose_runs_two_replicas_behind_one_port_on_postgres() -> None:
     # (an empty value would not mean "the bundled model").
     assert "${SOLA_MODELS_DIR:-./deploy/models}:/models:ro" in sola["volumes"] and (REPO / "deploy/models").is_dir()
     assert "SOLA_MODEL" in env and env["SOLA_MODEL"] is None
+
+
+# ---- Kubernetes ---------------------------------------------------------------------------------------
+def test_kubernetes_manifests_validate_against_the_kubernetes_schemas() -> None:
+    kv = dev_tool("kubernetes_validate")
+    resources = manifests()
+    assert set(resources) == {"Deployment", "Service", "Secret", "PodDisruptionBudget"}
+    for version in (K8S_OLDEST, kv.latest_version()):
+        for resource in resources.values():
+            # strict: unknown fields (a misspelt probe) fail too; a kind without a schema raises, never passes
+            kv.validate(resource, version, strict=True)
+
+
+def test_kubernetes_deployment_probes_secret_service_and_budget_agree() -> None:
+    resources = manifests()
+    deployment, service, secret, pdb = (
+        resources[k] for k in ("Deployment", "Service", "Secret", "PodDisruptionBudget")
+    )
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["replicas"] == 2 and spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e for e in container["env"]}
+    assert ports["http"] == int(env["SOLA_PORT"]["value"]) and env["SOLA_HOST"]["value"] == "0.0.0.0"
+    probe = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert probe["readinessProbe"]["path"] == "/readyz" and probe["livenessProbe"]["path"] == "/healthz"
+    assert all(p["port"] == "http" for p in probe.values())
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    # the database URL and the API keys come from the Secret, which has both
+    for key in ("SOLA_DATABASE_URL", "SOLA_API_KEYS"):
+        ref = env[key]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": secret["metadata"]["name"], "key": key} and key in secret["stringData"]
+    # its example keys are placeholders the server refuses, so it never serves with them unchanged
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        parse_api_keys(secret["stringData"]["SOLA_API_KEYS"])
+    # the image's user, never root, and requests within limits
+    uid = re.search(r"^USER (\d+):(\d+)$", (REPO / "Dockerfile").read_text(), re.M)
+    assert uid and pod["securityContext"]["runAsUser"] == int(uid[1]) and pod["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/data", "/tmp"}
+    # the Service and the budget select exactly these pods
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert pdb["spec"]["minAvailable"] == 1 < spec["replicas"]
