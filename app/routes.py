@@ -157,7 +157,7 @@ def _check_negatives(negatives: list[str], limits: Any) -> None:
         raise ApiError(413, "prompt_too_long", f"negatives are limited to {limits.max_prompt_chars} characters")
 
 
-@router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 413, 422, 503))
+@router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 413, 422, 503))
 async def change_edit(edit_id: EditId, body: EditChange, request: Request, principal: Admin, svc: Service) -> EditOut:
     """Replace the edit's negatives: questions it must not answer (each vetoes this edit, and no other, for a
     question closer to it than to the edit's own wordings). Kept with a `negatives_set` event holding the old
@@ -228,7 +228,7 @@ async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     return EditOut.model_validate(record)
 
 
-@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(401, 403, 404, 409, 422, 503))
+@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 409, 422, 503))
 async def revoke_edit(
     edit_id: EditId,
     principal: Admin,
@@ -243,7 +243,9 @@ async def revoke_edit(
     return EditOut.model_validate(await svc.revoke(edit_id, principal.name, why))
 
 
-@router.post("/edits/{edit_id}/restore", response_model=EditOut, responses=documented(401, 403, 404, 409, 422, 503))
+@router.post(
+    "/edits/{edit_id}/restore", response_model=EditOut, responses=documented(400, 401, 403, 404, 409, 422, 503)
+)
 async def restore_edit(
     edit_id: EditId,
     principal: Admin,
