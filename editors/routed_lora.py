@@ -48,7 +48,11 @@ class TrainPlan:
 
 # ---- the bank: every active edit's adapter, stacked ---------------------------------------------------
 class LoRABank:
-    """Stacked adapters [capacity, ...]; slots are reused after removal so the bank stays dense enough."""
+    """Stacked adapters [capacity, ...]; slots are reused after removal so the bank stays dense enough.
+
+    A row answering through an edit holds its slot (`acquire` / `release`, as vLLM counts KV block users):
+    removing the edit takes it out of `slot()` at once, so no later row can reach it, while its weights stay
+    in the slot until the last holder releases it; only then is the slot zeroed and reused."""
 
     def __init__(self, in_features: int, out_features: int, rank: int, dtype: torch.dtype, device: torch.device):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
@@ -57,6 +61,8 @@ class LoRABank:
         self.scaling = torch.zeros(0, dtype=dtype, device=device)  # [capacity]
         self._slot_of: dict[str, int] = {}
         self._free: list[int] = []
+        self._holders: dict[int, int] = {}  # slot -> rows answering through it
+        self._retired: set[int] = set()  # slots of removed edits, still held by a row
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -114,14 +120,39 @@ class LoRABank:
         return slots
 
     def remove(self, edit_id: str) -> bool:
+        """The edit leaves the bank: no new row can reach it; its slot is freed once no row holds it."""
         slot = self._slot_of.pop(edit_id, None)
         if slot is None:
             return False
+        if self._holders.get(slot):
+            self._retired.add(slot)
+        else:
+            self._free_slot(slot)
+        return True
+
+    def acquire(self, slot: int) -> None:
+        """A row answers through this slot: it keeps its weights until the row releases it."""
+        self._holders[slot] = self._holders.get(slot, 0) + 1
+
+    def release(self, slot: int) -> None:
+        held = self._holders.get(slot, 0) - 1
+        if held > 0:
+            self._holders[slot] = held
+            return
+        self._holders.pop(slot, None)
+        if slot in self._retired:
+            self._retired.discard(slot)
+            self._free_slot(slot)
+
+    def held(self) -> int:
+        """Rows holding a slot now (0 once every answer through an edit is out)."""
+        return sum(self._holders.values())
+
+    def _free_slot(self, slot: int) -> None:
         self.lora_A[slot].zero_()
         self.lora_B[slot].zero_()
         self.scaling[slot] = 0
         self._free.append(slot)
-        return True
 
     def delta(self, x: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Semantics: out[i] = scaling[s] * x[i] @ lora_A[s].T @ lora_B[s].T with s = slots[i].
@@ -226,7 +257,7 @@ class TrainSession:
 
 @dataclass
 class DecodeSession:
-    """One decode step of a continuously batched run (editors/decoding.py): the caller already knows which
+    """One decode step of a continuously batched run (editors/batch.py): the caller already knows which
     rows are still producing their edit's answer, and with which slot."""
 
     plan: RowPlan | None
