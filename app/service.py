@@ -38,7 +38,7 @@ from app.service_errors import (
 )
 from app.settings import Settings, default_torch_threads
 from app.worker import ModelWorker
-from editors.types import Generation, PromptFormat, Row, RowEvent, Sampling, TrainedEdit  # no torch at import
+from editors.types import SHUTDOWN, Generation, PromptFormat, Row, RowEvent, RowEventKind, Sampling, TrainedEdit
 from router.key_index import Route
 from storage.models import EditStatus, EventKind
 from storage.repository import (
@@ -168,11 +168,13 @@ class EditService:
         self.startup_error: str | None = None
         self.log = AuditLogFollower()
         self._state_lock = threading.Lock()
+        # Read when /metrics is scraped: the requests queued at the door right now (never a stale snapshot).
+        metrics.queue_depth.set_function(worker.pending_rows)
 
     # ---- startup and replica sync (worker thread) --------------------------------------------------
     def load(self) -> None:
         """Load the base model and rebuild index + bank from the active edits in the database."""
-        from editors.decoding import ContinuousBatch
+        from editors.batch import ContinuousBatch
         from editors.engine import EditingEngine
         from editors.model_host import ModelHost
 
@@ -184,7 +186,7 @@ class EditService:
         host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
         self.phase = "building the routing encoders"
         engine = EditingEngine(host, engine_config(s))
-        self.worker.attach(ContinuousBatch(engine))
+        self.worker.attach(ContinuousBatch(engine, s.prefill_tokens))
         edits = ActiveEdits(engine, self.metrics)
         with self._state_lock:
             self.host, self.engine, self.edits = host, engine, edits
@@ -215,12 +217,12 @@ class EditService:
         """Follow the audit log: every edit with new events gets its current database status here.
 
         With nothing new this is one primary-key query, however many edits exist (AuditLogFollower). Edits
-        revoked elsewhere leave the engine once no row is decoding (ModelWorker.run_quiet)."""
+        revoked elsewhere leave the engine at once (a row answering through one finishes its answer)."""
         if self.edits is None:
             return
         gone = await self.worker.run(self._sync_activations)
         if gone:
-            await self.worker.run_quiet(self._revoke_here, gone)
+            await self.worker.run(self._revoke_here, gone)
 
     def _sync_activations(self) -> list[str]:
         """Activate the edits that became active elsewhere; the ones to take out of the engine."""
@@ -401,8 +403,9 @@ class EditService:
         return await self.worker.run(self.engine.route, request.questions, prompt_format, context)
 
     async def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
-        """Once no row is decoding: a row answering through this edit finishes its answer first."""
-        return await self.worker.run_quiet(self._revoke, edit_id, actor, reason)
+        """At once for every row that arrives after it; a row already answering through this edit keeps its
+        adapter until its answer is out (it holds the edit's bank slot), and no other row waits."""
+        return await self.worker.run(self._revoke, edit_id, actor, reason)
 
     def _revoke(self, edit_id: str, actor: str, reason: str | None) -> EditRecord:
         with self._state_lock:
@@ -449,7 +452,7 @@ class EditService:
         log.info("edit %s restored by %s", edit_id, actor)
         return record
 
-    # ---- generation: rows of the worker's continuous batch (editors/decoding.py) ------------------------
+    # ---- generation: rows of the worker's continuous batch (editors/batch.py) ------------------------
     async def generate(self, request: GenerateRequest) -> Generation:
         """POST /generate: greedy, in the model's chat format unless the request says otherwise."""
         chat = request.chat if request.chat is not None else bool(self.host and self.host.has_chat_template)
@@ -490,30 +493,31 @@ class EditService:
             self.worker.submit_row(row)
         except RuntimeError as exc:
             raise ShuttingDown("the server is shutting down") from exc
-        self.metrics.queue_depth.set(self.worker.pending_rows())
+        route: Route | None = None
         try:
             while True:
                 event = await events.get()
-                if event.kind == "error":
-                    self.metrics.generate_failures.inc()
-                    if "shutting down" in event.text:
+                if event.kind == RowEventKind.ERROR:
+                    if event.finish_reason == SHUTDOWN:
                         raise ShuttingDown("the server is shutting down")
+                    self.metrics.generate_failures.inc()
                     raise GenerationFailed(f"generation failed: {event.text}")
-                if event.kind == "end":
-                    self._count(row, event)
+                if event.kind == RowEventKind.START:
+                    route = event.route
+                if event.kind == RowEventKind.END:
+                    self._count(route, event)
                 yield event
-                if event.kind == "end":
+                if event.kind == RowEventKind.END:
                     return
         finally:
             row.cancelled = True  # finished, or the client left: either way the slot is free from now on
-            self.metrics.queue_depth.set(self.worker.pending_rows())
 
-    def _count(self, row: Row, end: RowEvent) -> None:
-        routed = row.route is not None and row.route.edit_id is not None
-        self.metrics.queries.labels(routed=str(routed).lower()).inc()
+    def _count(self, route: Route | None, end: RowEvent) -> None:
+        edit_id = route.edit_id if route is not None else None
+        self.metrics.queries.labels(routed=str(edit_id is not None).lower()).inc()
         self.metrics.tokens_generated.inc(end.completion_tokens)
-        if routed and row.route is not None and row.route.edit_id is not None:
-            self.metrics.edit_hits.hit(row.route.edit_id)
+        if edit_id is not None:
+            self.metrics.edit_hits.hit(edit_id)
 
     def check_fits(self, ask: Ask) -> Any:
         """The prompt's tokens (editors.model_host.PromptTokens), encoded once for the decoder too; raises
@@ -529,6 +533,12 @@ class EditService:
             log.exception("could not tokenize a prompt")
             self.metrics.generate_failures.inc()
             raise InvalidPrompt("prompt: the tokenizer cannot encode this text") from None
+        limit = self.settings.max_prompt_tokens
+        if n > limit:
+            raise PromptTooLong(
+                f"the prompt is {n} tokens (after the chat template); this server takes at most {limit} "
+                "(SOLA_MAX_PROMPT_TOKENS)"
+            )
         if n + ask.sampling.max_new_tokens > self.host.max_context:
             raise PromptTooLong(
                 f"the prompt ({n} tokens) + max new tokens ({ask.sampling.max_new_tokens}) exceed the model's "

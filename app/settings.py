@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     max_rephrases: int = Field(16, ge=0)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     max_batch_size: int = Field(16, ge=1)  # generate requests decoded together in one forward pass
+    # Prompt tokens one turn of the model thread prefills: a long prompt is prefilled in stretches of this
+    # size between decode steps, so it delays the other rows by about one stretch (editors/batch.py).
+    prefill_tokens: int = Field(256, ge=16)
+    # The longest prompt, in tokens after the chat template, and the most prompt tokens one request may send
+    # (a list of completion prompts counts all of them): characters bound nothing (combining marks).
+    max_prompt_tokens: int = Field(2048, ge=16)
+    max_request_prompt_tokens: int = Field(8192, ge=16)
     # Seconds between audit-log polls (0: off), for replicas. One poll with nothing new is one primary-key
     # query (under 1 ms with 100,000 edits), so a short interval is cheap and bounds the replica lag.
     sync_interval: float = Field(1.0, ge=0.0)

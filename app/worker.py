@@ -1,13 +1,13 @@
 """The one model thread: every engine call runs here, interleaved at the grain of one decode step.
 
-It runs two kinds of work, alternating so neither starves the other:
+It runs two kinds of work, alternating so neither starves the other (editors/scheduler.py decides each turn):
 - jobs (load, edit, revoke, restore, sync): a plain job runs whole; a stepped job (a generator, such as an
   edit's training) runs one slice per turn, so a query arriving during training waits about one training
   step, not the whole edit; while rows decode, stepped slices get at most half of the thread's time. A
-  `quiet` job (one that takes adapters out of the bank) waits until no row is decoding, and holds new rows
-  back meanwhile: no row ever sees an edit taken away mid-answer, or its bank slot reused by another edit.
-- rows (generation requests, editors/decoding.py): they join the running batch at the next turn and leave
-  when they finish; each turn decodes one token for every running row.
+  revoke takes effect at once for every row that arrives after it, and never pauses anyone: a row already
+  answering through the edit holds its bank slot until its answer is out (editors/routed_lora.py, LoRABank).
+- rows (generation requests, editors/batch.py): they join the running batch at the next turn and leave
+  when they finish; each turn prefills within a token budget and decodes one token for every running row.
 The event loop only awaits this thread (never blocks on model work).
 """
 
@@ -24,10 +24,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from editors.types import Row, RowEvent
+from editors.scheduler import JobKind, TurnState, schedule
+from editors.types import SHUTDOWN, Row, RowEvent, RowEventKind
 
 if TYPE_CHECKING:  # torch loads with the model, not at import
-    from editors.decoding import ContinuousBatch
+    from editors.batch import ContinuousBatch
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -40,7 +41,6 @@ class _Job:
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     stepped: bool
-    quiet: bool
     steps: Generator[Any, None, Any] | None = None  # a stepped job once started
 
     def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
@@ -72,20 +72,16 @@ class ModelWorker:
     # ---- the event loop's side --------------------------------------------------------------------
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run fn whole on the model thread and await its result. Jobs run in submission order."""
-        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=False, quiet=False)
-
-    async def run_quiet(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """As run(), once no row is decoding (for changes that take adapters out of the bank)."""
-        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=False, quiet=True)
+        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=False)
 
     async def run_steps(self, fn: Callable[P, Generator[Any, None, R]], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a generator function one `yield` at a time, a decode step between slices; await its return."""
-        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=True, quiet=False)
+        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=True)
 
-    async def _submit(self, call: Callable[[], Any], stepped: bool, quiet: bool) -> Any:
+    async def _submit(self, call: Callable[[], Any], stepped: bool) -> Any:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
-        job = _Job(functools.partial(ctx.run, call), loop.create_future(), loop, stepped, quiet)
+        job = _Job(functools.partial(ctx.run, call), loop.create_future(), loop, stepped)
         with self._cv:
             if self._stopping:
                 raise RuntimeError("the model worker is shutting down")
@@ -118,31 +114,34 @@ class ModelWorker:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._stopping or self._jobs or self._incoming or self._decoding()):
+                while not (self._stopping or self._jobs or self._incoming or self._busy()):
                     self._cv.wait()
                 if self._stopping:
                     break
-                if not self._decoding():
+                if not self._busy():
                     self._training_debt = 0.0
-                job = self._jobs[0] if self._jobs else None
-                if job is not None and job.quiet and self._decoding():
-                    job = None  # it waits for the batch to drain; new rows wait behind it
-                elif job is not None and job.stepped and self._decoding() and self._training_debt > 0:
-                    job = None  # its last slice took longer than the decoding since: rows first
-                elif job is not None:
-                    self._jobs.popleft()
-                hold_rows = bool(self._jobs) and self._jobs[0].quiet
-                joining: list[Row] = []
-                room = self.max_batch_size - (len(self.batch) if self.batch is not None else 0)
-                while self._incoming and room > 0 and not hold_rows:
-                    joining.append(self._incoming.popleft())
-                    room -= 1
+                plan = schedule(self._state())
+                job = self._jobs.popleft() if plan.run_job else None
+                joining = [self._incoming.popleft() for _ in range(plan.admit)]
             if job is not None:
                 self._run_slice(job)
-            self._decode(joining)
+            self._turn(joining)
         self._close()
 
-    def _decoding(self) -> bool:
+    def _state(self) -> TurnState:
+        """What the scheduler decides from (under the lock)."""
+        batch = self.batch
+        first = self._jobs[0] if self._jobs else None
+        return TurnState(
+            running=len(batch.rows) if batch is not None else 0,
+            prefilling=len(batch.prefilling) if batch is not None else 0,
+            waiting=len(self._incoming) if batch is not None else 0,
+            job=None if first is None else JobKind.STEPPED if first.stepped else JobKind.PLAIN,
+            training_debt=self._training_debt,
+            max_batch=self.max_batch_size,
+        )
+
+    def _busy(self) -> bool:
         return self.batch is not None and len(self.batch) > 0
 
     def _run_slice(self, job: _Job) -> None:
@@ -169,7 +168,7 @@ class ModelWorker:
             with self._cv:
                 self._jobs.appendleft(job)  # its next slice comes after one decode step
 
-    def _decode(self, joining: list[Row]) -> None:
+    def _turn(self, joining: list[Row]) -> None:
         batch = self.batch
         if batch is None:
             return
@@ -181,17 +180,15 @@ class ModelWorker:
             if len(batch):
                 batch.step()
             self._training_debt = max(0.0, self._training_debt - (time.perf_counter() - started))
-        except Exception as exc:  # a bug must not leave clients waiting: fail every row it touched
-            log.exception("decoding failed for %d rows", len(batch) + len(live))
-            failed = {id(r): r for r in [*batch.rows, *live]}
-            self.batch = type(batch)(batch.engine)  # a fresh, empty batch: the failed one's state is suspect
-            for row in failed.values():
-                row.emit(RowEvent("error", text=f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a bug outside any one row: no client may be left waiting
+            log.exception("the batch failed for %d rows", len(batch))
+            batch.fail_all(f"{type(exc).__name__}: {exc}")
 
     def _close(self) -> None:
         error = RuntimeError("the model worker is shutting down")
         for job in self._jobs:
             job.resolve(error=error)
-        rows = [*self._incoming, *(self.batch.rows if self.batch is not None else [])]
-        for row in rows:
-            row.emit(RowEvent("error", text="the server is shutting down"))
+        for row in self._incoming:
+            row.emit(RowEvent(RowEventKind.ERROR, text="the server is shutting down", finish_reason=SHUTDOWN))
+        if self.batch is not None:
+            self.batch.fail_all("the server is shutting down", SHUTDOWN)

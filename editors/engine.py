@@ -18,7 +18,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from editors.adapter_io import Adapter, adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
@@ -34,7 +33,7 @@ from editors.routed_lora import (
     StopForward,
 )
 from editors.training import EditExample, drain, train_lora_steps
-from editors.types import EngineConfig, Generation, PromptFormat, Row, RowEvent, Sampling, Score, TrainedEdit
+from editors.types import EngineConfig, PromptFormat, Score, TrainedEdit
 from router import lexical
 from router.gate import Gate, Negatives
 from router.key_index import KeyIndex, Route, normalise
@@ -527,58 +526,6 @@ class EditingEngine:
             shift = width - len(e.ids) if left else 0
             spans.append((e.span[0] + shift, e.span[1] + shift))
         return RoutingSession(prompt_format, spans, list(prompts))
-
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: Sequence[str],
-        max_new_tokens: int = 32,
-        prompt_format: PromptFormat = PromptFormat.RAW,
-        min_new_tokens: int = 0,
-        context: ChatContext | None = None,
-        use_edits: bool = True,
-    ) -> list[Generation]:
-        """Batched greedy decoding, on the same continuous-batching decoder that serves requests
-        (editors/decoding.py): each row routed by its own question at prefill, the edit's delta applied
-        while the row produces its edit's answer.
-
-        `min_new_tokens` holds back the stop tokens that long (benchmarks: equal work for every model)."""
-        from editors.decoding import ContinuousBatch  # it drives this engine: imported late, not circular
-
-        events: list[list[RowEvent]] = [[] for _ in prompts]
-        sampling = Sampling(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
-        rows = [
-            Row(p, prompt_format, sampling, log.append, context=context, use_edits=use_edits)
-            for p, log in zip(prompts, events, strict=True)
-        ]
-        batch = ContinuousBatch(self)
-        batch.admit(rows)
-        while len(batch):
-            batch.step()
-        return [Generation.from_events(log) for log in events]
-
-    @torch.no_grad()
-    def base_upper_cache(self, layer_input: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One row's edited-layer input [1, P, D] at positions 0..P-1 -> (keys, values) [1, H, P, Dh] of the
-        edited layer and each layer above it, as the base model alone computes them (no session: no delta).
-        The layers below never see an edit, so their cache needs no such rebuild."""
-        layout = self.host.layout
-        length = layer_input.shape[1]
-        positions = torch.arange(length, device=layer_input.device)[None]  # [1, P]
-        causal = torch.full((length, length), float("-inf"), dtype=layer_input.dtype, device=layer_input.device)
-        kwargs = {
-            "attention_mask": causal.triu(1)[None, None],  # [1, 1, P, P]
-            "position_ids": positions,
-            "position_embeddings": layout.rotary_embedding(layer_input, positions),
-            "cache": DynamicCache(config=self.host.model.config),
-            "use_cache": True,
-        }
-        h = layer_input
-        for layer in layout.layers[self.config.layer :]:
-            h = layer(h, **kwargs)
-            h = h[0] if isinstance(h, tuple) else h
-        layers = kwargs["cache"].layers[self.config.layer :]
-        return [(layer.keys, layer.values) for layer in layers]
 
     @torch.no_grad()
     def score(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class Score:
         return hits / len(self.target_ids)
 
 
-# ---- generation requests (editors/decoding.py runs them) --------------------------------------------
+# ---- generation requests (editors/batch.py runs them) --------------------------------------------
 @dataclass(frozen=True)
 class Sampling:
     """How one request picks its tokens. Temperature 0 is greedy; a seed makes sampling reproducible."""
@@ -123,24 +123,47 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # strings that end the answer (not included in it)
     min_new_tokens: int = 0  # stop tokens held back this long (benchmarks: equal work for every request)
+    logprobs: bool = False  # report each token's log-probability
+    top_logprobs: int = 0  # and this many most likely alternatives at each position
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model, and the most likely alternatives there."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token, logprob), most likely first
+
+
+SHUTDOWN = "shutdown"  # the finish_reason of the error event every row gets when the server stops
+
+
+class RowEventKind(StrEnum):
+    START = "start"  # routed at prefill: the route, the prompt's tokens
+    TEXT = "text"  # more of the answer
+    END = "end"  # finished: why, the counts, the tokens
+    ERROR = "error"  # the row could not go on (text: why); nothing follows
 
 
 @dataclass(frozen=True)
 class RowEvent:
     """What a row reports as it runs: its route once (at prefill), text as it is decoded, then its end."""
 
-    kind: str  # "start" | "text" | "end", or "error" (text: why) if the row could not be decoded
+    kind: str  # an RowEventKind
     route: Route | None = None  # start
-    text: str = ""  # text: the new part of the answer
+    text: str = ""  # text: the new part of the answer; error: why
     finish_reason: str | None = None  # end: "stop" (end of turn or a stop string) or "length"
     prompt_tokens: int = 0  # start and end
     completion_tokens: int = 0  # end
     token_ids: tuple[int, ...] = ()  # end: the answer's tokens, stop tokens excluded
+    logprobs: tuple[TokenLogprob, ...] = ()  # end, when asked for: one per answer token
 
 
 @dataclass
 class Row:
-    """One request: what it asked, how it samples, where it is. `emit` runs on the decoding thread."""
+    """One request as its caller sent it; editors/batch.py keeps its decoding state apart (RowState).
+    `emit` runs on the decoding thread."""
 
     prompt: str
     prompt_format: PromptFormat
@@ -148,16 +171,5 @@ class Row:
     emit: Callable[[RowEvent], None]
     context: ChatContext | None = None  # editors.model_host.ChatContext
     use_edits: bool = True
-    encoded: PromptTokens | None = None  # the prompt's tokens, if the caller has them already (else encoded here)
+    encoded: PromptTokens | None = None  # the prompt's tokens, if the caller has them already (else encoded there)
     cancelled: bool = False  # set from any thread (client gone): the row leaves at the next step
-    # filled in by the batch
-    tokens: list[int] = field(default_factory=list)
-    route: Route | None = None
-    slot: int | None = None  # bank slot of the edit that answers it
-    answer_tokens: int = 0  # how many generated tokens get the edit's delta
-    prompt_tokens: int = 0
-    # The edited layer's input at every position that got the edit's delta ([1, D] tensors): once the answer
-    # is out, the layers above are recomputed from these without the delta (editors/decoding.py, _rebase)
-    _delta_inputs: list[Any] = field(default_factory=list)
-    _sent: int = 0  # characters of the answer already emitted
-    _generator: Any = None  # torch.Generator of a sampled row (types.py stays free of torch)

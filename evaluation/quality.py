@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm import tqdm
 
+from editors.batch import generate
 from editors.engine import EditingEngine
 from editors.model_host import ChatContext, ModelHost
 from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
@@ -91,7 +92,7 @@ class Measurer:
         """Greedy generations (token ids, route) of `budget` tokens at most (in this measurer's format by default)."""
         asked = prompt_format or self.prompt_format
         return map_batched(
-            lambda rows: self.engine.generate(rows, budget, asked, use_edits=use_edits),
+            lambda rows: generate(self.engine, rows, budget, asked, use_edits=use_edits),
             prompts,
             self.batch_size,
             desc,
@@ -105,7 +106,7 @@ class Measurer:
 
         def run(chunk: Sequence[tuple[str, str, int]]) -> list[bool]:
             budget = max(n for _, _, n in chunk) + EXACT_EXTRA_TOKENS
-            gens = self.engine.generate([p for p, _, _ in chunk], budget, self.prompt_format)
+            gens = generate(self.engine, [p for p, _, _ in chunk], budget, self.prompt_format)
             return [edit_metrics.contains_target(g.text, t) for g, (_, t, _) in zip(gens, chunk, strict=True)]
 
         return map_batched(run, rows, self.batch_size, desc)

@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from editors.adapter_io import serialize_adapter
+from editors.batch import generate
 from editors.engine import EditingEngine, key_kind
 from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat, TrainedEdit
@@ -189,7 +190,7 @@ def timed_generate(
     """Exactly `max_new_tokens` decode steps for every row (stop tokens held back): an edited answer and
     the unedited one often differ in length, and latency must compare equal work."""
     start = time.perf_counter()
-    gens = engine.generate(prompts, max_new_tokens, prompt_format, min_new_tokens=max_new_tokens)
+    gens = generate(engine, prompts, max_new_tokens, prompt_format, min_new_tokens=max_new_tokens)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "steps": max_new_tokens, "routed": [g.routed_edit_id for g in gens]}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from editors.batch import generate
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat
@@ -71,7 +72,7 @@ def study(engine: EditingEngine, name: str, n: int) -> dict[str, float | None]:
             same_routed += [e.routed_edit_id is not None for e in edited]
         budget = len(engine.host.encode(" " + r.target)) + DEGENERATE_EXTRA_TOKENS
         for prompt_format in engine.host.prompt_formats:
-            g = engine.generate([r.prompt], budget, prompt_format)[0]
+            g = generate(engine, [r.prompt], budget, prompt_format)[0]
             degenerate.append(edit_metrics.is_degenerate(g.text, r.target))
         engine.revoke(edit_id)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from editors.batch import generate
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat
@@ -60,10 +61,10 @@ def main() -> None:
         targets = [r.target for r in records for p in (r.prompt, r.rephrase) if p]
         budget = max(len(reference.host.encode(" " + t)) for t in targets) + DEGENERATE_EXTRA_TOKENS
         # one question per batch: batch padding must not be what differs
-        expected_text = [reference.generate([p], budget, asked)[0].text for p in prompts]
+        expected_text = [generate(reference, [p], budget, asked)[0].text for p in prompts]
         expected = reference.score(prompts, targets, asked)
         for dtype, engine in candidates.items():
-            texts = [engine.generate([p], budget, asked)[0].text for p in prompts]
+            texts = [generate(engine, [p], budget, asked)[0].text for p in prompts]
             scores = engine.score(prompts, targets, asked)
             same_text = sum(a == b for a, b in zip(expected_text, texts, strict=True)) / len(texts)
             same_ids = sum(a.predicted_ids == b.predicted_ids for a, b in zip(expected, scores, strict=True))

@@ -1,0 +1,179 @@
+"""The model runner: every forward pass continuous batching makes, behind one typed seam.
+
+editors/batch.py decides which rows run and what they get; this module runs the model for them and is the
+only part of decoding that touches the engine's routed layer and adapter bank (vLLM's model runner).
+
+Shapes: n rows of a forward, W padded width, P one row's positions, H kv heads, Dh head width, D hidden width,
+V vocabulary, L the edited layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import DynamicCache
+
+from editors.model_host import ChatContext, PromptTokens
+from editors.routed_lora import DecodeSession, RowPlan
+from editors.types import PromptFormat
+from router.key_index import Route
+
+if TYPE_CHECKING:
+    from editors.engine import EditingEngine
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [n, H, W, Dh]
+
+
+@dataclass
+class Prefill:
+    """Whole prompts run together: their last-position logits, cache and routes."""
+
+    logits: torch.Tensor  # [n, V] at each row's last prompt position
+    kv: KV  # left-padded to the batch's width
+    mask: torch.Tensor  # [n, W] 1 where a real token is
+    next_position: torch.Tensor  # [n] the position id of each row's first generated token
+    routes: list[Route]
+    layer_input: torch.Tensor | None  # [n, W, D] the edited layer's input (None without edits)
+
+
+@dataclass
+class Chunk:
+    """One more stretch of a long prompt, run with the base model alone (routing waits for its end)."""
+
+    logits: torch.Tensor  # [V] at the stretch's last position
+    kv: KV  # [1, H, done, Dh]: the row's whole cache so far
+    layer_input: torch.Tensor  # [n, D] the edited layer's input at the stretch's positions
+
+
+class ModelRunner:
+    def __init__(self, engine: EditingEngine) -> None:
+        self._engine = engine
+        self.host = engine.host
+        self.edited_layer = engine.config.layer
+
+    # ---- what rows need to know -------------------------------------------------------------------------
+    def encode(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None) -> PromptTokens:
+        return self._engine.encode(prompt, prompt_format, context)
+
+    def answer_tokens(self, prompt_format: PromptFormat, edit_id: str) -> int:
+        """How many generated tokens an edit's delta covers (its target, + end of turn in chat)."""
+        return self._engine.routed.spaces[prompt_format].answer_tokens(edit_id)
+
+    def acquire(self, edit_id: str) -> int:
+        """The bank slot of an edit a row answers through, held until release(slot)."""
+        bank = self._engine.bank
+        slot = bank.slot(edit_id)
+        bank.acquire(slot)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._engine.bank.release(slot)
+
+    # ---- forward passes -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(
+        self, prompts: Sequence[str], encoded: Sequence[PromptTokens], prompt_format: PromptFormat, use_edits: bool
+    ) -> Prefill:
+        """Whole prompts of one format in one forward: each row routed by its own question at the edited layer."""
+        engine = self._engine
+        input_ids, mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        session = engine.routing_session(prompts, encoded, prompt_format, left=True) if use_edits else None
+        cache = DynamicCache(config=self.host.model.config)
+        with engine.routed.session_scope(session):
+            out = self.host.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        routes = (session.routes if session is not None else None) or [Route(None, None)] * len(encoded)
+        layer_input = session.layer_input if session is not None else None
+        return Prefill(out.logits[:, -1].float(), _cached(cache), mask, positions[:, -1] + 1, routes, layer_input)
+
+    @torch.no_grad()
+    def prefill_chunk(self, ids: Sequence[int], done: int, kv: KV | None) -> Chunk:
+        """ids [n] at positions done..done+n-1 after a row's cached `kv` (None at the start): base model only."""
+        device = self.host.device
+        input_ids = torch.tensor([list(ids)], device=device)  # [1, n]
+        mask = torch.ones(1, done + len(ids), dtype=torch.long, device=device)
+        positions = torch.arange(done, done + len(ids), device=device)[None]
+        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache(config=self.host.model.config)
+        session = DecodeSession(None)  # records the edited layer's input, adds nothing
+        with self._engine.routed.session_scope(session):
+            out = self.host.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        assert session.layer_input is not None
+        return Chunk(out.logits[0, -1].float(), _cached(cache), session.layer_input[0])
+
+    def route(self, span_states: torch.Tensor, question: str, prompt_format: PromptFormat) -> Route:
+        """The route of one whole prompt from its question's edited-layer states [T, D] (a chunked prompt)."""
+        routed = self._engine.routed
+        content = routed.spaces[prompt_format].encoder.encode([span_states])  # [1, D]
+        return routed.search(content.cpu().numpy(), [question], prompt_format)[0]
+
+    @torch.no_grad()
+    def upper(self, layer_input: torch.Tensor, slot: int | None) -> tuple[KV, torch.Tensor]:
+        """One row's edited-layer input [1, P, D] -> (keys, values) of the edited layer and each above it, and
+        the logits [V] at its last position; with `slot`, that edit's delta at every position."""
+        engine = self._engine
+        layout = self.host.layout
+        length = layer_input.shape[1]
+        positions = torch.arange(length, device=layer_input.device)[None]  # [1, P]
+        causal = torch.full((length, length), float("-inf"), dtype=layer_input.dtype, device=layer_input.device)
+        kwargs = {
+            "attention_mask": causal.triu(1)[None, None],  # [1, 1, P, P]
+            "position_ids": positions,
+            "position_embeddings": layout.rotary_embedding(layer_input, positions),
+            "cache": DynamicCache(config=self.host.model.config),
+            "use_cache": True,
+        }
+        plan = None if slot is None else RowPlan(torch.tensor([0]), torch.tensor([slot]))
+        session = DecodeSession(plan) if plan is not None else None
+        h = layer_input
+        with engine.routed.session_scope(session):
+            for layer in layout.layers[self.edited_layer :]:
+                h = layer(h, **kwargs)
+                h = h[0] if isinstance(h, tuple) else h
+        logits = layout.lm_head(layout.final_norm(h[:, -1:]))[0, -1].float()
+        layers = kwargs["cache"].layers[self.edited_layer :]
+        return [(layer.keys, layer.values) for layer in layers], logits
+
+    @torch.no_grad()
+    def decode(
+        self, last: torch.Tensor, kv: KV, mask: torch.Tensor, next_position: torch.Tensor, plan: RowPlan | None
+    ) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
+        """One token per running row: last [B, 1] in -> (logits [B, V], the grown cache, the edited layer's
+        input [B, 1, D] or None). `plan`: the rows still producing their edit's answer, and their slots."""
+        cache = DynamicCache(ddp_cache_data=kv)
+        session = DecodeSession(plan)
+        with self._engine.routed.session_scope(session):
+            out = self.host.model(
+                input_ids=last,
+                attention_mask=mask,
+                position_ids=next_position[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+        return out.logits[:, -1].float(), _cached(cache), session.layer_input
+
+
+def _cached(cache: DynamicCache) -> KV:
+    """Each layer's (keys, values) [B, H, T, Dh] after a forward."""
+    out = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        assert isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor), "a full-attention decoder"
+        out.append((keys, values))
+    return out
