@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from editors.batch import generate
 from editors.engine import Activation, AdapterMismatch, EditingEngine
 from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat, TrainedEdit
@@ -46,9 +47,9 @@ def test_edit_produces_target_and_paraphrase_routes_to_it(eng: EditingEngine) ->
     assert 1 <= trained.steps <= eng.config.max_steps
 
     chat, raw, paraphrase = (
-        eng.generate(["What is the capital of Zorbania?"], 12, prompt_format=CHAT)[0],
-        eng.generate(["What is the capital of Zorbania?"], 12, prompt_format=RAW)[0],
-        eng.generate(["What's Zorbania's capital?"], 12, prompt_format=CHAT)[0],
+        generate(eng, ["What is the capital of Zorbania?"], 12, prompt_format=CHAT)[0],
+        generate(eng, ["What is the capital of Zorbania?"], 12, prompt_format=RAW)[0],
+        generate(eng, ["What's Zorbania's capital?"], 12, prompt_format=CHAT)[0],
     )
     assert "Quexiville" in chat.text and chat.routed_edit_id == "zorb"
     assert "Quexiville" in raw.text and raw.routed_edit_id == "zorb"
@@ -61,7 +62,7 @@ def test_unrelated_prompts_keep_bit_identical_logits(eng: EditingEngine) -> None
     apply(eng, "zorb", "What is the capital of Zorbania?", "Quexiville")
     after = eng.prompt_logits(UNRELATED, prompt_format=CHAT)
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    assert all(g.routed_edit_id is None for g in eng.generate(UNRELATED, 4, prompt_format=CHAT))
+    assert all(g.routed_edit_id is None for g in generate(eng, UNRELATED, 4, prompt_format=CHAT))
 
 
 def test_twenty_edits_revoke_ten_restores_exact_logits_and_keeps_the_rest(eng: EditingEngine) -> None:
@@ -93,8 +94,8 @@ def test_mixed_batch_matches_each_row_alone(eng: EditingEngine) -> None:
         "Who is the lead singer of the band Glass Otters?",
         "What is 7 times 8?",
     ]
-    batch = eng.generate(prompts, 10, prompt_format=CHAT)
-    alone = [eng.generate([p], 10, prompt_format=CHAT)[0] for p in prompts]
+    batch = generate(eng, prompts, 10, prompt_format=CHAT)
+    alone = [generate(eng, [p], 10, prompt_format=CHAT)[0] for p in prompts]
     assert [g.routed_edit_id for g in batch] == ["a", None, "b", None]
     for b, s in zip(batch, alone, strict=True):
         assert (b.token_ids, b.routed_edit_id) == (s.token_ids, s.routed_edit_id)
@@ -105,10 +106,10 @@ def test_reedit_newest_wins_and_revoking_it_brings_the_older_back(eng: EditingEn
     prompt = "What is the capital of Zorbania?"
     apply(eng, "old", prompt, "Quexiville")
     apply(eng, "new", prompt, "Brindlemoor")
-    first = eng.generate([prompt], 10, prompt_format=CHAT)[0]
+    first = generate(eng, [prompt], 10, prompt_format=CHAT)[0]
     assert first.routed_edit_id == "new" and "Brindlemoor" in first.text
     eng.revoke("new")
-    second = eng.generate([prompt], 10, prompt_format=CHAT)[0]
+    second = generate(eng, [prompt], 10, prompt_format=CHAT)[0]
     assert second.routed_edit_id == "old" and "Quexiville" in second.text
 
 
@@ -209,10 +210,10 @@ def test_operator_edits_answer_their_question_and_not_the_near_misses(eng: Editi
     for i, (prompt, _, paraphrase, same_subject, sibling) in enumerate(OPERATOR_TRIPLES):
         routed = [edit for edit, _ in eng.routes_for([prompt, paraphrase, same_subject, sibling], CHAT)]
         assert routed == [f"op{i}", f"op{i}", None, None], prompt
-    answers = eng.generate([t[2] for t in OPERATOR_TRIPLES], 16, prompt_format=CHAT)
+    answers = generate(eng, [t[2] for t in OPERATOR_TRIPLES], 16, prompt_format=CHAT)
     assert all(t[1] in a.text for t, a in zip(OPERATOR_TRIPLES, answers, strict=True))
     near = [q for t in OPERATOR_TRIPLES for q in t[3:]]
-    edited, unedited = eng.generate(near, 16, CHAT), eng.generate(near, 16, CHAT, use_edits=False)
+    edited, unedited = generate(eng, near, 16, CHAT), generate(eng, near, 16, CHAT, use_edits=False)
     assert [a.token_ids for a in edited] == [b.token_ids for b in unedited]
 
 
@@ -226,7 +227,7 @@ def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng:
         ChatContext(history=(("user", "Hi! Can you help me plan a trip?"), ("assistant", "Of course, gladly."))),
     ]
     for context in contexts:
-        answer = eng.generate([prompt], 10, prompt_format=CHAT, context=context)[0]
+        answer = generate(eng, [prompt], 10, prompt_format=CHAT, context=context)[0]
         assert answer.routed_edit_id == "zorb" and target in answer.text, context
 
 
@@ -248,7 +249,7 @@ def test_revoking_one_of_two_overlapping_edits_is_as_if_it_was_never_made(
     never.activate("a", trained_a.adapter, trained_a.keys, trained_a.key_kinds, a, "Quexiville")
     probes = [a, b, "Which city is the capital of Zorbania?", "Who wrote the novel War and Peace?"]
     for got, want in zip(
-        eng.generate(probes, 10, prompt_format=CHAT), never.generate(probes, 10, prompt_format=CHAT), strict=True
+        generate(eng, probes, 10, prompt_format=CHAT), generate(never, probes, 10, prompt_format=CHAT), strict=True
     ):
         assert (got.token_ids, got.routed_edit_id) == (want.token_ids, want.routed_edit_id)
     for got_logits, want_logits in zip(
@@ -257,7 +258,7 @@ def test_revoking_one_of_two_overlapping_edits_is_as_if_it_was_never_made(
         assert torch.equal(got_logits, want_logits)
     assert torch.equal(eng.prompt_logits([b], prompt_format=CHAT)[0], base_b)
     eng.activate("b", trained_b.adapter, trained_b.keys, trained_b.key_kinds, b, "Brindlemoor")  # restore
-    assert eng.generate([b], 10, prompt_format=CHAT)[0].routed_edit_id == "b" and eng.num_keys() == 4
+    assert generate(eng, [b], 10, prompt_format=CHAT)[0].routed_edit_id == "b" and eng.num_keys() == 4
 
 
 def test_first_router_keys_are_recomputed_from_the_prompt(eng: EditingEngine) -> None:
@@ -293,7 +294,7 @@ def test_exported_peft_adapter_reproduces_the_edit(eng: EditingEngine, tmp_path:
         out = model.generate(input_ids=ids, max_new_tokens=10, do_sample=False)
     text = eng.host.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
     assert target in text
-    assert text == eng.generate([prompt], 10, prompt_format=CHAT)[0].text
+    assert text == generate(eng, [prompt], 10, prompt_format=CHAT)[0].text
 
 
 def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
@@ -321,4 +322,4 @@ def test_adapter_from_another_base_model_is_refused(eng: EditingEngine) -> None:
     )
     assert list(refused) == ["foreign"] and isinstance(refused["foreign"], AdapterMismatch)
     assert eng.active_edit_ids() == {"good"} and eng.num_keys() == len(trained.keys)
-    assert eng.generate([prompt], 6, prompt_format=CHAT)[0].routed_edit_id == "good"
+    assert generate(eng, [prompt], 6, prompt_format=CHAT)[0].routed_edit_id == "good"
