@@ -6,6 +6,9 @@ render offline. Swagger UI's Authorize button takes a Bearer key: the document d
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -38,7 +41,21 @@ def _offline(page: HTMLResponse) -> HTMLResponse:
 
 @docs_router.get("/openapi.json", dependencies=[DocsReader])
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(request.app.openapi())
+    return JSONResponse(without_v1_validation_errors(request.app.openapi()))
+
+
+def without_v1_validation_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents a 422 on every operation that takes parameters; /v1 answers invalid requests with
+    400, as OpenAI does (app/errors.py), so its operations must not promise a 422."""
+    for path, operations in spec.get("paths", {}).items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+    schemas = spec.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f"#/components/schemas/{unused}" not in json.dumps(spec.get("paths", {})):
+            schemas.pop(unused, None)
+    return spec
 
 
 @docs_router.get("/docs", dependencies=[DocsReader])

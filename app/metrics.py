@@ -67,7 +67,7 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "sola_generate_batch_size",
-            "Generate requests decoded together",
+            "Rows in the batch at each decode step",
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
@@ -80,6 +80,9 @@ class Metrics:
         self.tokens_generated = Counter("sola_tokens_generated", "Tokens generated", registry=self.registry)
         self.queue_depth = Gauge(
             "sola_generate_queue_depth", "Generate requests waiting for the model worker", registry=self.registry
+        )
+        self.rows_decoding = Gauge(
+            "sola_generate_rows_decoding", "Requests in the batch now (prefilling or decoding)", registry=self.registry
         )
         self.edit_hits = TopEditHits()
         self.registry.register(self.edit_hits)

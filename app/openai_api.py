@@ -19,24 +19,29 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth import Principal, require
+from app.disconnect import unless_disconnected
 from app.errors import ApiError, documented
 from app.openai_schemas import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
+    ChatLogprobs,
     ChatMessageOut,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     ModelCard,
     ModelList,
     SolaEdit,
+    TokenLogprobOut,
+    TopLogprob,
     Usage,
     _Sampling,
 )
 from app.service import Ask, EditService
 from app.service_errors import PromptTooLong
-from editors.types import PromptFormat, RowEvent, Sampling
+from editors.types import PromptFormat, RowEvent, Sampling, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 Reader = Annotated[Principal, Depends(require("reader"))]
@@ -57,9 +62,14 @@ def bad_request(message: str, code: str = "invalid_request_error") -> ApiError:
 
 
 # ---- shaping requests -----------------------------------------------------------------------------------
-def sampling(body: _Sampling, max_tokens: int | None, request: Request) -> Sampling:
+def sampling(body: _Sampling, max_tokens: int | None, request: Request, top_logprobs: int | None) -> Sampling:
+    """`top_logprobs`: None for no logprobs, else how many alternatives to report per token."""
     if body.n not in (None, 1):
         raise bad_request("n: this server returns one choice per prompt; send n=1 or leave it out")
+    unsupported = body.unsupported_fields()
+    if unsupported:
+        names = ", ".join(unsupported)
+        raise bad_request(f"{names}: not supported by this server (plain text answers only); leave it out")
     limit = request.app.state.settings.max_new_tokens
     if max_tokens is not None and max_tokens > limit:
         raise bad_request(
@@ -73,6 +83,8 @@ def sampling(body: _Sampling, max_tokens: int | None, request: Request) -> Sampl
         top_p=1.0 if body.top_p is None else body.top_p,
         seed=body.seed,
         stop=body.stops(),
+        logprobs=top_logprobs is not None,
+        top_logprobs=top_logprobs or 0,
     )
 
 
@@ -105,7 +117,10 @@ def chat_ask(body: ChatCompletionRequest, request: Request) -> Ask:
         raise bad_request("messages: the last user message is empty")
     context = ChatContext(system="\n\n".join(system) if system else None, history=tuple(earlier))
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return Ask(question, PromptFormat.CHAT, sampling(body, max_tokens, request), context=context)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request("top_logprobs: needs logprobs=true")
+    top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return Ask(question, PromptFormat.CHAT, sampling(body, max_tokens, request, top_logprobs), context=context)
 
 
 def completion_asks(body: CompletionRequest, request: Request) -> list[Ask]:
@@ -119,7 +134,7 @@ def completion_asks(body: CompletionRequest, request: Request) -> list[Ask]:
         raise bad_request(f"prompt: over this server's {limit} characters (SOLA_MAX_PROMPT_CHARS)")
     if len(prompts) > request.app.state.settings.max_batch_size:
         raise bad_request(f"prompt: at most {request.app.state.settings.max_batch_size} prompts per request")
-    return [Ask(p, PromptFormat.RAW, sampling(body, body.max_tokens, request)) for p in prompts]
+    return [Ask(p, PromptFormat.RAW, sampling(body, body.max_tokens, request, body.logprobs)) for p in prompts]
 
 
 # ---- provenance -----------------------------------------------------------------------------------------
@@ -130,11 +145,50 @@ def edit_of(start: RowEvent) -> SolaEdit | None:
     return SolaEdit(id=route.edit_id, similarity=round(float(route.similarity), 6))
 
 
-def provenance_headers(edit: SolaEdit | None, request_id: str) -> dict[str, str]:
-    headers = {"X-Sola-Edit": edit.id if edit else "none", "X-Request-Id": request_id}
+def provenance_headers(edit: SolaEdit | None, request: Request, completion_id: str) -> dict[str, str]:
+    """The answering edit as headers. X-Request-Id is the client's own when it sent one (app/request_id.py),
+    else the completion's id, so a log line and the response body name the same thing."""
+    headers = {"X-Sola-Edit": edit.id if edit else "none"}
+    if "x-request-id" not in request.headers:
+        headers["X-Request-Id"] = completion_id
     if edit is not None:
         headers["X-Sola-Similarity"] = f"{edit.similarity:.6f}"
     return headers
+
+
+# ---- logprobs -------------------------------------------------------------------------------------------
+def token_texts(svc: EditService, logprobs: Sequence[TokenLogprob]) -> dict[int, str]:
+    """Each token id that appears (chosen or alternative) as the text it decodes to alone."""
+    ids = sorted({t.token for t in logprobs} | {alt for t in logprobs for alt, _ in t.top})
+    texts = svc.host.tokenizer.batch_decode([[i] for i in ids])
+    return dict(zip(ids, texts, strict=True))
+
+
+def chat_logprobs(svc: EditService, end: RowEvent) -> ChatLogprobs:
+    text = token_texts(svc, end.logprobs)
+
+    def top(token: int, logprob: float) -> TopLogprob:
+        return TopLogprob(token=text[token], logprob=logprob, bytes=list(text[token].encode()))
+
+    content = [
+        TokenLogprobOut(**top(t.token, t.logprob).model_dump(), top_logprobs=[top(i, lp) for i, lp in t.top])
+        for t in end.logprobs
+    ]
+    return ChatLogprobs(content=content)
+
+
+def completion_logprobs(svc: EditService, end: RowEvent) -> CompletionLogprobs:
+    text = token_texts(svc, end.logprobs)
+    offsets, at = [], 0
+    for t in end.logprobs:
+        offsets.append(at)
+        at += len(text[t.token])
+    return CompletionLogprobs(
+        tokens=[text[t.token] for t in end.logprobs],
+        token_logprobs=[t.logprob for t in end.logprobs],
+        top_logprobs=[{text[i]: lp for i, lp in t.top} for t in end.logprobs],
+        text_offset=offsets,
+    )
 
 
 # ---- decoding -------------------------------------------------------------------------------------------
@@ -191,6 +245,8 @@ async def merged(streams: Sequence[AsyncIterator[RowEvent]]) -> AsyncIterator[tu
     finally:
         for task in tasks:
             task.cancel()
+        # wait for the pumps to stop first: closing a generator a pump is still inside raises RuntimeError
+        await asyncio.gather(*tasks, return_exceptions=True)
         for stream in streams:
             await stream.aclose()  # type: ignore[attr-defined]
 
@@ -205,29 +261,36 @@ async def models(_: Reader, svc: Service) -> ModelList:
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
-    responses={**documented(400, 401, 422, 503), 200: {"description": "A completion, or its SSE chunks with stream"}},
+    responses={
+        **documented(400, 401, 403, 415, 503),
+        200: {"description": "A completion, or its SSE chunks with stream"},
+    },
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
     ask = chat_ask(body, request)
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     model, created = svc.host.name, int(time.time())
     start, events = await opened(svc, ask)
     edit = edit_of(start)
-    headers = provenance_headers(edit, request_id)
+    headers = provenance_headers(edit, request, completion_id)
     if not body.stream:
-        text, end = await finished(start, events)
+        text, end = await unless_disconnected(request, finished(start, events))
         choice = ChatChoice(
-            index=0, message=ChatMessageOut(content=text), finish_reason=end.finish_reason or "stop", sola_edit=edit
+            index=0,
+            message=ChatMessageOut(content=text),
+            finish_reason=end.finish_reason or "stop",
+            logprobs=chat_logprobs(svc, end) if body.logprobs else None,
+            sola_edit=edit,
         )
         out = ChatCompletion(
-            id=request_id, created=created, model=model, choices=[choice], usage=usage([end]), sola_edit=edit
+            id=completion_id, created=created, model=model, choices=[choice], usage=usage([end]), sola_edit=edit
         )
         return JSONResponse(out.model_dump(mode="json"), headers=headers)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        base = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
         return {**base, "choices": [choice], **({"usage": None} if include_usage else {}), **extra}
 
     async def body_events() -> AsyncIterator[str]:
@@ -237,10 +300,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _: Rea
             async for event in events:
                 if event.kind == "text" and event.text:
                     yield sse(chunk({"content": event.text}))
-                elif event.kind == "end":
-                    yield sse(chunk({}, event.finish_reason or "stop"))
+                elif event.kind == "end":  # logprobs, when asked for, come whole with the last chunk
+                    last = chunk({}, event.finish_reason or "stop")
+                    if body.logprobs:
+                        last["choices"][0]["logprobs"] = chat_logprobs(svc, event).model_dump()
+                    yield sse(last)
                     if include_usage:
-                        base = {"id": request_id, "object": "chat.completion.chunk", "created": created}
+                        base = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
                         yield sse({**base, "model": model, "choices": [], "usage": usage([event]).model_dump()})
             yield sse("[DONE]")
         finally:
@@ -252,12 +318,24 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _: Rea
 @router.post(
     "/completions",
     response_model=Completion,
-    responses={**documented(400, 401, 422, 503), 200: {"description": "A completion, or its SSE chunks with stream"}},
+    responses={
+        **documented(400, 401, 403, 415, 503),
+        200: {"description": "A completion, or its SSE chunks with stream"},
+    },
 )
 async def completions(body: CompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
     asks = completion_asks(body, request)
-    request_id = f"cmpl-{uuid.uuid4().hex}"
+    completion_id = f"cmpl-{uuid.uuid4().hex}"
     model, created = svc.host.name, int(time.time())
+    if len(asks) > 1:  # one request may not fill the batch with long prompts: their tokens count together
+        total = await asyncio.to_thread(lambda: sum(svc.host.count_tokens(a.prompt, a.prompt_format) for a in asks))
+        limit = svc.settings.max_request_prompt_tokens
+        if total > limit:
+            raise bad_request(
+                f"prompt: {total} tokens in all, over this server's {limit} per request "
+                "(SOLA_MAX_REQUEST_PROMPT_TOKENS); send fewer prompts per request",
+                "context_length_exceeded",
+            )
     attempts = await asyncio.gather(*(opened(svc, ask) for ask in asks), return_exceptions=True)
     failed = [a for a in attempts if isinstance(a, BaseException)]
     opened_rows = [a for a in attempts if not isinstance(a, BaseException)]  # all joined the batch together
@@ -266,15 +344,22 @@ async def completions(body: CompletionRequest, request: Request, _: Reader, svc:
             await row[1].aclose()  # type: ignore[attr-defined]
         raise failed[0]
     edits = [edit_of(start) for start, _ in opened_rows]
-    headers = provenance_headers(edits[0], request_id)
+    headers = provenance_headers(edits[0], request, completion_id)
     if not body.stream:
-        results = await asyncio.gather(*(finished(start, events) for start, events in opened_rows))
+        everything = asyncio.gather(*(finished(start, events) for start, events in opened_rows))
+        results = await unless_disconnected(request, everything)
         choices = [
-            CompletionChoice(index=i, text=text, finish_reason=end.finish_reason or "stop", sola_edit=edits[i])
+            CompletionChoice(
+                index=i,
+                text=text,
+                finish_reason=end.finish_reason or "stop",
+                logprobs=completion_logprobs(svc, end) if body.logprobs is not None else None,
+                sola_edit=edits[i],
+            )
             for i, (text, end) in enumerate(results)
         ]
         out = Completion(
-            id=request_id,
+            id=completion_id,
             created=created,
             model=model,
             choices=choices,
@@ -283,7 +368,7 @@ async def completions(body: CompletionRequest, request: Request, _: Reader, svc:
         )
         return JSONResponse(out.model_dump(mode="json"), headers=headers)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base = {"id": request_id, "object": "text_completion", "created": created, "model": model}
+    base = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
 
     def chunk(index: int, text: str, finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
         choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
@@ -298,7 +383,10 @@ async def completions(body: CompletionRequest, request: Request, _: Reader, svc:
                 yield sse(chunk(index, event.text))
             elif event.kind == "end":
                 ends.append(event)
-                yield sse(chunk(index, "", event.finish_reason or "stop"))
+                last = chunk(index, "", event.finish_reason or "stop")
+                if body.logprobs is not None:
+                    last["choices"][0]["logprobs"] = completion_logprobs(svc, event).model_dump()
+                yield sse(last)
         if include_usage:
             yield sse({**base, "choices": [], "usage": usage(ends).model_dump()})
         yield sse("[DONE]")

@@ -1,12 +1,14 @@
 """Request and response bodies of the OpenAI-compatible API (/v1), field for field as OpenAI's reference.
 
-Requests ignore fields they do not know, as OpenAI's server does (clients send many optional ones). Every
+Requests ignore fields they do not know, as OpenAI's server does (clients send many optional ones), but take
+the ones they know strictly (`stream: "yes"` is an error, not true). OpenAI fields this server cannot honour
+(`tools`, `response_format`, `best_of`, ...) are refused by name, as vLLM does, never silently ignored. Every
 response carries `sola_edit`: the edit that answered (null when none fired), the SoLA extension.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -14,18 +16,18 @@ from app.schemas import _storable
 
 
 class _OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text"]
     text: str
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: str  # checked by the route: system, developer, user, assistant
     content: str | list[TextPart] | None = None
@@ -44,7 +46,7 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
@@ -62,6 +64,27 @@ class _Sampling(_OpenAIRequest):
     user: str | None = None
     # vLLM's extension: hold the end of the answer back this many tokens (benchmarks: equal-length answers)
     min_tokens: int = Field(default=0, ge=0)
+    # OpenAI fields this server cannot honour: accepted only at their "off" values (unsupported_fields says)
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    def unsupported_fields(self) -> list[str]:
+        """The fields set to something this server would have to ignore to answer."""
+        off = {
+            "tools": self.tools in (None, []),
+            "tool_choice": self.tool_choice in (None, "none", "auto") and not self.tools,
+            "functions": self.functions in (None, []),
+            "function_call": self.function_call in (None, "none", "auto") and not self.functions,
+            "response_format": self.response_format in (None, {"type": "text"}),
+            "best_of": self.best_of in (None, 1),
+            "suffix": self.suffix in (None, ""),
+        }
+        return [name for name, is_off in off.items() if not is_off]
 
     @field_validator("stop")
     @classmethod
@@ -79,11 +102,14 @@ class _Sampling(_OpenAIRequest):
 class ChatCompletionRequest(_Sampling):
     messages: list[Message]
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # OpenAI's range; needs logprobs=true
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=5)  # OpenAI's legacy API: the top-k, up to 5
 
     @field_validator("prompt")
     @classmethod
@@ -109,6 +135,32 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """OpenAI's chat `logprobs`: one entry per answer token, with its most likely alternatives."""
+
+    content: list[TokenLogprobOut]
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completions `logprobs`: parallel lists over the answer's tokens."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -118,7 +170,7 @@ class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     sola_edit: SolaEdit | None
 
 
@@ -136,7 +188,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     sola_edit: SolaEdit | None
 
 

@@ -220,7 +220,7 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     type: str = Field(description="OpenAI's error type: invalid_request_error, authentication_error, ...")
-    param: None = None
+    param: str | None = Field(None, description="The invalid field on /v1 (OpenAI's `param`), else null")
 
 
 class ErrorOut(BaseModel):

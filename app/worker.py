@@ -56,8 +56,9 @@ class _Job:
 
 
 class ModelWorker:
-    def __init__(self, max_batch_size: int = 16) -> None:
+    def __init__(self, max_batch_size: int = 16, on_step: Callable[[int], None] | None = None) -> None:
         self.max_batch_size = max_batch_size
+        self.on_step = on_step  # told the number of rows after each decode step (the batch-size metric)
         self.batch: ContinuousBatch | None = None  # attached once the model is loaded
         self._jobs: collections.deque[_Job] = collections.deque()
         self._incoming: collections.deque[Row] = collections.deque()
@@ -99,6 +100,10 @@ class ModelWorker:
 
     def pending_rows(self) -> int:
         return len(self._incoming)
+
+    def decoding_rows(self) -> int:
+        """Rows in the batch now, prefilling or decoding (read from any thread: a len is atomic)."""
+        return len(self.batch) if self.batch is not None else 0
 
     def attach(self, batch: ContinuousBatch) -> None:
         self.batch = batch
@@ -178,7 +183,10 @@ class ModelWorker:
             if live:
                 batch.admit(live)
             if len(batch):
+                rows = len(batch)
                 batch.step()
+                if self.on_step is not None:
+                    self.on_step(rows)
             self._training_debt = max(0.0, self._training_debt - (time.perf_counter() - started))
         except Exception as exc:  # a bug outside any one row: no client may be left waiting
             log.exception("the batch failed for %d rows", len(batch))

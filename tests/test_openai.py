@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,3 +210,110 @@ def test_a_refused_prompt_in_a_list_refuses_the_request(client: openai.OpenAI, s
     with server.client(READER) as reader:
         metrics = reader.get("/metrics").text
     assert "sola_generate_queue_depth 0.0" in metrics
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"stream": "yes"}, "stream"),  # no lax coercion: a string is not a boolean
+        ({"n": "2"}, "n"),
+        ({"top_logprobs": 3}, "top_logprobs"),  # needs logprobs=true
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ],
+)
+def test_what_this_server_cannot_honour_is_a_400_naming_the_field(
+    server: Server, extra: dict[str, Any], field: str
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra}
+    with server.client(READER) as reader:
+        r = reader.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and field in r.json()["error"]["message"]
+
+
+def test_completions_refuse_best_of_and_suffix_and_accept_their_off_values(server: Server) -> None:
+    with server.client(READER) as reader:
+        for extra, field in (({"best_of": 2}, "best_of"), ({"suffix": " end"}, "suffix")):
+            r = reader.post("/v1/completions", json={"model": "m", "prompt": "Hi", "max_tokens": 2, **extra})
+            assert r.status_code == 400 and field in r.json()["error"]["message"], r.text
+        off: dict[str, Any] = {"best_of": 1, "suffix": None, "tools": [], "response_format": {"type": "text"}}
+        r = reader.post("/v1/completions", json={"model": "m", "prompt": "Hi", "max_tokens": 2, **off})
+        assert r.status_code == 200, r.text
+
+
+def test_chat_logprobs_are_the_answer_tokens_with_their_alternatives(client: openai.OpenAI) -> None:
+    out = chat(client, ZORBANIA, max_tokens=8, logprobs=True, top_logprobs=3)
+    choice = out.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert "".join(t.token for t in tokens) == choice.message.content == "Quexiville"
+    for t in tokens:  # greedy: the chosen token is the most likely one, and the alternatives come best first
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token
+        assert t.logprob == pytest.approx(t.top_logprobs[0].logprob) and t.logprob <= 0.0
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+        assert bytes(t.bytes or []) == t.token.encode()
+    streamed = chat(client, ZORBANIA, max_tokens=8, logprobs=True, top_logprobs=3, stream=True)
+    content = [t for c in streamed if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert [(t.token, t.logprob) for t in content] == [(t.token, t.logprob) for t in tokens]
+
+
+def test_completion_logprobs_follow_the_legacy_shape(client: openai.OpenAI) -> None:
+    out = client.completions.create(
+        model="m", prompt="The capital of France is", max_tokens=5, temperature=0, logprobs=2
+    )
+    lp = out.choices[0].logprobs
+    assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None and lp.text_offset is not None
+    assert "".join(lp.tokens) == out.choices[0].text and len(lp.token_logprobs) == len(lp.tokens) == 5
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    assert all(
+        len(top) <= 2 and max(top.values()) == pytest.approx(p)
+        for top, p in zip(lp.top_logprobs or [], lp.token_logprobs, strict=True)
+    )
+
+
+def test_a_clients_request_id_is_kept_and_validation_is_a_400_naming_the_param(server: Server) -> None:
+    with server.client(READER) as reader:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        ok = reader.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "trace-42"})
+        assert ok.status_code == 200 and ok.headers["x-request-id"] == "trace-42"
+        bad = reader.post("/v1/chat/completions", json={**body, "temperature": "hot"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature", bad.text
+
+
+def test_sampling_values_at_the_edge_of_floats_answer(client: openai.OpenAI) -> None:
+    """Legal but extreme settings once overflowed the sampler: each now answers (and alone)."""
+    for extra in (
+        {"temperature": 1e-40},
+        {"top_p": 1e-300, "temperature": 1.0},
+        {"seed": 2**64 + 5, "temperature": 1.0},
+    ):
+        out = chat(client, "Name a primary colour.", max_tokens=4, **extra)
+        assert out.choices[0].finish_reason in ("stop", "length") and out.choices[0].message.content
+
+
+def test_a_request_may_not_send_more_prompt_tokens_than_its_share(server: Server) -> None:
+    prompts = ["x " * 1900] * 5  # ~1900 tokens each: each fits; together over SOLA_MAX_REQUEST_PROMPT_TOKENS (8192)
+    with server.client(READER) as reader:
+        r = reader.post("/v1/completions", json={"model": "m", "prompt": prompts, "max_tokens": 1})
+    assert r.status_code == 400 and "SOLA_MAX_REQUEST_PROMPT_TOKENS" in r.json()["error"]["message"], r.text
+
+
+def test_a_dropped_plain_request_stops_decoding(server: Server) -> None:
+    """A non-streamed 2000-token answer whose client hangs up leaves the batch at once, not after 2000 steps."""
+    body = {"model": "m", "prompt": "Count upwards forever: 1, 2, 3,", "max_tokens": 2000, "min_tokens": 2000}
+    with (
+        httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {READER}"}) as dropped,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        dropped.post("/v1/completions", json=body, timeout=3)
+    with server.client(READER) as reader:
+        for _ in range(120):  # the row leaves within a poll and a decode step; 2000 tokens take minutes
+            if "sola_generate_rows_decoding 0.0" in reader.get("/metrics").text:
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail("the dropped request kept decoding")
