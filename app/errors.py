@@ -1,5 +1,5 @@
 """One error shape for every failure: {"error": {"code", "message", "type", "param"}} (OpenAI's, so its
-clients read ours; `type` is derived from the status, `param` is always null).
+clients read ours; `type` is derived from the status; `param` names the invalid field on /v1, else null).
 
 The service raises domain errors (app/service_errors.py, storage's EditNotFound); this module alone decides
 their HTTP status."""
@@ -28,6 +28,7 @@ _HTTP_CODES = {
     405: "method_not_allowed",
     409: "conflict",
     413: "payload_too_large",
+    415: "unsupported_media_type",
     422: "validation_error",
     503: "unavailable",
 }
@@ -37,11 +38,13 @@ _HTTP_CODES = {
 _DOCUMENTED = {
     400: "Malformed request: the body is not JSON, or `after` is not a cursor this API returned",
     401: "No API key, or an unknown one (sent with WWW-Authenticate: Bearer)",
-    403: "The key's role may not do this (reader keys cannot edit, revoke or restore)",
+    403: "The key's role may not do this (reader keys cannot edit, revoke or restore), a write from another "
+    "site's page (`cross_origin`), or a Host this keyless server does not answer to (`host_not_allowed`)",
     404: "No edit with this id",
     409: "Conflict: an Idempotency-Key used with another body, an edit already revoked (`already_revoked`, with "
     "the revocation) or already active (`already_active`), an adapter this server cannot run",
     413: "Body, prompt or target over its limit, or prompt + tokens over the model's context",
+    415: "A write sent as a form or text/plain (what another site's page can send): send JSON",
     422: "A field is missing or invalid; the message names it. Also `training_timeout` (nothing stored)",
     500: "The edit was stored but the engine refused to activate it (`activation_failed`); never otherwise",
     503: "The model is still loading, failed to load, or the server is shutting down",
@@ -105,6 +108,12 @@ def error_response(
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+def _param(errors: list[Any]) -> str | None:
+    """The first invalid field as OpenAI names it: `messages.0.content`, `temperature`."""
+    loc = [str(p) for p in errors[0].get("loc", ()) if p != "body"] if errors else []
+    return ".".join(loc) or None
+
+
 def _describe(errors: list[Any]) -> str:
     parts = []
     for err in errors[:5]:
@@ -150,6 +159,8 @@ def install(app: FastAPI) -> None:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
             return error_response(400, "invalid_json", "the request body is not valid JSON")
+        if request.url.path.startswith("/v1/"):  # OpenAI answers every bad request with 400 and names the field
+            return error_response(400, "invalid_request_error", _describe(errors), extra={"param": _param(errors)})
         return error_response(422, "validation_error", _describe(errors))
 
     @app.exception_handler(StarletteHTTPException)

@@ -19,6 +19,7 @@ from app.console_routes import mount_console
 from app.docs import docs_router
 from app.metrics import Metrics, MetricsMiddleware
 from app.openai_api import router as openai_router
+from app.request_guard import RequestGuardMiddleware
 from app.request_id import RequestIdMiddleware
 from app.routes import router
 from app.service import EditService
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = make_engine(settings.resolved_database_url)
         await asyncio.to_thread(upgrade, db)
-        worker = ModelWorker(settings.max_batch_size)
+        worker = ModelWorker(settings.max_batch_size, on_step=metrics.batch_size.observe)
         repo = Repository(db)
         svc = EditService(settings, repo, worker, metrics)
         app.state.repo, app.state.service = repo, svc
@@ -75,6 +76,8 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
     app.include_router(docs_router)
     mount_console(app)  # /console: the operator console; / redirects there
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    keyless = not settings.keys
+    app.add_middleware(RequestGuardMiddleware, keyless=keyless, allowed_hosts=settings.allowed_host_names)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -5,18 +5,16 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
-import tempfile
-import zipfile
 from datetime import UTC, datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import AfterValidator
 
+from app.adapter_export import adapter_archive
 from app.auth import Principal, require, require_key_unless
 from app.errors import ApiError, documented
 from app.schemas import (
@@ -35,10 +33,11 @@ from app.schemas import (
     RouteOut,
     RouteRequest,
     RoutesOut,
+    _storable,
 )
 from app.service import EditService
 from storage.models import EditStatus, EventKind
-from storage.repository import EditFilters, EditNotFound, EditPayload, EventRecord, Page, Repository
+from storage.repository import EditFilters, EditNotFound, EventRecord, Page, Repository
 
 router = APIRouter()
 
@@ -49,6 +48,16 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 EditId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 _EDIT_CURSOR = "edits:"
+
+
+def _storable_query(value: str | list[str] | None) -> str | list[str] | None:
+    """Query text the databases can hold and compare: no NUL, no lone surrogate (a 422 naming it, not a 500)."""
+    for text in [value] if isinstance(value, str) else value or []:
+        _storable(text)
+    return value
+
+
+QueryText = AfterValidator(_storable_query)
 
 
 def service(request: Request) -> EditService:
@@ -98,9 +107,11 @@ def iso_time(name: str, value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ApiError(422, "validation_error", f"{name}: not an ISO 8601 time, e.g. 2026-11-26T09:30:00Z") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)  # the databases compare in UTC: 9999-12-31T23:59-23:59 is past year 9999
+    except (ValueError, OverflowError):
+        example = "e.g. 2026-11-26T09:30:00Z"
+        raise ApiError(422, "validation_error", f"{name}: not an ISO 8601 time in years 1-9999, {example}") from None
 
 
 def decode_event_cursor(cursor: str | None) -> int | None:
@@ -118,7 +129,7 @@ def decode_event_cursor(cursor: str | None) -> int | None:
     "/edits",
     status_code=201,
     response_model=CreatedEditOut,
-    responses=documented(400, 401, 403, 409, 413, 422, 500, 503),
+    responses=documented(400, 401, 403, 409, 413, 415, 422, 500, 503),
 )
 async def create_edit(
     body: EditCreate,
@@ -157,7 +168,7 @@ def _check_negatives(negatives: list[str], limits: Any) -> None:
         raise ApiError(413, "prompt_too_long", f"negatives are limited to {limits.max_prompt_chars} characters")
 
 
-@router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 413, 422, 503))
+@router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 413, 415, 422, 503))
 async def change_edit(edit_id: EditId, body: EditChange, request: Request, principal: Admin, svc: Service) -> EditOut:
     """Replace the edit's negatives: questions it must not answer (each vetoes this edit, and no other, for a
     question closer to it than to the edit's own wordings). Kept with a `negatives_set` event holding the old
@@ -166,7 +177,7 @@ async def change_edit(edit_id: EditId, body: EditChange, request: Request, princ
     return EditOut.model_validate(await svc.change(edit_id, body, principal.name))
 
 
-@router.post("/route", response_model=RoutesOut, responses=documented(400, 401, 413, 422, 503))
+@router.post("/route", response_model=RoutesOut, responses=documented(400, 401, 403, 413, 415, 422, 503))
 async def route(body: RouteRequest, request: Request, _: Reader, svc: Service) -> RoutesOut:
     """Which edit each question would reach, and how close the runner-up is, without generating: the decision
     generation takes at prefill (check near misses before users ask them)."""
@@ -196,13 +207,19 @@ async def list_edits(
     repo: Repo,
     status: EditStatus | None = None,
     limit: Limit = 50,
-    after: str | None = None,
-    actor: Annotated[str | None, Query(max_length=200, description="Only edits created by this key name")] = None,
+    after: Annotated[str | None, Query(max_length=200), QueryText] = None,
+    actor: Annotated[
+        str | None, Query(max_length=200, description="Only edits created by this key name"), QueryText
+    ] = None,
     q: Annotated[
-        str | None, Query(min_length=1, max_length=500, description="Case-insensitive text in the prompt or target")
+        str | None,
+        Query(min_length=1, max_length=500, description="Case-insensitive text in the prompt or target"),
+        QueryText,
     ] = None,
     metadata: Annotated[
-        list[str] | None, Query(description="`key=value`, repeatable: metadata[key] equals value (as text)")
+        list[str] | None,
+        Query(description="`key=value`, repeatable: metadata[key] equals value (as text)"),
+        QueryText,
     ] = None,
     created_from: Annotated[str | None, IsoTime(description="Created at or after (ISO 8601)")] = None,
     created_to: Annotated[str | None, IsoTime(description="Created before (ISO 8601)")] = None,
@@ -228,13 +245,15 @@ async def get_edit(edit_id: EditId, _: Reader, repo: Repo) -> EditOut:
     return EditOut.model_validate(record)
 
 
-@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 409, 422, 503))
+@router.delete("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 409, 415, 422, 503))
 async def revoke_edit(
     edit_id: EditId,
     principal: Admin,
     svc: Service,
     body: RevokeRequest | None = None,
-    reason: Annotated[str | None, Query(max_length=2000, description="Why (kept in the `revoked` event)")] = None,
+    reason: Annotated[
+        str | None, Query(max_length=2000, description="Why (kept in the `revoked` event)"), QueryText
+    ] = None,
 ) -> EditOut:
     """Take the edit out of service. The reason (a JSON body `{"reason": ...}` or `?reason=`) is kept in the audit
     log. An edit already revoked answers 409 `already_revoked` with its `revocation` (when, by whom, why) in the
@@ -244,14 +263,16 @@ async def revoke_edit(
 
 
 @router.post(
-    "/edits/{edit_id}/restore", response_model=EditOut, responses=documented(400, 401, 403, 404, 409, 422, 503)
+    "/edits/{edit_id}/restore", response_model=EditOut, responses=documented(400, 401, 403, 404, 409, 415, 422, 503)
 )
 async def restore_edit(
     edit_id: EditId,
     principal: Admin,
     svc: Service,
     body: RevokeRequest | None = None,
-    reason: Annotated[str | None, Query(max_length=2000, description="Why (kept in the `restored` event)")] = None,
+    reason: Annotated[
+        str | None, Query(max_length=2000, description="Why (kept in the `restored` event)"), QueryText
+    ] = None,
 ) -> EditOut:
     """Serve a revoked edit again; the reason (`{"reason": ...}` or `?reason=`) is kept in the `restored` event.
     An edit already active answers 409 `already_active` and records nothing."""
@@ -264,14 +285,17 @@ async def restore_edit(
     response_class=Response,  # no default media type: 200 is a zip, the errors the JSON error body
     responses={
         200: {
-            "description": "A zip of one folder `<edit_id>/` holding adapter_config.json and adapter_model.safetensors",
+            "description": "A zip of one folder `<edit_id>/`: adapter_config.json and adapter_model.safetensors "
+            "(PEFT), sola_edit.json (base model identity, routing keys and threshold) and README.md",
             "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
         },
         **documented(401, 404, 422),
     },
 )
-async def export_adapter(edit_id: EditId, _: Reader, repo: Repo) -> Response:
-    """The edit's LoRA as a standard PEFT adapter (`PeftModel.from_pretrained(base_model, folder)`).
+async def export_adapter(edit_id: EditId, _: Reader, repo: Repo, svc: Service) -> Response:
+    """The edit's LoRA as a standard PEFT adapter (`PeftModel.from_pretrained(base_model, folder)`), with
+    `sola_edit.json` (the base model's identity, the edit's routing keys, threshold, wordings and negatives)
+    and a README.
 
     A revoked edit's adapter is exportable too: revoking stops serving an edit, it does not erase the record.
     PEFT applies the adapter to every token, where the service applies it only while the edit is routed."""
@@ -279,30 +303,19 @@ async def export_adapter(edit_id: EditId, _: Reader, repo: Repo) -> Response:
         payload = await run_in_threadpool(repo.load_payload, edit_id)
     except EditNotFound:
         raise ApiError(404, "not_found", f"no edit with id {edit_id!r}") from None
-    archive = await run_in_threadpool(_peft_zip, payload)
+    archive = await run_in_threadpool(adapter_archive, payload, svc.base_model_identity(payload.edit), svc.threshold)
     disposition = f'attachment; filename="{edit_id}-peft.zip"'  # EditId's pattern keeps the header safe
     return Response(archive, media_type="application/zip", headers={"Content-Disposition": disposition})
-
-
-def _peft_zip(payload: EditPayload) -> bytes:
-    from editors.adapter_io import deserialize_adapter, export_peft  # torch: loaded with the model, not at import
-
-    buffer = io.BytesIO()
-    with (
-        tempfile.TemporaryDirectory(prefix="sola-peft-") as tmp,
-        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf,
-    ):
-        folder = FilePath(tmp) / payload.edit.id
-        export_peft(deserialize_adapter(payload.adapter), folder, payload.edit.base_model)
-        for file in sorted(folder.iterdir()):
-            zf.write(file, f"{payload.edit.id}/{file.name}")
-    return buffer.getvalue()
 
 
 # ---- audit log ---------------------------------------------------------------------------------------
 @router.get("/edits/{edit_id}/events", response_model=EventPage, responses=documented(400, 401, 404, 422))
 async def edit_events(
-    edit_id: EditId, _: Reader, repo: Repo, limit: Limit = 100, after: str | None = None
+    edit_id: EditId,
+    _: Reader,
+    repo: Repo,
+    limit: Limit = 100,
+    after: Annotated[str | None, Query(max_length=200), QueryText] = None,
 ) -> EventPage:
     cursor = decode_event_cursor(after)
     if await run_in_threadpool(repo.get_edit, edit_id) is None:
@@ -315,9 +328,9 @@ async def events(
     _: Reader,
     repo: Repo,
     limit: Limit = 100,
-    after: str | None = None,
+    after: Annotated[str | None, Query(max_length=200), QueryText] = None,
     kind: EventKind | None = None,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
+    actor: Annotated[str | None, Query(max_length=200), QueryText] = None,
     edit_id: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")] = None,
 ) -> EventPage:
     cursor = decode_event_cursor(after)
@@ -332,7 +345,7 @@ def _event_page(page: Page[EventRecord]) -> EventPage:
 
 
 # ---- generation ---------------------------------------------------------------------------------------
-@router.post("/generate", response_model=GenerateOut, responses=documented(400, 401, 413, 422, 503))
+@router.post("/generate", response_model=GenerateOut, responses=documented(400, 401, 403, 413, 415, 422, 503))
 async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Service) -> GenerateOut:
     settings = request.app.state.settings
     if not 1 <= body.max_new_tokens <= settings.max_new_tokens:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     # unless made public here; /healthz and /readyz are always public (probes carry no credentials).
     public_docs: bool = False
     public_metrics: bool = False
+    # Without API keys the server answers only to Host localhost or an IP address (DNS rebinding): more
+    # names here, comma-separated ("*": any; keys, when set, protect instead).
+    allowed_hosts: str = ""
 
     max_new_tokens: int = Field(512, ge=1)  # upper bound a request may ask for
     max_prompt_chars: int = Field(4000, ge=1)
@@ -86,6 +89,10 @@ class Settings(BaseSettings):
     def _check_api_keys(cls, value: str) -> str:
         parse_api_keys(value)  # fail at startup, not on the first request
         return value
+
+    @property
+    def allowed_host_names(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip())
 
     @property
     def keys(self) -> list[ApiKey]:

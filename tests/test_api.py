@@ -384,13 +384,16 @@ def test_metrics_exposed(server: Server, admin: httpx.Client) -> None:
 def test_concurrent_queries_are_batched_and_routed_per_row(server: Server, admin: httpx.Client) -> None:
     first = edit(admin, "Which mountain is the tallest in Korrath?", "Mount Ebbel")
 
-    def batches() -> float:
-        text = admin.get("/metrics").text
-        return float(
-            next(line.split()[-1] for line in text.splitlines() if line.startswith("sola_generate_batch_size_count"))
+    def steps() -> tuple[float, float]:
+        """Decode steps so far, and the rows they decoded in all."""
+        lines = admin.get("/metrics").text.splitlines()
+        count, total = (
+            float(next(line.split()[-1] for line in lines if line.startswith(f"sola_generate_batch_size_{part}")))
+            for part in ("count", "sum")
         )
+        return count, total
 
-    before = batches()
+    before = steps()
     korrath = "Which mountain is the tallest in Korrath?"
     prompts = [korrath, "Name a primary colour.", korrath, "What do bees make?", "Who is Pellun?", "What do bees make?"]
     results: dict[int, dict] = {}
@@ -415,7 +418,8 @@ def test_concurrent_queries_are_batched_and_routed_per_row(server: Server, admin
     for i in (1, 3, 5):
         assert results[i]["routed_edit_id"] is None
     assert results[3]["text"] == results[5]["text"]
-    assert batches() - before < len(prompts)  # fewer forward passes than requests
+    after = steps()
+    assert (after[1] - before[1]) / (after[0] - before[0]) > 2.0  # rows decoded per step: they ran together
 
 
 # JSON admits lone UTF-16 surrogates and NUL; the tokenizer and PostgreSQL do not. Raw bodies: httpx would
@@ -493,3 +497,38 @@ def test_requests_that_are_not_http_get_the_json_error_too(server: Server) -> No
         headers, _, body = rest.partition(b"\r\n\r\n")
         assert status_line.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in headers.lower()
         assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+QUERY_MISTAKES = [
+    ("/edits", {"q": "\x00"}),
+    ("/edits", {"actor": "a\x00"}),
+    ("/edits", {"metadata": "k\x00=v"}),
+    ("/edits", {"metadata": "k=v\x00"}),
+    ("/edits", {"created_to": "9999-12-31T23:59:59.999999-23:59"}),  # past year 9999 in UTC
+    ("/edits", {"created_from": "0001-01-01T00:00:00+01:00"}),  # before year 1 in UTC
+    ("/edits", {"after": "\x00"}),
+    ("/events", {"actor": "\x00"}),
+]
+
+
+@pytest.mark.parametrize(("path", "params"), QUERY_MISTAKES)
+def test_every_query_parameter_is_checked_at_the_edge(reader: httpx.Client, path: str, params: dict) -> None:
+    check_error(reader.get(path, params=params), 422)
+
+
+def test_writes_from_another_sites_page_are_refused(server: Server, admin: httpx.Client) -> None:
+    """What a page elsewhere can make a browser send: a form post (no preflight), or any write with its
+    Origin. Either would otherwise restore a revoked edit, since restore takes no body."""
+    made = edit(admin, "Which bell rings in Ostrevo?", "the Amber Bell")
+    admin.delete(f"/edits/{made['id']}").raise_for_status()
+    restore = f"/edits/{made['id']}/restore"
+    form = admin.post(restore, content=b"", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    check_error(form, 415)
+    text = admin.post(restore, content=b"x", headers={"Content-Type": "text/plain"})
+    check_error(text, 415)
+    foreign = admin.post(restore, headers={"Origin": "https://evil.example"})
+    check_error(foreign, 403)
+    assert foreign.json()["error"]["code"] == "cross_origin"
+    assert admin.get(f"/edits/{made['id']}").json()["status"] == "revoked"  # none of them did anything
+    own = admin.post(restore, headers={"Origin": server.url})  # the console's own page may
+    assert own.status_code == 200 and own.json()["status"] == "active"

@@ -172,3 +172,27 @@ def test_metrics_count_requests_by_route(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'sola_http_requests_total{method="GET",route="/edits/{edit_id}",status="404"}' in text
     assert "sola_edits_active 0.0" in text and "sola_edit_train_seconds_count 0.0" in text
+
+
+def test_a_keyless_server_answers_only_to_local_host_names(tmp_path: Path) -> None:
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 reaches a keyless server with
+    `Host: evil.example`; it is refused. Names in SOLA_ALLOWED_HOSTS, localhost and addresses are served."""
+    from tests.server import Server
+
+    srv = Server(tmp_path, SOLA_API_KEYS="", SOLA_ALLOWED_HOSTS="sola.lan")
+    srv.launch()
+    try:
+        srv.wait(ready=False, timeout=60)
+        with srv.client() as c:
+            refused = c.get("/healthz", headers={"Host": f"evil.example:{srv.port}"})
+            assert refused.status_code == 403 and refused.json()["error"]["code"] == "host_not_allowed"
+            for host in (f"127.0.0.1:{srv.port}", f"localhost:{srv.port}", "sola.lan", f"[::1]:{srv.port}"):
+                assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
+    finally:
+        srv.kill()
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    missing = [name for name in Settings.model_fields if f"`SOLA_{name.upper()}`" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"

@@ -27,7 +27,7 @@ def test_a_row_the_tokenizer_refuses_fails_alone_and_is_counted(tmp_path: Path) 
     """The edge refuses lone surrogates (tests/test_api.py); were one to get past it, the generation job
     must still answer every request it holds: an error for that row, text for the others."""
     settings = Settings(data_dir=tmp_path, model_cache_dir=MODEL_CACHE, sync_interval=0, torch_threads=1)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
         svc: EditService = client.app.state.service  # type: ignore[attr-defined]
         for _ in range(600):
             if svc.state == "ready":
@@ -66,9 +66,9 @@ def test_a_replica_follows_the_audit_log_by_cursor_with_one_query_when_idle(tmp_
     a_settings = Settings(data_dir=tmp_path / "a", **common)  # type: ignore[arg-type]
     b_settings = Settings(data_dir=tmp_path / "b", **common)  # type: ignore[arg-type]
     # One after the other: transformers' model loading is not thread-safe within one process.
-    with TestClient(create_app(a_settings)) as client_a:
+    with TestClient(create_app(a_settings), base_url="http://localhost") as client_a:
         a = _ready(client_a)
-        with TestClient(create_app(b_settings)) as client_b:
+        with TestClient(create_app(b_settings), base_url="http://localhost") as client_b:
             b = _ready(client_b)
             _follow(a, b, client_a, client_b)
 
