@@ -336,18 +336,26 @@ def export(
 ) -> None:
     """Write the edit's adapter as a PEFT adapter folder.
 
-    DIR gets adapter_config.json and adapter_model.safetensors: load them with
-    `PeftModel.from_pretrained(base_model, DIR)`. A revoked edit's adapter can be exported too."""
+    DIR gets adapter_config.json and adapter_model.safetensors (load them with
+    `PeftModel.from_pretrained(base_model, DIR)`), sola_edit.json (the base model's identity and the edit's
+    routing data) and a README: without the router the adapter changes every answer. A revoked edit's
+    adapter can be exported too."""
     with connect(url, token) as client:
         archive = client.download_adapter(edit_id)
         try:
             files = extract_adapter(archive, out_dir)
         except OSError as exc:
             raise SolaError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    described = out_dir / "sola_edit.json"
+    base = json.loads(described.read_text())["base_model"] if described.is_file() else {}
     if as_json:
-        print_json({"id": edit_id, "dir": str(out_dir), "files": [f.name for f in files]})
-    else:
-        emit(Text(f"wrote {', '.join(f.name for f in files)} to {out_dir}"))
+        print_json({"id": edit_id, "dir": str(out_dir), "files": [f.name for f in files], "base_model": base})
+        return
+    emit(Text(f"wrote {', '.join(f.name for f in files)} to {out_dir}"))
+    if base:
+        where = base.get("local_path_on_server") or "not on the server (it serves another model now)"
+        emit(Text(f"base model: {base.get('hub_id') or base.get('name')} (on the server: {where})"))
+        emit(Text("without the router this adapter changes every answer: see README.md there"))
 
 
 @edits.command("negatives")

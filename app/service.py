@@ -9,16 +9,19 @@ refuses it raises as app/service_errors.py errors; the HTTP edge (app/errors.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from app.active_edits import ActiveEdits
+from app.adapter_export import BaseModelIdentity
 from app.bulk_load import release_freed_memory
 from app.log_follower import AuditLogFollower
 from app.metrics import Metrics
@@ -170,6 +173,7 @@ class EditService:
         self._state_lock = threading.Lock()
         # Read when /metrics is scraped: the requests queued at the door right now (never a stale snapshot).
         metrics.queue_depth.set_function(worker.pending_rows)
+        metrics.rows_decoding.set_function(worker.decoding_rows)
 
     # ---- startup and replica sync (worker thread) --------------------------------------------------
     def load(self) -> None:
@@ -182,13 +186,16 @@ class EditService:
         import torch
 
         torch.set_num_threads(s.torch_threads or default_torch_threads())
-        self.phase = "loading the base model (the first start also converts the bundled weights, ~30 s)"
-        host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
-        self.phase = "building the routing encoders"
-        engine = EditingEngine(host, engine_config(s))
-        self.worker.attach(ContinuousBatch(engine, s.prefill_tokens))
-        edits = ActiveEdits(engine, self.metrics)
-        with self._state_lock:
+        timings: dict[str, float] = {}
+        with self._timed_phase(
+            "loading the base model (the first start also converts the bundled weights, ~30 s)", "model", timings
+        ):
+            host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
+        with self._timed_phase("building the routing encoders", "encoders", timings):
+            engine = EditingEngine(host, engine_config(s))
+            self.worker.attach(ContinuousBatch(engine, s.prefill_tokens))
+            edits = ActiveEdits(engine, self.metrics)
+        with self._timed_phase("activating the stored edits", "edits", timings), self._state_lock:
             self.host, self.engine, self.edits = host, engine, edits
             # The cursor is read first: an edit changed while loading is seen again by sync(), never missed.
             self.log = AuditLogFollower(self.repo.last_event_seq())
@@ -199,13 +206,24 @@ class EditService:
         release_freed_memory()
         self.phase = "ready"
         self.state = "ready"
+        took = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items())
         log.info(
-            "model %s loaded (fingerprint %s); %d active edits loaded, %d refused",
+            "ready: /readyz answers 200 (%s); model %s (fingerprint %s), %d active edits, %d refused",
+            took,
             host.name,
             host.fingerprint[:12],
             loaded,
             len(edits.refused),
         )
+
+    @contextlib.contextmanager
+    def _timed_phase(self, phase: str, name: str, timings: dict[str, float]) -> Iterator[None]:
+        """Say what loading does now (GET /readyz's `phase` and a log line) and time it."""
+        self.phase = phase
+        log.info("starting: %s", phase)
+        started = time.perf_counter()
+        yield
+        timings[name] = time.perf_counter() - started
 
     def _counted(self, payloads: Iterator[EditPayload], total: int) -> Iterator[EditPayload]:
         for done, payload in enumerate(payloads):
@@ -547,6 +565,27 @@ class EditService:
         return encoded
 
     # ---- readiness ---------------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """The routing threshold edits answer at (the engine's, or the configured one before it loads)."""
+        config = self.engine.config if self.engine is not None else engine_config(self.settings)
+        return float(config.threshold)
+
+    def base_model_identity(self, edit: EditRecord) -> BaseModelIdentity:
+        """What an exported adapter names as its base: this server's model when the edit was trained on it."""
+        from editors.model_host import DEFAULT_MODEL_HUB_ID, DEFAULT_MODEL_NAME
+
+        host = self.host
+        ours = host is not None and host.fingerprint == edit.base_fingerprint
+        bundled = edit.base_model == DEFAULT_MODEL_NAME and self.settings.model is None
+        return BaseModelIdentity(
+            name=edit.base_model,
+            hub_id=DEFAULT_MODEL_HUB_ID if bundled else None,
+            fingerprint=edit.base_fingerprint,
+            dtype=str(host.model.dtype).removeprefix("torch.") if host is not None else "float32",
+            local_path=str(host.source) if ours and host is not None and host.source else None,
+        )
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = model loaded, database answers, index holds exactly the active edits' keys."""
         detail: dict[str, Any] = {"model": self.state, "phase": self.phase}

