@@ -213,11 +213,12 @@ def test_admin_makes_finds_asks_and_revokes_an_edit(server: Server, offline: Off
     with server.client(ADMIN) as admin:
         admin.delete(f"/edits/{edit_id}", params={"reason": "wrong architect (OPS-13)"}).raise_for_status()
 
-    # The audit log, newest first, filtered by kind.
+    # The audit log, newest first, filtered by kind; each row names its edit by id (a link) and prompt.
     page.goto(server.url + "/console/#/audit")
     first = page.locator("#events-table tbody tr").first
     expect(first).to_contain_text("revoked")
-    expect(first).to_contain_text(edit_id)
+    expect(first.locator(".edit-ref")).to_contain_text(f"{prompt} → {target}")
+    expect(first.locator(".edit-ref a")).to_have_attribute("title", edit_id)
     page.select_option("#audit-filters select[name=kind]", "created")
     expect(page.locator("#events-table tbody tr[data-kind=revoked]")).to_have_count(0)
     expect(page.locator("#events-table tbody tr[data-kind=created]").first).to_be_visible()
