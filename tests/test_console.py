@@ -312,3 +312,43 @@ def test_negatives_and_routes_in_the_console(server: Server, offline: Offline, s
     expect(page.locator("#timeline li[data-kind=negatives_set]")).to_contain_text("closing time is fine")
     expect(page.locator("#edit-facts")).not_to_contain_text(closes)
     screenshot(page, shots, "13-edit-negatives")
+
+
+def test_superseded_edits_are_named_by_prompt(server: Server, offline: Offline, shots: Path) -> None:
+    prompt = "Which quay does the ferry Saint Orla sail from on weekday mornings in winter?"
+    old, new = "Carrick Bay", "Dunmore Quay"
+    clipped = "Which quay does the ferry Saint Orla sail from on weekday…"  # cut under 60 characters, whole on hover
+    with server.client(ADMIN) as admin:
+        made = admin.post("/edits", json={"prompt": prompt, "target": old})
+        assert made.status_code == 201, made.text
+        older_id = made.json()["id"]
+    page = offline.page()
+    sign_in(page, server, ADMIN)
+
+    # A new edit of the same question supersedes the older one: the box names it by its prompt and target.
+    page.goto(server.url + "/console/#/new")
+    page.fill("input[name=prompt]", prompt)
+    page.fill("input[name=target]", new)
+    page.click("#train")
+    result = page.locator("#new-edit-result .success")
+    expect(result).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    newer_id = result.locator("h2 a").inner_text()
+    older = page.locator("#supersedes .edit-ref")
+    expect(older).to_contain_text(f"{clipped} → {old}")
+    expect(older.locator(".ref-prompt")).to_have_attribute("title", prompt)
+    expect(older.locator("a")).to_have_attribute("title", older_id)
+    screenshot(page, shots, "14-new-edit-supersedes")
+
+    # The older edit's page names its successor, and so does its timeline.
+    older.locator("a").click()
+    expect(page.locator("#superseded-by .edit-ref")).to_contain_text(f"{clipped} → {new}")
+    expect(page.locator("#superseded-by .edit-ref a")).to_have_attribute("href", f"#/edits/{newer_id}")
+    expect(page.locator("#timeline li[data-kind=superseded] .edit-ref")).to_contain_text(new)
+    screenshot(page, shots, "15-edit-superseded")
+
+    # In the audit log, the newer edit's row names the edit it superseded.
+    page.goto(f"{server.url}/console/#/audit?edit={newer_id}")
+    row = page.locator("#events-table tbody tr[data-kind=created]")
+    expect(row.locator(".edit-ref").nth(0)).to_contain_text(f"{clipped} → {new}")
+    expect(row.locator(".edit-ref").nth(1)).to_contain_text(f"{clipped} → {old}")
+    screenshot(page, shots, "16-audit-supersedes")

@@ -1,20 +1,36 @@
 // #/edits/ID: one edit's fields, its audit trail, revoke / restore (admin keys), and "try it": its prompt asked
 // with and without edits, side by side.
 
-import { api, walk } from "../api.js";
-import { badge, clear, editLink, errorBox, eventDetail, field, h, score, training, when } from "../dom.js";
+import { api, fetchEdits, walk } from "../api.js";
+import {
+  badge,
+  clear,
+  editLink,
+  editRef,
+  errorBox,
+  eventDetail,
+  eventEditIds,
+  field,
+  h,
+  score,
+  training,
+  when,
+} from "../dom.js";
 
 export async function render(root, _params, ctx, id) {
   const path = `/edits/${encodeURIComponent(id)}`;
   const [edit, events] = await Promise.all([api("GET", path), walk(`${path}/events`)]);
+  // The other edits this page names (the one superseding it, those it superseded), with their prompts.
+  const edits = new Map([[edit.id, edit]]);
+  await fetchEdits([edit.superseded_by, ...events.items.flatMap(eventEditIds)], edits);
   const rerender = () => render(clear(root), _params, ctx, id).catch((err) => root.append(errorBox(err)));
   root.append(
     h("p", { class: "crumbs" }, h("a", { href: "#/edits" }, "Edits"), " / ", h("span", { class: "mono" }, edit.id)),
     h("h1", {}, edit.prompt, " ", badge(edit.status)),
     actions(edit, path, ctx, rerender),
-    h("div", { class: "columns" }, facts(edit), tryIt(edit)),
+    h("div", { class: "columns" }, facts(edit, edits), tryIt(edit)),
     negativesEditor(edit, path, ctx, rerender),
-    timeline(events.items),
+    timeline(events.items, edits),
   );
 }
 
@@ -65,7 +81,7 @@ function actions(edit, path, ctx, done) {
   return h("div", { class: "card actions-bar" }, h("div", { class: "row" }, open), note, status, dialog);
 }
 
-function facts(edit) {
+function facts(edit, edits) {
   const rows = [
     ["Id", h("span", { class: "mono" }, edit.id)],
     ["Prompt", edit.prompt],
@@ -73,7 +89,7 @@ function facts(edit) {
     ["Rephrases", edit.rephrases.length ? h("ul", {}, edit.rephrases.map((r) => h("li", {}, r))) : "—"],
     ["Negatives", edit.negatives.length ? h("ul", {}, edit.negatives.map((r) => h("li", {}, r))) : "—"],
     ["Metadata", metadata(edit.metadata)],
-    ["Superseded by", edit.superseded_by ? supersededBy(edit.superseded_by) : "—"],
+    ["Superseded by", edit.superseded_by ? supersededBy(edit.superseded_by, edits) : "—"],
     ["Created", when(edit.created_at), ` by ${edit.created_by}`],
     ["Revoked", edit.revoked_at ? [when(edit.revoked_at), ` by ${edit.revoked_by}`] : "—"],
     ["Training", `${training(edit.train)}, loss ${Number(edit.train.loss).toFixed(4)}`],
@@ -120,9 +136,9 @@ function negativesEditor(edit, path, ctx, done) {
   );
 }
 
-function supersededBy(id) {
-  const why = h("small", { class: "muted" }, " — a newer edit of the same question answers it now");
-  return h("span", {}, editLink(id), why);
+function supersededBy(id, edits) {
+  const why = h("small", { class: "muted" }, "A newer edit of the same question answers it now.");
+  return h("div", { id: "superseded-by" }, editRef(id, edits.get(id)), h("br"), why);
 }
 
 function metadata(meta) {
@@ -193,7 +209,7 @@ export function provenance(answer, thisEdit = null, editsOff = false) {
   return h("p", { class: "unrouted" }, `No edit fired: ${answer.model} answered alone.`, nearest);
 }
 
-function timeline(events) {
+function timeline(events, edits) {
   return h(
     "section",
     { class: "card" },
@@ -202,7 +218,15 @@ function timeline(events) {
       "ol",
       { class: "timeline", id: "timeline" },
       events.map((ev) =>
-        h("li", { "data-kind": ev.kind }, when(ev.at), " ", badge(ev.kind), ` by ${ev.actor} · `, eventDetail(ev)),
+        h(
+          "li",
+          { "data-kind": ev.kind },
+          when(ev.at),
+          " ",
+          badge(ev.kind),
+          ` by ${ev.actor} · `,
+          eventDetail(ev, edits, false),
+        ),
       ),
     ),
   );
