@@ -1,5 +1,5 @@
-// #/edits/ID: one edit's fields, its audit trail, revoke / restore (admin keys), and "try it": its prompt asked
-// with and without edits, side by side.
+// #/edits/ID: one edit's fields, its audit trail, revoke / restore (admin keys), and "try it": any questions
+// routed (which edit fires for each) and asked with and without edits, side by side.
 
 import { api, fetchEdits, walk } from "../api.js";
 import {
@@ -13,9 +13,12 @@ import {
   field,
   h,
   score,
+  shortLink,
   training,
   when,
 } from "../dom.js";
+
+const MAX_QUESTIONS = 8; // "try it" asks at most this many: each is two generations
 
 export async function render(root, _params, ctx, id) {
   const path = `/edits/${encodeURIComponent(id)}`;
@@ -28,7 +31,7 @@ export async function render(root, _params, ctx, id) {
     h("p", { class: "crumbs" }, h("a", { href: "#/edits" }, "Edits"), " / ", h("span", { class: "mono" }, edit.id)),
     h("h1", {}, edit.prompt, " ", badge(edit.status)),
     actions(edit, path, ctx, rerender),
-    h("div", { class: "columns" }, facts(edit, edits), tryIt(edit)),
+    h("div", { class: "columns" }, facts(edit, edits), tryIt(edit, edits)),
     negativesEditor(edit, path, ctx, rerender),
     timeline(events.items, edits),
   );
@@ -148,20 +151,36 @@ function metadata(meta) {
   return h("table", { class: "kv" }, entries.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, text(v)))));
 }
 
-function tryIt(edit) {
-  const out = h("div", { class: "compare", id: "try-results" });
-  const button = h("button", { type: "button", id: "try-it" }, "Ask this prompt");
+// "Try it": questions, one a line (the edit's prompt to start with), each routed (POST /route: which edit fires)
+// and asked with edits and without (POST /generate, chat format), side by side.
+function tryIt(edit, edits) {
+  const questions = h("textarea", { name: "questions", rows: 3 }, edit.prompt);
+  const out = h("div", { id: "try-results" });
+  const button = h("button", { type: "button", id: "try-it" }, "Ask");
   button.addEventListener("click", async () => {
+    const typed = questions.value.split("\n").map((s) => s.trim()).filter(Boolean);
+    if (!typed.length) {
+      clear(out, errorBox("Type a question to ask: one a line."));
+      return;
+    }
+    const asked = typed.slice(0, MAX_QUESTIONS);
     button.disabled = true;
-    clear(out, h("p", { class: "muted" }, "Asking…"));
+    clear(out, h("p", { class: "muted" }, asked.length > 1 ? `Asking ${asked.length} questions…` : "Asking…"));
     try {
-      const ask = (useEdits) =>
-        api("POST", "/generate", { body: { prompt: edit.prompt, chat: true, use_edits: useEdits } });
-      const [withEdits, without] = await Promise.all([ask(true), ask(false)]);
+      const generate = (prompt, useEdits) =>
+        api("POST", "/generate", { body: { prompt, chat: true, use_edits: useEdits } });
+      const [routed, answers] = await Promise.all([
+        api("POST", "/route", { body: { questions: asked, chat: true } }),
+        Promise.all(asked.map((q) => Promise.all([generate(q, true), generate(q, false)]))),
+      ]);
+      const named = routed.routes.flatMap((r) => [r.edit_id, r.nearest_edit_id, ...r.vetoed]);
+      await fetchEdits([...named, ...answers.map(([withEdits]) => withEdits.routed_edit_id)], edits);
+      const dropped = typed.length - asked.length;
+      const note = `Asked the first ${MAX_QUESTIONS} questions; ${dropped} left out.`;
       clear(
         out,
-        answerCard("With edits", withEdits, edit.id, "answer-with"),
-        answerCard("Without edits", without, null, "answer-without", true),
+        dropped ? h("p", { class: "warning" }, note) : null,
+        asked.map((q, i) => tryResult(q, routed.routes[i], answers[i], edit, edits)),
       );
     } catch (err) {
       clear(out, errorBox(err));
@@ -171,23 +190,73 @@ function tryIt(edit) {
   });
   return h(
     "section",
-    { class: "card" },
+    { class: "card form", id: "try-it-card" },
     h("h2", {}, "Try it"),
-    h("p", { class: "muted" }, "Asks the edit's prompt (chat format) with edits and with the unedited model."),
+    field(
+      "Questions",
+      questions,
+      `One a line, up to ${MAX_QUESTIONS}: each is routed, then asked (chat format) with edits and without.`,
+    ),
+    h(
+      "p",
+      { class: "muted hint" },
+      "Near misses (another attribute of the same subject, a sibling's name) should show “no edit”.",
+    ),
     button,
     out,
   );
 }
 
-// One /generate answer: the text, and which edit fired (or the nearest one and its score when none did).
-export function answerCard(title, answer, thisEdit, id, editsOff = false) {
+// One question of "try it": which edit fires for it (this one, another, or none), then both answers.
+function tryResult(question, route, [withEdits, without], edit, edits) {
+  const thisId = edit.id;
+  const fires = !route.edit_id ? "none" : route.edit_id === thisId ? "this" : "other";
+  const ref = (id) => (id === thisId ? h("span", { class: "this-edit" }, "this edit") : editRef(id, edits.get(id)));
+  // /route and /generate route alike; should they ever differ, say so rather than show one of them.
+  const answered = withEdits.routed_edit_id ?? null;
+  const differs =
+    answered === route.edit_id
+      ? null
+      : h("p", { class: "warning" }, "Yet the answer with edits came from ", answered ? ref(answered) : "no edit", ".");
   return h(
     "div",
-    { class: "answer", id },
-    h("h3", {}, title),
-    h("blockquote", {}, answer.text.trim() || "(empty)"),
-    provenance(answer, thisEdit, editsOff),
+    { class: "try-result", "data-fires": fires },
+    h("p", { class: "question" }, h("strong", {}, question)),
+    firing(route, fires, ref, edit),
+    differs,
+    h(
+      "div",
+      { class: "compare" },
+      answerBox("With edits", withEdits, "answer-with"),
+      answerBox("Without edits", without, "answer-without"),
+    ),
   );
+}
+
+function firing(route, fires, ref, edit) {
+  const vetoed = route.vetoed.length
+    ? [" · vetoed: ", route.vetoed.flatMap((id, i) => (i ? [", ", ref(id)] : [ref(id)]))]
+    : [];
+  if (fires === "none") {
+    // The nearest edit is worth naming only when it scored at all: 0 is no overlap, not a near miss.
+    const nearby = route.nearest_edit_id && route.score >= 0.0005;
+    const near = nearby ? [" · nearest ", ref(route.nearest_edit_id), `, score ${score(route.score)}`] : [];
+    const revoked = edit.status === "active" ? null : ` · this edit is ${edit.status}`;
+    return h("p", { class: "fires unrouted" }, h("strong", {}, "No edit fires"), near, vetoed, revoked);
+  }
+  const other = route.runner_up_id;
+  const runnerUp = other === edit.id ? "this edit" : other && shortLink(other);
+  const margin = runnerUp ? [`, margin ${score(route.margin)} over `, runnerUp] : [];
+  const who =
+    fires === "this"
+      ? h("strong", {}, "This edit fires")
+      : [h("strong", {}, "Another edit fires:"), " ", ref(route.edit_id)];
+  return h("p", { class: `fires routed fires-${fires}` }, who, ` · score ${score(route.score)}`, margin, vetoed);
+}
+
+function answerBox(title, answer, cls) {
+  const text = answer.text.trim() || "(empty)";
+  return h("div", { class: `answer ${cls}` }, h("h3", {}, title), h("blockquote", {}, text));
 }
 
 // `editsOff`: asked with use_edits=false, so no edit was even considered.
