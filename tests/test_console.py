@@ -172,16 +172,26 @@ def test_admin_makes_finds_asks_and_revokes_an_edit(server: Server, offline: Off
     expect(answer.locator(".routed")).to_contain_text("similarity")
     screenshot(page, shots, "04-playground")
 
-    # The edit's page: fields, metadata, and "try it" with and without edits.
+    # The edit's page: fields, metadata, and "try it": its own prompt (prefilled) and any other question, each
+    # routed and asked with and without edits. This edit fires for its prompt; an unrelated question reaches none.
     answer.locator(".routed a").click()
     facts = page.locator("#edit-facts")
     expect(facts).to_contain_text("OPS-12")
     expect(facts).to_contain_text("The Varrow Lighthouse was designed by whom?")
+    questions = page.locator("textarea[name=questions]")
+    expect(questions).to_have_value(prompt)
+    questions.fill(f"{prompt}\nHow many legs does a spider have?")
     page.click("#try-it")
-    expect(page.locator("#answer-with")).to_contain_text(target, timeout=ANSWER_TIMEOUT_MS)
-    expect(page.locator("#answer-with .routed")).to_contain_text(f"{edit_id} (this edit)")
-    expect(page.locator("#answer-without .unrouted")).to_contain_text("Edits off")
-    expect(page.locator("#answer-without blockquote")).not_to_contain_text(target)
+    tried = page.locator("#try-results .try-result")
+    expect(tried).to_have_count(2, timeout=ANSWER_TIMEOUT_MS)
+    expect(tried.nth(0)).to_have_attribute("data-fires", "this")
+    expect(tried.nth(0).locator(".fires")).to_contain_text("This edit fires")
+    expect(tried.nth(0).locator(".answer-with blockquote")).to_contain_text(target)
+    expect(tried.nth(0).locator(".answer-without blockquote")).not_to_contain_text(target)
+    expect(tried.nth(1)).to_have_attribute("data-fires", "none")
+    expect(tried.nth(1).locator(".fires")).to_contain_text("No edit fires")
+    expect(tried.nth(1).locator(".answer-with blockquote")).not_to_contain_text(target)
+    expect(page.locator("#try-it-card")).to_contain_text("should show “no edit”")
     screenshot(page, shots, "05-edit")
 
     # Revoke asks first: cancelling changes nothing; confirming with a reason revokes, and the timeline says so.
@@ -199,9 +209,13 @@ def test_admin_makes_finds_asks_and_revokes_an_edit(server: Server, offline: Off
     expect(revoked).to_contain_text("by alice")
     expect(revoked).to_contain_text("wrong architect (OPS-13)")
     expect(page.locator("#timeline li")).to_have_count(2)
+    expect(page.locator("textarea[name=questions]")).to_have_value(prompt)
     page.click("#try-it")
-    expect(page.locator("#answer-with .unrouted")).to_contain_text("No edit fired", timeout=ANSWER_TIMEOUT_MS)
-    expect(page.locator("#answer-with blockquote")).not_to_contain_text(target)
+    tried = page.locator("#try-results .try-result")
+    expect(tried).to_have_attribute("data-fires", "none", timeout=ANSWER_TIMEOUT_MS)
+    expect(tried.locator(".fires")).to_contain_text("No edit fires")
+    expect(tried.locator(".fires")).to_contain_text("this edit is revoked")
+    expect(tried.locator(".answer-with blockquote")).not_to_contain_text(target)
     expect(page.locator("#restore")).to_be_enabled()
     screenshot(page, shots, "06-edit-revoked")
     # Restore asks too, and keeps its reason; a second revoke elsewhere would be refused, not recorded.
@@ -213,11 +227,12 @@ def test_admin_makes_finds_asks_and_revokes_an_edit(server: Server, offline: Off
     with server.client(ADMIN) as admin:
         admin.delete(f"/edits/{edit_id}", params={"reason": "wrong architect (OPS-13)"}).raise_for_status()
 
-    # The audit log, newest first, filtered by kind.
+    # The audit log, newest first, filtered by kind; each row names its edit by id (a link) and prompt.
     page.goto(server.url + "/console/#/audit")
     first = page.locator("#events-table tbody tr").first
     expect(first).to_contain_text("revoked")
-    expect(first).to_contain_text(edit_id)
+    expect(first.locator(".edit-ref")).to_contain_text(f"{prompt} → {target}")
+    expect(first.locator(".edit-ref a")).to_have_attribute("title", edit_id)
     page.select_option("#audit-filters select[name=kind]", "created")
     expect(page.locator("#events-table tbody tr[data-kind=revoked]")).to_have_count(0)
     expect(page.locator("#events-table tbody tr[data-kind=created]").first).to_be_visible()
@@ -311,3 +326,47 @@ def test_negatives_and_routes_in_the_console(server: Server, offline: Offline, s
     expect(page.locator("#timeline li[data-kind=negatives_set]")).to_contain_text("closing time is fine")
     expect(page.locator("#edit-facts")).not_to_contain_text(closes)
     screenshot(page, shots, "13-edit-negatives")
+
+
+def test_superseded_edits_are_named_by_prompt(server: Server, offline: Offline, shots: Path) -> None:
+    prompt = "Which quay does the ferry Saint Orla sail from on weekday mornings in winter?"
+    old, new = "Carrick Bay", "Dunmore Quay"
+    clipped = "Which quay does the ferry Saint Orla sail from on weekday…"  # cut under 60 characters, whole on hover
+    with server.client(ADMIN) as admin:
+        made = admin.post("/edits", json={"prompt": prompt, "target": old})
+        assert made.status_code == 201, made.text
+        older_id = made.json()["id"]
+    page = offline.page()
+    sign_in(page, server, ADMIN)
+
+    # A new edit of the same question supersedes the older one: the box names it by its prompt and target.
+    page.goto(server.url + "/console/#/new")
+    page.fill("input[name=prompt]", prompt)
+    page.fill("input[name=target]", new)
+    page.click("#train")
+    result = page.locator("#new-edit-result .success")
+    expect(result).to_be_visible(timeout=TRAIN_TIMEOUT_MS)
+    newer_id = result.locator("h2 a").inner_text()
+    older = page.locator("#supersedes .edit-ref")
+    expect(older).to_contain_text(f"{clipped} → {old}")
+    expect(older.locator(".ref-prompt")).to_have_attribute("title", prompt)
+    expect(older.locator("a")).to_have_attribute("title", older_id)
+    screenshot(page, shots, "14-new-edit-supersedes")
+
+    # The older edit's page names its successor, and so does its timeline; "try it" shows the successor firing.
+    older.locator("a").click()
+    expect(page.locator("#superseded-by .edit-ref")).to_contain_text(f"{clipped} → {new}")
+    expect(page.locator("#superseded-by .edit-ref a")).to_have_attribute("href", f"#/edits/{newer_id}")
+    expect(page.locator("#timeline li[data-kind=superseded] .edit-ref")).to_contain_text(new)
+    page.click("#try-it")
+    tried = page.locator("#try-results .try-result")
+    expect(tried).to_have_attribute("data-fires", "other", timeout=ANSWER_TIMEOUT_MS)
+    expect(tried.locator(".fires .edit-ref a")).to_have_attribute("title", newer_id)
+    screenshot(page, shots, "15-edit-superseded")
+
+    # In the audit log, the newer edit's row names the edit it superseded.
+    page.goto(f"{server.url}/console/#/audit?edit={newer_id}")
+    row = page.locator("#events-table tbody tr[data-kind=created]")
+    expect(row.locator(".edit-ref").nth(0)).to_contain_text(f"{clipped} → {new}")
+    expect(row.locator(".edit-ref").nth(1)).to_contain_text(f"{clipped} → {old}")
+    screenshot(page, shots, "16-audit-supersedes")

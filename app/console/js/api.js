@@ -4,6 +4,7 @@ const KEY_STORE = "sola.apiKey";
 // The console is served at <root>/console/, the API at <root>/ (so a proxy's path prefix carries over).
 const API_ROOT = new URL("../", document.baseURI);
 const PAGE_SIZE = 500; // the API's largest page: fewest round trips when walking a whole listing
+const FETCH_AT_ONCE = 6; // requests in flight when fetching edits one by one: what a browser runs per host
 
 export class ApiError extends Error {
   constructor(status, code, message) {
@@ -85,4 +86,23 @@ export async function probeRole(key = session.key) {
     if (err.status === 403) return "reader";
   }
   return "admin";
+}
+
+// The edits a page names by id (GET /edits/{id}), each asked once, a few at a time, into `known` (id -> edit,
+// or null when the edit could not be read: it shows as its id alone). A page keeps one map for its render, so
+// ids already there are not asked again. A 401 is thrown: the key stopped working.
+export async function fetchEdits(ids, known = new Map()) {
+  const wanted = [...new Set(ids)].filter((id) => id && !known.has(id));
+  const next = async () => {
+    for (let id = wanted.shift(); id !== undefined; id = wanted.shift()) {
+      try {
+        known.set(id, await api("GET", `/edits/${encodeURIComponent(id)}`));
+      } catch (err) {
+        if (err.status === 401) throw err;
+        known.set(id, null); // a 404, or no answer: shown as the bare id
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(FETCH_AT_ONCE, wanted.length) }, next));
+  return known;
 }

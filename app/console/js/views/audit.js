@@ -2,10 +2,11 @@
 //
 // The API pages the log oldest first (its cursor is the event seq, which replicas follow), so this view walks
 // every matching page (500 events a request) and shows them newest first, SHOWN at a time. That is one
-// request per 500 events, up to MAX_EVENTS; past that it says the listing stops short.
+// request per 500 events, up to MAX_EVENTS; past that it says the listing stops short. The edits the shown
+// events name are then fetched once each, to show every id with its edit's prompt and target.
 
-import { walk } from "../api.js";
-import { badge, clear, editLink, eventDetail, field, h, when } from "../dom.js";
+import { fetchEdits, walk } from "../api.js";
+import { badge, clear, editRef, eventDetail, eventEditIds, field, h, when } from "../dom.js";
 
 const SHOWN = 100;
 const MAX_EVENTS = 50_000;
@@ -20,10 +21,11 @@ export async function render(root, params) {
   items.reverse();
   const page = Math.max(0, Number(params.get("page") ?? 0) || 0);
   const shown = items.slice(page * SHOWN, (page + 1) * SHOWN);
+  const edits = await fetchEdits(shown.flatMap((ev) => [ev.edit_id, ...eventEditIds(ev)]));
   clear(
     results,
     complete ? null : h("p", { class: "warning" }, `Showing the oldest ${items.length} events only.`),
-    eventTable(shown),
+    eventTable(shown, edits),
     pager(params, page, items.length),
   );
 }
@@ -58,7 +60,7 @@ function filterForm(params) {
   return form;
 }
 
-function eventTable(events) {
+function eventTable(events, edits) {
   if (!events.length) return h("p", { class: "muted empty" }, "No events match these filters.");
   const head = ["Seq", "When", "Kind", "Actor", "Edit", "Detail"].map((c) => h("th", {}, c));
   const rows = events.map((ev) =>
@@ -69,8 +71,8 @@ function eventTable(events) {
       h("td", { class: "nowrap" }, when(ev.at)),
       h("td", {}, badge(ev.kind)),
       h("td", {}, ev.actor),
-      h("td", {}, editLink(ev.edit_id)),
-      h("td", { class: "wrap" }, eventDetail(ev)),
+      h("td", { class: "wrap" }, editRef(ev.edit_id, edits.get(ev.edit_id))),
+      h("td", { class: "wrap" }, eventDetail(ev, edits, !edits.get(ev.edit_id))),
     ),
   );
   return h("table", { class: "grid", id: "events-table" }, h("thead", {}, h("tr", {}, head)), h("tbody", {}, rows));

@@ -1,20 +1,39 @@
-// #/edits/ID: one edit's fields, its audit trail, revoke / restore (admin keys), and "try it": its prompt asked
-// with and without edits, side by side.
+// #/edits/ID: one edit's fields, its audit trail, revoke / restore (admin keys), and "try it": any questions
+// routed (which edit fires for each) and asked with and without edits, side by side.
 
-import { api, walk } from "../api.js";
-import { badge, clear, editLink, errorBox, eventDetail, field, h, score, training, when } from "../dom.js";
+import { api, fetchEdits, walk } from "../api.js";
+import {
+  badge,
+  clear,
+  editLink,
+  editRef,
+  errorBox,
+  eventDetail,
+  eventEditIds,
+  field,
+  h,
+  score,
+  shortLink,
+  training,
+  when,
+} from "../dom.js";
+
+const MAX_QUESTIONS = 8; // "try it" asks at most this many: each is two generations
 
 export async function render(root, _params, ctx, id) {
   const path = `/edits/${encodeURIComponent(id)}`;
   const [edit, events] = await Promise.all([api("GET", path), walk(`${path}/events`)]);
+  // The other edits this page names (the one superseding it, those it superseded), with their prompts.
+  const edits = new Map([[edit.id, edit]]);
+  await fetchEdits([edit.superseded_by, ...events.items.flatMap(eventEditIds)], edits);
   const rerender = () => render(clear(root), _params, ctx, id).catch((err) => root.append(errorBox(err)));
   root.append(
     h("p", { class: "crumbs" }, h("a", { href: "#/edits" }, "Edits"), " / ", h("span", { class: "mono" }, edit.id)),
     h("h1", {}, edit.prompt, " ", badge(edit.status)),
     actions(edit, path, ctx, rerender),
-    h("div", { class: "columns" }, facts(edit), tryIt(edit)),
+    h("div", { class: "columns" }, facts(edit, edits), tryIt(edit, edits)),
     negativesEditor(edit, path, ctx, rerender),
-    timeline(events.items),
+    timeline(events.items, edits),
   );
 }
 
@@ -65,7 +84,7 @@ function actions(edit, path, ctx, done) {
   return h("div", { class: "card actions-bar" }, h("div", { class: "row" }, open), note, status, dialog);
 }
 
-function facts(edit) {
+function facts(edit, edits) {
   const rows = [
     ["Id", h("span", { class: "mono" }, edit.id)],
     ["Prompt", edit.prompt],
@@ -73,7 +92,7 @@ function facts(edit) {
     ["Rephrases", edit.rephrases.length ? h("ul", {}, edit.rephrases.map((r) => h("li", {}, r))) : "—"],
     ["Negatives", edit.negatives.length ? h("ul", {}, edit.negatives.map((r) => h("li", {}, r))) : "—"],
     ["Metadata", metadata(edit.metadata)],
-    ["Superseded by", edit.superseded_by ? supersededBy(edit.superseded_by) : "—"],
+    ["Superseded by", edit.superseded_by ? supersededBy(edit.superseded_by, edits) : "—"],
     ["Created", when(edit.created_at), ` by ${edit.created_by}`],
     ["Revoked", edit.revoked_at ? [when(edit.revoked_at), ` by ${edit.revoked_by}`] : "—"],
     ["Training", `${training(edit.train)}, loss ${Number(edit.train.loss).toFixed(4)}`],
@@ -120,9 +139,9 @@ function negativesEditor(edit, path, ctx, done) {
   );
 }
 
-function supersededBy(id) {
-  const why = h("small", { class: "muted" }, " — a newer edit of the same question answers it now");
-  return h("span", {}, editLink(id), why);
+function supersededBy(id, edits) {
+  const why = h("small", { class: "muted" }, "A newer edit of the same question answers it now.");
+  return h("div", { id: "superseded-by" }, editRef(id, edits.get(id)), h("br"), why);
 }
 
 function metadata(meta) {
@@ -132,20 +151,36 @@ function metadata(meta) {
   return h("table", { class: "kv" }, entries.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, text(v)))));
 }
 
-function tryIt(edit) {
-  const out = h("div", { class: "compare", id: "try-results" });
-  const button = h("button", { type: "button", id: "try-it" }, "Ask this prompt");
+// "Try it": questions, one a line (the edit's prompt to start with), each routed (POST /route: which edit fires)
+// and asked with edits and without (POST /generate, chat format), side by side.
+function tryIt(edit, edits) {
+  const questions = h("textarea", { name: "questions", rows: 3 }, edit.prompt);
+  const out = h("div", { id: "try-results" });
+  const button = h("button", { type: "button", id: "try-it" }, "Ask");
   button.addEventListener("click", async () => {
+    const typed = questions.value.split("\n").map((s) => s.trim()).filter(Boolean);
+    if (!typed.length) {
+      clear(out, errorBox("Type a question to ask: one a line."));
+      return;
+    }
+    const asked = typed.slice(0, MAX_QUESTIONS);
     button.disabled = true;
-    clear(out, h("p", { class: "muted" }, "Asking…"));
+    clear(out, h("p", { class: "muted" }, asked.length > 1 ? `Asking ${asked.length} questions…` : "Asking…"));
     try {
-      const ask = (useEdits) =>
-        api("POST", "/generate", { body: { prompt: edit.prompt, chat: true, use_edits: useEdits } });
-      const [withEdits, without] = await Promise.all([ask(true), ask(false)]);
+      const generate = (prompt, useEdits) =>
+        api("POST", "/generate", { body: { prompt, chat: true, use_edits: useEdits } });
+      const [routed, answers] = await Promise.all([
+        api("POST", "/route", { body: { questions: asked, chat: true } }),
+        Promise.all(asked.map((q) => Promise.all([generate(q, true), generate(q, false)]))),
+      ]);
+      const named = routed.routes.flatMap((r) => [r.edit_id, r.nearest_edit_id, ...r.vetoed]);
+      await fetchEdits([...named, ...answers.map(([withEdits]) => withEdits.routed_edit_id)], edits);
+      const dropped = typed.length - asked.length;
+      const note = `Asked the first ${MAX_QUESTIONS} questions; ${dropped} left out.`;
       clear(
         out,
-        answerCard("With edits", withEdits, edit.id, "answer-with"),
-        answerCard("Without edits", without, null, "answer-without", true),
+        dropped ? h("p", { class: "warning" }, note) : null,
+        asked.map((q, i) => tryResult(q, routed.routes[i], answers[i], edit, edits)),
       );
     } catch (err) {
       clear(out, errorBox(err));
@@ -155,23 +190,73 @@ function tryIt(edit) {
   });
   return h(
     "section",
-    { class: "card" },
+    { class: "card form", id: "try-it-card" },
     h("h2", {}, "Try it"),
-    h("p", { class: "muted" }, "Asks the edit's prompt (chat format) with edits and with the unedited model."),
+    field(
+      "Questions",
+      questions,
+      `One a line, up to ${MAX_QUESTIONS}: each is routed, then asked (chat format) with edits and without.`,
+    ),
+    h(
+      "p",
+      { class: "muted hint" },
+      "Near misses (another attribute of the same subject, a sibling's name) should show “no edit”.",
+    ),
     button,
     out,
   );
 }
 
-// One /generate answer: the text, and which edit fired (or the nearest one and its score when none did).
-export function answerCard(title, answer, thisEdit, id, editsOff = false) {
+// One question of "try it": which edit fires for it (this one, another, or none), then both answers.
+function tryResult(question, route, [withEdits, without], edit, edits) {
+  const thisId = edit.id;
+  const fires = !route.edit_id ? "none" : route.edit_id === thisId ? "this" : "other";
+  const ref = (id) => (id === thisId ? h("span", { class: "this-edit" }, "this edit") : editRef(id, edits.get(id)));
+  // /route and /generate route alike; should they ever differ, say so rather than show one of them.
+  const answered = withEdits.routed_edit_id ?? null;
+  const differs =
+    answered === route.edit_id
+      ? null
+      : h("p", { class: "warning" }, "Yet the answer with edits came from ", answered ? ref(answered) : "no edit", ".");
   return h(
     "div",
-    { class: "answer", id },
-    h("h3", {}, title),
-    h("blockquote", {}, answer.text.trim() || "(empty)"),
-    provenance(answer, thisEdit, editsOff),
+    { class: "try-result", "data-fires": fires },
+    h("p", { class: "question" }, h("strong", {}, question)),
+    firing(route, fires, ref, edit),
+    differs,
+    h(
+      "div",
+      { class: "compare" },
+      answerBox("With edits", withEdits, "answer-with"),
+      answerBox("Without edits", without, "answer-without"),
+    ),
   );
+}
+
+function firing(route, fires, ref, edit) {
+  const vetoed = route.vetoed.length
+    ? [" · vetoed: ", route.vetoed.flatMap((id, i) => (i ? [", ", ref(id)] : [ref(id)]))]
+    : [];
+  if (fires === "none") {
+    // The nearest edit is worth naming only when it scored at all: 0 is no overlap, not a near miss.
+    const nearby = route.nearest_edit_id && route.score >= 0.0005;
+    const near = nearby ? [" · nearest ", ref(route.nearest_edit_id), `, score ${score(route.score)}`] : [];
+    const revoked = edit.status === "active" ? null : ` · this edit is ${edit.status}`;
+    return h("p", { class: "fires unrouted" }, h("strong", {}, "No edit fires"), near, vetoed, revoked);
+  }
+  const other = route.runner_up_id;
+  const runnerUp = other === edit.id ? "this edit" : other && shortLink(other);
+  const margin = runnerUp ? [`, margin ${score(route.margin)} over `, runnerUp] : [];
+  const who =
+    fires === "this"
+      ? h("strong", {}, "This edit fires")
+      : [h("strong", {}, "Another edit fires:"), " ", ref(route.edit_id)];
+  return h("p", { class: `fires routed fires-${fires}` }, who, ` · score ${score(route.score)}`, margin, vetoed);
+}
+
+function answerBox(title, answer, cls) {
+  const text = answer.text.trim() || "(empty)";
+  return h("div", { class: `answer ${cls}` }, h("h3", {}, title), h("blockquote", {}, text));
 }
 
 // `editsOff`: asked with use_edits=false, so no edit was even considered.
@@ -193,7 +278,7 @@ export function provenance(answer, thisEdit = null, editsOff = false) {
   return h("p", { class: "unrouted" }, `No edit fired: ${answer.model} answered alone.`, nearest);
 }
 
-function timeline(events) {
+function timeline(events, edits) {
   return h(
     "section",
     { class: "card" },
@@ -202,7 +287,15 @@ function timeline(events) {
       "ol",
       { class: "timeline", id: "timeline" },
       events.map((ev) =>
-        h("li", { "data-kind": ev.kind }, when(ev.at), " ", badge(ev.kind), ` by ${ev.actor} · `, eventDetail(ev)),
+        h(
+          "li",
+          { "data-kind": ev.kind },
+          when(ev.at),
+          " ",
+          badge(ev.kind),
+          ` by ${ev.actor} · `,
+          eventDetail(ev, edits, false),
+        ),
       ),
     ),
   );

@@ -1,7 +1,7 @@
 // #/new: train one edit (POST /edits) and show what training did and which edits it supersedes.
 
-import { api } from "../api.js";
-import { clear, editLink, errorBox, field, h, parsePairs, score } from "../dom.js";
+import { api, fetchEdits } from "../api.js";
+import { clear, editLink, editRef, errorBox, field, h, parsePairs, score, shortLink } from "../dom.js";
 
 export async function render(root, _params, ctx) {
   const reader = ctx.role !== "admin";
@@ -51,7 +51,9 @@ export async function render(root, _params, ctx) {
     result.append(waiting);
     try {
       const created = await api("POST", "/edits", { body });
-      clear(result, trained(created));
+      // The edits it supersedes, to show their prompts; the edit is made, so a failure here shows bare ids.
+      const older = await fetchEdits(created.supersedes.map((s) => s.edit_id)).catch(() => new Map());
+      clear(result, trained(created, older));
       form.reset();
     } catch (err) {
       if (err.status === 403) ctx.demote();
@@ -73,16 +75,18 @@ function moved(list, none) {
   return h(
     "ul",
     {},
-    list.map((c) => h("li", {}, `“${c.question}” (${c.prompt_format}) `, editLink(c.edit_id), ` ${score(c.score)}`)),
+    list.map((c) => h("li", {}, `“${c.question}” (${c.prompt_format}) → `, shortLink(c.edit_id), ` ${score(c.score)}`)),
   );
 }
 
-function trained(edit) {
+function trained(edit, older) {
   const supersedes = edit.supersedes.length
     ? h(
         "ul",
         {},
-        edit.supersedes.map((s) => h("li", {}, editLink(s.edit_id), ` (similarity ${score(s.similarity)})`)),
+        edit.supersedes.map((s) =>
+          h("li", {}, editRef(s.edit_id, older.get(s.edit_id)), ` (similarity ${score(s.similarity)})`),
+        ),
       )
     : h("span", { class: "muted" }, "no active edit of the same question");
   const ask = new URLSearchParams({ prompt: edit.prompt });
@@ -96,7 +100,7 @@ function trained(edit) {
       h("dt", {}, "Training"),
       h("dd", {}, `${edit.train.steps} steps, loss ${loss(edit.train)}, ${Number(edit.train.seconds).toFixed(2)} s`),
       h("dt", {}, "Supersedes"),
-      h("dd", {}, supersedes),
+      h("dd", { id: "supersedes" }, supersedes),
       h("dt", {}, "Captures"),
       h("dd", { id: "captures" }, moved(edit.captures, "no older edit's wording now reaches this edit")),
       h("dt", {}, "Captured by"),
