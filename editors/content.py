@@ -4,7 +4,7 @@ The last prompt token's state (the first router's key) mostly encodes the templa
 around the question; pooled over the question's own tokens, with each token weighted by how unlike any
 token of a fixed generic background it is, the vector is dominated by the question's distinctive words
 (its subject and relation) and barely moved by a system prompt or earlier turns. Measured in
-scripts/routing_study.py: paraphrase -> own edit in the top 1 rises from 0.79 to 0.95 for raw prompts
+studies/content_router: paraphrase -> own edit in the top 1 rises from 0.79 to 0.95 for raw prompts
 and from 0.79 to 0.93 under a custom system prompt.
 
 Semantics, for span states s [T, D] of one question:

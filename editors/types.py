@@ -25,12 +25,11 @@ class PromptFormat(StrEnum):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Knobs of the editing method. Defaults were chosen by measurement (see docs/benchmarks.md)."""
+    """Knobs of the editing method. Defaults were chosen by measurement (see studies/README.md)."""
 
     layer: int = 26  # the edited layer: keys are the residual stream entering it, LoRA sits in its MLP
     # Routing score = content cosine x (share of the key's subject words in the query)^2, one threshold for
-    # chat and raw prompts alike. Chosen in scripts/routing_study.py as the value that keeps neighbours
-    # (same template, other subject) and locality prompts routed <= 2% on ZsRE and CounterFact dev records.
+    # chat and raw prompts alike; router/relation.py's check decides after it (studies/content_router/README.md).
     threshold: float = 0.40
     tie_margin: float = 1e-3  # keys this close to the best score count as the same fact: the newest edit wins
     rank: int = 4
@@ -38,17 +37,14 @@ class EngineConfig:
     learning_rate: float = 5e-2
     max_steps: int = 60
     # Also train until the targets' mean cross-entropy is below this, not only until each target token is the
-    # argmax: routed answers hold their target verbatim (operator dev set 0.961 -> 0.984) and carry it to more
-    # paraphrases, for about 0.2 s more per edit (docs/benchmarks.md). It once cost same-subject locality, when
-    # the router still sent those questions to the edit; the relation check (router/relation.py) stopped that.
+    # argmax: answers hold their target verbatim more often (studies/adapter_training/README.md).
     target_loss: float | None = 0.02
     max_train_seconds: float | None = None  # an edit not learnt in this long fails (TrainingTimeout)
     seed: int = 0
     generic_contexts: int = 0  # generic prompts also trained to answer the target (see EditingEngine.train_edit)
     search_k: int = 8  # neighbours fetched per query before the threshold / newest-wins rule
     # dtype the bank stores active adapters in ("float16", "bfloat16"; None: the model's). The bank is most of
-    # an active edit's memory; the delta is still computed in the model's dtype. float16 halves it and left
-    # every edit's answer as float32 gave it (docs/benchmarks.md, "Scale": scripts/bank_precision_study.py).
+    # an active edit's memory; the delta is still computed in the model's dtype (studies/bank_precision/README.md).
     bank_dtype: str | None = "float16"
 
 

@@ -1,7 +1,7 @@
 """Semantic key index: which active edit, if any, a query is about (FAISS + subject words).
 
-Two stages per query (see docs/benchmarks.md, "How routing decides"):
-1. dense: the query's content vector (router/content.py) against every key's by cosine, top `k` (FAISS);
+Two stages per query (see studies/content_router/README.md):
+1. dense: the query's content vector (editors/content.py) against every key's by cosine, top `k` (FAISS);
 2. lexical: each candidate's cosine is multiplied by the square of the share of the key's subject words
    that the query contains (router/lexical.py). The best product fires its edit if >= the threshold.
 
@@ -9,8 +9,8 @@ A key is one prompt of an edit (its own, or a rephrase the operator gave) in one
 is ID-mapped: each key row gets a stable int64 id, so removing an edit never renumbers the others.
 Revoking an edit removes its keys: the index is then exactly what it would be had the edit never been made.
 
-Candidates come from a FAISS index whose codes are float16 (half the memory traffic of float32: 0.7 ms
-instead of 1.3-1.5 ms per query at 10,000 keys, docs/benchmarks.md); they are then scored exactly from
+Candidates come from a FAISS index whose codes are float16 (half the memory traffic of float32, about half
+the time: studies/content_router/README.md); they are then scored exactly from
 float32 copies, so every decision and reported similarity is the float32 cosine whichever index found them.
 Index kinds: "flat" scans every key (exact); "ivf" scans the `nprobe` nearest of about sqrt(n) k-means
 cells (approximate; FAISS removes from it in place, unlike HNSW); "auto" (the default) is flat below

@@ -1,6 +1,6 @@
-"""Does a bank stored in half precision answer exactly as the float32 bank? (docs/benchmarks.md, "Scale")
+"""Does a bank stored in half precision answer exactly as the float32 bank? (studies/bank_precision/README.md)
 
-    python scripts/bank_precision_study.py --n 100 --threads 1
+    python -m studies.bank_precision.run --n 100 --threads 1
 
 The first N records of ZsRE (chat) and CounterFact (raw) are trained once and activated together in two
 engines that differ only in `bank_dtype`: the model's float32 (bank_dtype None), and each half-precision

@@ -1,7 +1,8 @@
-"""Routing study behind the router's defaults (docs/benchmarks.md, "How routing decides").
+"""Routing study behind the router's defaults (studies/content_router/README.md).
 
-    python scripts/routing_study.py ../shared/data/zsre/zsre_mend_train_1k.json zsre --n 300 --prompt-format chat
-    python scripts/routing_study.py ../shared/data/counterfact/counterfact_train.json counterfact --n 500 --raw
+    python -m studies.content_router.run ../shared/data/zsre/zsre_mend_train_1k.json zsre --n 300 --prompt-format chat
+    python -m studies.content_router.run ../shared/data/counterfact/counterfact_train.json counterfact --n 500 \\
+        --prompt-format raw
 
 Router only, no training: the first N records' prompts become keys in the product's own KeyIndex (content
 vectors from the engine, subject words from router/lexical.py), then every probe is routed and, per

@@ -1,10 +1,10 @@
 """Adapter study: what one edit's LoRA does to its own questions, with the router taken out of the picture.
 
-    python scripts/adapter_study.py --n 30 --set max_steps=30 --threads 1
+    python -m studies.adapter_training.run --n 30 --set max_steps=30 --threads 1
 
 Each of the first N records of each dev file is trained as an edit, activated ALONE, measured and
 revoked, so every figure is the adapter's (routing among many edits is measured by `sola eval` and
-scripts/routing_study.py). Per file: Rel and Gen (teacher-forced token accuracy of the target after
+studies/content_router). Per file: Rel and Gen (teacher-forced token accuracy of the target after
 the prompt / paraphrase), same-subject locality (KnowEdit's Relation_Specificity: teacher-forced
 unchanged rate, the same as `sola eval`), the share of same-subject prompts routed, degeneration of the
 edited answer (chat and raw, greedy, target length + 8 tokens) and the training steps and seconds.

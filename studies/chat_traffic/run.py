@@ -1,6 +1,6 @@
-"""Do edits fire in real chat traffic through the OpenAI-compatible endpoint? (docs/benchmarks.md, "Serving")
+"""Do edits fire in real chat traffic through the OpenAI-compatible endpoint? (studies/chat_traffic/README.md)
 
-    python scripts/chat_traffic_study.py --n 30 --threads 1
+    python -m studies.chat_traffic.run --n 30 --threads 1
 
 Makes the first N ZsRE records edits on a real server (through POST /edits), then asks each record's
 paraphrase through POST /v1/chat/completions three ways: alone, after the operator's own system prompt, and

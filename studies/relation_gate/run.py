@@ -1,7 +1,7 @@
 """Relation gate study: can a projection learnt once per base model tell a paraphrase from another relation?
 
-    python scripts/relation_gate_study.py --threads 1            # ~35 min on one thread, features cached
-    python scripts/relation_gate_study.py --synthetic --threads 1
+    python -m studies.relation_gate.run --threads 1            # ~35 min on one thread, features cached
+    python -m studies.relation_gate.run --synthetic --threads 1
 
 The router fires an edit on same-subject questions about another relation (KnowEdit's
 Relation_Specificity), because their content vector and subject words match the edit. This study asks
@@ -38,7 +38,7 @@ from editors.training import EditExample
 from editors.types import PromptFormat
 from evaluation.datasets import load_records
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data of the repository
 TEMPERATURE = 0.1
 # Generic phrasings of common Wikidata properties (written for this study, not taken from any record).
 RELATIONS = {
