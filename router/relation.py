@@ -200,16 +200,35 @@ class Wording:
         )
 
 
+@dataclass(frozen=True)
+class QueryView:
+    """What the relation check reads from a query once its subject is known."""
+
+    words: frozenset[str]
+    answer: str | None
+    voice: bool | None
+    relation: int | None
+
+
+@functools.lru_cache(maxsize=4096)
+def query_view(query: str, subject: frozenset[str], is_common: lexical.IsCommon) -> QueryView:
+    """Cached: a query's candidates are mostly one subject's edits (its other attributes), each checked in turn."""
+    question = asked(query, subject, is_common)
+    template = masked(question, subject, is_common)
+    return QueryView(
+        relation_words(question, subject),
+        answer_type(question),
+        subject_first_voice(question, subject),
+        known_relations().get(template) if template is not None else None,
+    )
+
+
 def same_question(query: str, wordings: tuple[Wording, ...], is_common: lexical.IsCommon) -> bool:
     """Whether the query asks what one of the edit's wordings asks (the module doc's checks)."""
     subject = frozenset().union(*(w.subject for w in wordings))
-    query = asked(query, subject, is_common)
-    words = relation_words(query, subject)
+    view = query_view(query, subject, is_common)
+    words, answer, voice, relation = view.words, view.answer, view.voice, view.relation
     known = frozenset().union(*(w.words for w in wordings))
-    answer = answer_type(query)
-    voice = subject_first_voice(query, subject)
-    template = masked(query, subject, is_common)
-    relation = known_relations().get(template) if template is not None else None
     # A terse wording ("founding year of X?") asks what the edit's other wordings ask: its prompt's answer type.
     edit_answer = next((w.answer for w in wordings if w.answer is not None), None)
     for w in wordings:
