@@ -71,14 +71,22 @@ class Gate:
         self.words.pop(edit_id, None)
         self.negatives.pop(edit_id, None)
 
-    def refusal(self, query: np.ndarray, question: str, words: frozenset[str], candidate: Candidate) -> str | None:
-        """Why this candidate may not answer the query (checks 1-4 of the module doc), or None."""
+    def refusal(
+        self,
+        query: np.ndarray,
+        question: str,
+        words: frozenset[str],
+        candidate: Candidate,
+        views: dict[frozenset[str], relation.QueryView] | None = None,
+    ) -> str | None:
+        """Why this candidate may not answer the query (checks 1-4 of the module doc), or None. `views`: the
+        relation check's reading of this query, shared across its candidates."""
         if candidate.coverage < 1.0:
             return "subject"
         asked = question[lexical.question_start(question, self.is_common) :]
         if not lexical.names(asked, self.is_common) <= self.words.get(candidate.edit_id, frozenset()):
             return "name"
-        if not relation.same_question(question, self._relation_view(candidate.edit_id), self.is_common):
+        if not relation.same_question(question, self._relation_view(candidate.edit_id), self.is_common, views):
             return "relation"
         negatives = self.negatives.get(candidate.edit_id)
         if negatives is not None and negatives.score(query, words) >= candidate.score:
@@ -107,10 +115,11 @@ class Gate:
         words = lexical.words(question)
         fired: Candidate | None = None
         vetoed: list[str] = []
+        views: dict[frozenset[str], relation.QueryView] = {}
         for candidate in ranked:
             if candidate.score < threshold:
                 break
-            if self.refusal(query, question, words, candidate) is None and (verify is None or verify(candidate)):
+            if self.refusal(query, question, words, candidate, views) is None and (verify is None or verify(candidate)):
                 fired = candidate
                 break
             vetoed.append(candidate.edit_id)

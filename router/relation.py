@@ -210,9 +210,7 @@ class QueryView:
     relation: int | None
 
 
-@functools.lru_cache(maxsize=4096)
 def query_view(query: str, subject: frozenset[str], is_common: lexical.IsCommon) -> QueryView:
-    """Cached: a query's candidates are mostly one subject's edits (its other attributes), each checked in turn."""
     question = asked(query, subject, is_common)
     template = masked(question, subject, is_common)
     return QueryView(
@@ -223,10 +221,20 @@ def query_view(query: str, subject: frozenset[str], is_common: lexical.IsCommon)
     )
 
 
-def same_question(query: str, wordings: tuple[Wording, ...], is_common: lexical.IsCommon) -> bool:
-    """Whether the query asks what one of the edit's wordings asks (the module doc's checks)."""
+def same_question(
+    query: str,
+    wordings: tuple[Wording, ...],
+    is_common: lexical.IsCommon,
+    views: dict[frozenset[str], QueryView] | None = None,
+) -> bool:
+    """Whether the query asks what one of the edit's wordings asks (the module doc's checks). `views`: the
+    query's views by subject, kept by the caller across one query's candidates (mostly one subject's edits,
+    its other attributes, each checked in turn)."""
     subject = frozenset().union(*(w.subject for w in wordings))
-    view = query_view(query, subject, is_common)
+    views = {} if views is None else views
+    view = views.get(subject)
+    if view is None:
+        view = views[subject] = query_view(query, subject, is_common)
     words, answer, voice, relation = view.words, view.answer, view.voice, view.relation
     known = frozenset().union(*(w.words for w in wordings))
     # A terse wording ("founding year of X?") asks what the edit's other wordings ask: its prompt's answer type.
