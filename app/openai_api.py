@@ -41,7 +41,7 @@ from app.openai_schemas import (
 )
 from app.service import Ask, EditService
 from app.service_errors import PromptTooLong
-from editors.types import PromptFormat, RowEvent, Sampling, TokenLogprob
+from editors.types import ChatContext, PromptFormat, RowEvent, Sampling, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 Reader = Annotated[Principal, Depends(require("reader"))]
@@ -91,8 +91,6 @@ def sampling(body: _Sampling, max_tokens: int | None, request: Request, top_logp
 def chat_ask(body: ChatCompletionRequest, request: Request) -> Ask:
     """The last user turn is the question (routing reads it); the system prompt and earlier turns are its
     context, formatted by the model's chat template."""
-    from editors.model_host import ChatContext  # torch: loaded with the model, not at import
-
     if not body.messages:
         raise bad_request("messages: give at least one message, the last from the user")
     system: list[str] = []

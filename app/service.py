@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.active_edits import ActiveEdits
 from app.adapter_export import BaseModelIdentity
@@ -41,7 +41,17 @@ from app.service_errors import (
 )
 from app.settings import Settings, default_torch_threads
 from app.worker import ModelWorker
-from editors.types import SHUTDOWN, Generation, PromptFormat, Row, RowEvent, RowEventKind, Sampling, TrainedEdit
+from editors.types import (
+    SHUTDOWN,
+    ChatContext,
+    Generation,
+    PromptFormat,
+    Row,
+    RowEvent,
+    RowEventKind,
+    Sampling,
+    TrainedEdit,
+)
 from router.key_index import Route
 from storage.models import EditStatus, EventKind
 from storage.repository import (
@@ -54,9 +64,6 @@ from storage.repository import (
     Supersession,
     keys_to_rows,
 )
-
-if TYPE_CHECKING:
-    from editors.model_host import ChatContext
 
 log = logging.getLogger(__name__)
 
@@ -409,8 +416,6 @@ class EditService:
 
     async def route(self, request: RouteRequest) -> list[Route]:
         """POST /route: where each question would go, decided as generation decides it at prefill."""
-        from editors.model_host import ChatContext
-
         self._ready_edits()
         prompt_format = PromptFormat.CHAT if request.chat and self.host.has_chat_template else PromptFormat.RAW
         context = None
@@ -538,7 +543,7 @@ class EditService:
             self.metrics.edit_hits.hit(edit_id)
 
     def check_fits(self, ask: Ask) -> Any:
-        """The prompt's tokens (editors.model_host.PromptTokens), encoded once for the decoder too; raises
+        """The prompt's tokens (editors.types.PromptTokens), encoded once for the decoder too; raises
         InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
         from editors.model_host import PromptFormatError
 

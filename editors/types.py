@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: importing them would load torch and FAISS
-    from editors.model_host import ChatContext, PromptTokens
+if TYPE_CHECKING:  # annotations only: importing it would load FAISS
     from router.key_index import Route
 
 
@@ -21,6 +20,22 @@ class PromptFormat(StrEnum):
 
     CHAT = "chat"
     RAW = "raw"
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """What surrounds a question in real chat traffic: an operator's system prompt and earlier turns."""
+
+    system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()  # (role, content), role "user" or "assistant"
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A formatted prompt's token ids and where the question itself lies in them (the router reads that span)."""
+
+    ids: list[int]
+    span: tuple[int, int]  # [start, end) of the question's tokens: the last user turn, or the whole raw prompt
 
 
 @dataclass(frozen=True)
@@ -165,7 +180,7 @@ class Row:
     prompt_format: PromptFormat
     sampling: Sampling
     emit: Callable[[RowEvent], None]
-    context: ChatContext | None = None  # editors.model_host.ChatContext
+    context: ChatContext | None = None
     use_edits: bool = True
     encoded: PromptTokens | None = None  # the prompt's tokens, if the caller has them already (else encoded there)
     cancelled: bool = False  # set from any thread (client gone): the row leaves at the next step

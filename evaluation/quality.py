@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from editors.batch import generate
 from editors.engine import EditingEngine
-from editors.model_host import ChatContext, ModelHost
-from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
+from editors.model_host import ModelHost
+from editors.types import ChatContext, EngineConfig, Generation, PromptFormat, Score, TrainedEdit
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
 
