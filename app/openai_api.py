@@ -18,9 +18,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app.api_error import ApiError
 from app.auth import Principal, require
 from app.disconnect import unless_disconnected
-from app.errors import ApiError, documented
+from app.errors import documented
 from app.openai_schemas import (
     ChatChoice,
     ChatCompletion,

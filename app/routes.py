@@ -15,8 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator
 
 from app.adapter_export import adapter_archive
+from app.api_error import ApiError
 from app.auth import Principal, require, require_key_unless
-from app.errors import ApiError, documented
+from app.errors import documented
 from app.schemas import (
     Capture,
     CreatedEditOut,
