@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from app import client_cli
-from editors.types import PromptFormat
+from editors.types import PromptFormat, engine_config
 from evaluation.datasets import FORMATS
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
@@ -105,7 +105,7 @@ def evaluate(
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
     from evaluation import operator
     from evaluation.datasets import DatasetError
-    from evaluation.quality import engine_config, markdown_table, run_eval
+    from evaluation.quality import markdown_table, run_eval
 
     if not dataset.is_file():
         raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")

@@ -51,6 +51,7 @@ from editors.types import (
     RowEventKind,
     Sampling,
     TrainedEdit,
+    engine_config,
 )
 from router.key_index import Route
 from storage.models import EditStatus, EventKind
@@ -148,22 +149,6 @@ def stored_edit(
     )
 
 
-def engine_config(settings: Settings) -> Any:
-    """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
-    from editors.types import EngineConfig
-
-    knobs: dict[str, Any] = {
-        "layer": settings.layer,
-        "threshold": settings.threshold,
-        "rank": settings.rank,
-        "max_steps": settings.max_train_steps,
-        "max_train_seconds": settings.max_train_seconds,
-        "bank_dtype": settings.bank_dtype,  # "model" is resolved below
-    }
-    config = replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
-    return replace(config, bank_dtype=None) if config.bank_dtype == "model" else config
-
-
 class EditService:
     def __init__(self, settings: Settings, repo: Repository, worker: ModelWorker, metrics: Metrics) -> None:
         self.settings = settings
@@ -199,7 +184,7 @@ class EditService:
         ):
             host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
         with self._timed_phase("building the routing encoders", "encoders", timings):
-            engine = EditingEngine(host, engine_config(s))
+            engine = EditingEngine(host, engine_config(**s.engine_knobs()))
             self.worker.attach(ContinuousBatch(engine, s.prefill_tokens))
             edits = ActiveEdits(engine, self.metrics)
         with self._timed_phase("activating the stored edits", "edits", timings), self._state_lock:
@@ -573,7 +558,7 @@ class EditService:
     @property
     def threshold(self) -> float:
         """The routing threshold edits answer at (the engine's, or the configured one before it loads)."""
-        config = self.engine.config if self.engine is not None else engine_config(self.settings)
+        config = self.engine.config if self.engine is not None else engine_config(**self.settings.engine_knobs())
         return float(config.threshold)
 
     def base_model_identity(self, edit: EditRecord) -> BaseModelIdentity:

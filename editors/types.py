@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,6 +62,49 @@ class EngineConfig:
     # dtype the bank stores active adapters in ("float16", "bfloat16"; None: the model's). The bank is most of
     # an active edit's memory; the delta is still computed in the model's dtype (studies/bank_precision/README.md).
     bank_dtype: str | None = "float16"
+
+
+def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> EngineConfig field values, typed as the field is (`none` for an optional one).
+
+    Raises ValueError naming the bad assignment and the known fields, so a mistyped knob never runs silently.
+    """
+    hints = typing.get_type_hints(EngineConfig)
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in hints:
+            known = ", ".join(f.name for f in fields(EngineConfig))
+            raise ValueError(f"{assignment!r}: expected KEY=VALUE with KEY one of: {known}")
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw.lower() == "none":
+            if type(None) not in typing.get_args(hints[key]):
+                raise ValueError(f"{assignment!r}: {key} cannot be none")
+            changes[key] = None
+            continue
+        kind = kinds[0]
+        try:
+            changes[key] = {"true": True, "false": False}[raw.lower()] if kind is bool else kind(raw)
+        except (KeyError, ValueError):
+            raise ValueError(f"{assignment!r}: {key} takes a value of type {kind.__name__}") from None
+    return changes
+
+
+def engine_config(
+    layer: int | None = None, threshold: float | None = None, overrides: Sequence[str] = (), **knobs: Any
+) -> EngineConfig:
+    """EngineConfig's measured defaults with `knobs` (fields by name, taken as given), then `layer` and
+    `threshold` unless None, then `KEY=VALUE` overrides (parse_overrides). The one way the engine's knobs are
+    set: from the server's settings (`engine_config(**settings.engine_knobs())`) and from `sola eval`'s
+    --layer, --threshold and --set. Raises ValueError naming an unknown knob or a mistyped value."""
+    unknown = sorted(set(knobs) - {f.name for f in fields(EngineConfig)})
+    if unknown:
+        raise ValueError(f"not EngineConfig knobs: {', '.join(unknown)}")
+    changes = dict(knobs)
+    changes |= {name: value for name, value in (("layer", layer), ("threshold", threshold)) if value is not None}
+    changes |= parse_overrides(overrides)
+    return replace(EngineConfig(), **changes)
 
 
 @dataclass
