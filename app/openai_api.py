@@ -13,13 +13,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.api_error import ApiError
-from app.auth import Principal, require
+from app.deps import Reader, Service
 from app.disconnect import unless_disconnected
 from app.errors import documented
 from app.openai_schemas import (
@@ -45,17 +45,9 @@ from app.service_errors import PromptTooLong
 from editors.types import ChatContext, PromptFormat, RowEvent, Sampling, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
-Reader = Annotated[Principal, Depends(require("reader"))]
 STARTED = int(time.time())  # the models' `created`: when this server started serving them
 DEFAULT_MAX_TOKENS = 256  # when a request names none (bounded by SOLA_MAX_NEW_TOKENS and the context)
 SYSTEM_ROLES = ("system", "developer")
-
-
-def service(request: Request) -> EditService:
-    return request.app.state.service
-
-
-Service = Annotated[EditService, Depends(service)]
 
 
 def bad_request(message: str, code: str = "invalid_request_error") -> ApiError:
