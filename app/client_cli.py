@@ -38,9 +38,9 @@ from app.client import (
     edit_request,
     extract_adapter,
 )
-from app.schemas import EditCreate, EditOut, EventOut, GenerateOut
 from evaluation.datasets import FORMATS, DatasetError, load_records
 from storage.models import EventKind
+from wire.schemas import EditCreate, EditOut, EventOut, GenerateOut
 
 PIPED_WIDTH = 200
 

@@ -19,6 +19,7 @@ from app import service_errors as se
 from app.api_error import ApiError
 from app.auth import authenticate, bearer_token
 from storage.repository import EditNotFound
+from wire.schemas import ErrorOut
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ _DOCUMENTED = {
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses, all with the one error body."""
-    from app.schemas import ErrorOut  # schemas import storage; errors stay importable on their own
-
     return {status: {"model": ErrorOut, "description": _DOCUMENTED[status]} for status in statuses}
 
 

@@ -19,7 +19,10 @@ from app.api_error import ApiError
 from app.auth import require_key_unless
 from app.deps import Admin, AppSettings, Reader, Repo, Service
 from app.errors import documented
-from app.schemas import (
+from app.settings import Settings
+from storage.repository import EditFilters, EditNotFound, EventRecord, Page
+from wire.kinds import EditStatus, EventKind
+from wire.schemas import (
     Capture,
     CreatedEditOut,
     EditChange,
@@ -35,11 +38,8 @@ from app.schemas import (
     RouteOut,
     RouteRequest,
     RoutesOut,
-    _storable,
+    storable,
 )
-from app.settings import Settings
-from storage.models import EditStatus, EventKind
-from storage.repository import EditFilters, EditNotFound, EventRecord, Page
 
 router = APIRouter()
 
@@ -53,7 +53,7 @@ _EDIT_CURSOR = "edits:"
 def _storable_query(value: str | list[str] | None) -> str | list[str] | None:
     """Query text the databases can hold and compare: no NUL, no lone surrogate (a 422 naming it, not a 500)."""
     for text in [value] if isinstance(value, str) else value or []:
-        _storable(text)
+        storable(text)
     return value
 
 

@@ -25,7 +25,6 @@ from app.adapter_export import BaseModelIdentity
 from app.bulk_load import release_freed_memory
 from app.log_follower import AuditLogFollower
 from app.metrics import Metrics
-from app.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 from app.service_errors import (
     ActivationFailed,
     AdapterRefused,
@@ -54,7 +53,6 @@ from editors.types import (
     engine_config,
 )
 from router.key_index import Route
-from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
     EditPayload,
@@ -65,6 +63,8 @@ from storage.repository import (
     Supersession,
     keys_to_rows,
 )
+from wire.kinds import EditStatus, EventKind
+from wire.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 
 log = logging.getLogger(__name__)
 

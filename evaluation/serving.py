@@ -122,8 +122,8 @@ class EditCommitter:
         self.host, self.layer = host, layer
 
     def commit(self, edit_id: str, record: BenchmarkRecord, trained: TrainedEdit) -> float:
-        from app.schemas import EditCreate
         from app.service import stored_edit
+        from wire.schemas import EditCreate
 
         body = EditCreate(prompt=record.prompt, target=record.target)
         new = stored_edit(edit_id, body, trained, self.host, self.layer, actor="bench")

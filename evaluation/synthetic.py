@@ -24,7 +24,8 @@ from editors.types import EngineConfig
 from router.key_index import normalise
 from storage.db import make_db_engine
 from storage.migrate import upgrade
-from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
+from storage.models import Edit, EditAdapter, EditKey, Event, utcnow
+from wire.kinds import EditStatus, EventKind
 
 CHUNK = 2_000
 

@@ -17,7 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import make_sessionmaker
-from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
+from storage.models import Edit, EditAdapter, EditKey, Event, utcnow
+from wire.kinds import EditStatus, EventKind
 
 T = TypeVar("T")
 

@@ -14,7 +14,6 @@ from sqlalchemy.exc import DBAPIError
 
 from storage.db import make_db_engine, sqlite_url
 from storage.migrate import current_revision, upgrade
-from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
     IdempotencyKeyTaken,
@@ -24,6 +23,7 @@ from storage.repository import (
     Supersession,
 )
 from tests.pg import pg_schema_url, requires_pg
+from wire.kinds import EditStatus, EventKind
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, requires_pg])])
