@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -58,10 +56,11 @@ from storage.repository import (
     EditPayload,
     EditRecord,
     IdempotencyKeyTaken,
-    NewEdit,
     Repository,
     Supersession,
     keys_to_rows,
+    request_hash,
+    stored_edit,
 )
 from wire.kinds import EditStatus, EventKind
 from wire.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
@@ -101,52 +100,6 @@ class CreatedEdit:
 
 def new_edit_id() -> str:
     return f"ed_{uuid.uuid4().hex}"
-
-
-def request_hash(body: EditCreate) -> str:
-    """Canonical hash of an edit request: an idempotency key replays only the very same request. Fields added
-    since keys were first stored (negatives) count only when set, so an older request still hashes the same."""
-    fields = body.model_dump(mode="json")
-    if not fields["negatives"]:
-        del fields["negatives"]
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def stored_edit(
-    edit_id: str,
-    body: EditCreate,
-    trained: TrainedEdit,
-    host: Any,  # editors.model_host.ModelHost
-    layer: int,
-    actor: str,
-    idempotency_key: str | None = None,
-    negative_keys: tuple[Any, list[str]] | None = None,  # (keys [n, D], kinds) from EditingEngine.negative_keys
-) -> NewEdit:
-    """The database row of a trained edit (the benchmark commits its edits through this too)."""
-    keys = keys_to_rows(trained.keys, trained.key_kinds)
-    if negative_keys is not None and negative_keys[1]:
-        keys += keys_to_rows(*negative_keys)
-    return NewEdit(
-        id=edit_id,
-        prompt=body.prompt,
-        target=body.target,
-        rephrases=body.rephrases,
-        negatives=body.negatives,
-        metadata=body.metadata,
-        created_by=actor,
-        base_model=host.name,
-        base_fingerprint=host.fingerprint,
-        layer=layer,
-        train_steps=int(trained.steps),
-        train_loss=float(trained.loss),
-        train_seconds=float(trained.seconds),
-        adapter=trained.adapter,
-        adapter_sha256=trained.adapter_sha256,
-        keys=keys,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash(body) if idempotency_key else None,
-    )
 
 
 class EditService:

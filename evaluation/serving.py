@@ -122,7 +122,7 @@ class EditCommitter:
         self.host, self.layer = host, layer
 
     def commit(self, edit_id: str, record: BenchmarkRecord, trained: TrainedEdit) -> float:
-        from app.service import stored_edit
+        from storage.repository import stored_edit
         from wire.schemas import EditCreate
 
         body = EditCreate(prompt=record.prompt, target=record.target)
