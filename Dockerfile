@@ -17,6 +17,7 @@ RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "$(gr
 
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY client ./client
 COPY editors ./editors
 COPY evaluation ./evaluation
 COPY router ./router

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from app import client_cli
+from client import cli as client_cli
 from editors.types import PromptFormat, engine_config
 from evaluation.datasets import FORMATS
 
@@ -184,7 +184,7 @@ def bench(
     run_bench(opts)
 
 
-# The API client commands (app/client_cli.py): they talk to a running server over HTTP.
+# The API client commands (client/cli.py): they talk to a running server over HTTP.
 cli.add_typer(client_cli.edits, name="edits")
 cli.command("ask")(client_cli.ask)
 cli.command("route")(client_cli.route)

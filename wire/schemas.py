@@ -1,6 +1,6 @@
 """The native API's request and response bodies. Requests are strict (no type coercion, no unknown fields).
 
-The server validates and answers with these, and the HTTP client reads the answers with them."""
+The server validates and answers with these; the HTTP client (client/http.py) reads the answers with them."""
 
 from __future__ import annotations
 
