@@ -172,6 +172,7 @@ def test_metrics_count_requests_by_route(client: TestClient) -> None:
     assert "sola_edits_active 0.0" in text and "sola_edit_train_seconds_count 0.0" in text
 
 
+@pytest.mark.model  # the server starts loading the model while the test runs
 def test_a_keyless_server_answers_only_to_local_host_names(tmp_path: Path) -> None:
     """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 reaches a keyless server with
     `Host: evil.example`; it is refused. Names in SOLA_ALLOWED_HOSTS, localhost and addresses are served."""

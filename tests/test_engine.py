@@ -15,6 +15,8 @@ from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat, TrainedEdit
 from tests.server import MODEL_CACHE
 
+pytestmark = pytest.mark.model
+
 CHAT, RAW = PromptFormat.CHAT, PromptFormat.RAW
 
 FIXTURES = Path(__file__).parent / "fixtures"
