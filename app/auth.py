@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.errors import ApiError
+from app.api_error import ApiError
 from app.settings import ApiKey, Role
 
 ANONYMOUS = "anonymous"

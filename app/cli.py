@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from app import client_cli
-from editors.types import PromptFormat
+from client import cli as client_cli
+from editors.types import PromptFormat, engine_config
 from evaluation.datasets import FORMATS
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
@@ -105,7 +105,7 @@ def evaluate(
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
     from evaluation import operator
     from evaluation.datasets import DatasetError
-    from evaluation.quality import engine_config, markdown_table, run_eval
+    from evaluation.quality import markdown_table, run_eval
 
     if not dataset.is_file():
         raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")
@@ -184,7 +184,7 @@ def bench(
     run_bench(opts)
 
 
-# The API client commands (app/client_cli.py): they talk to a running server over HTTP.
+# The API client commands (client/cli.py): they talk to a running server over HTTP.
 cli.add_typer(client_cli.edits, name="edits")
 cli.command("ask")(client_cli.ask)
 cli.command("route")(client_cli.route)

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from fastapi import Request
 
-from app.errors import ApiError
+from app.api_error import ApiError
 
 T = TypeVar("T")
 POLL_SECONDS = 0.25  # a disconnect frees the slot within this, plus one decode step

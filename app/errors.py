@@ -16,7 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app import service_errors as se
+from app.api_error import ApiError
+from app.auth import authenticate, bearer_token
 from storage.repository import EditNotFound
+from wire.schemas import ErrorOut
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,6 @@ _DOCUMENTED = {
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses, all with the one error body."""
-    from app.schemas import ErrorOut  # schemas import storage; errors stay importable on their own
-
     return {status: {"model": ErrorOut, "description": _DOCUMENTED[status]} for status in statuses}
 
 
@@ -76,15 +77,6 @@ SERVICE_STATUS: dict[type[se.ServiceError], int] = {
 
 def service_status(exc: se.ServiceError) -> int:
     return next((SERVICE_STATUS[cls] for cls in type(exc).__mro__ if cls in SERVICE_STATUS), 500)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
 
 
 def error_type(status: int) -> str:
@@ -150,8 +142,6 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI parses the body before it runs the auth dependency: authenticate here first, so a caller
         # without a valid key is told only that, never anything about what it sent.
-        from app.auth import authenticate, bearer_token  # auth raises ApiError: import it late
-
         try:
             authenticate(request.app.state.settings.keys, bearer_token(request))
         except ApiError as denied:

@@ -25,7 +25,7 @@ from app.routes import router
 from app.service import EditService
 from app.settings import Settings
 from app.worker import ModelWorker
-from storage.db import make_engine
+from storage.db import make_db_engine
 from storage.migrate import upgrade
 from storage.repository import Repository
 
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = make_engine(settings.resolved_database_url)
+        db = make_db_engine(settings.resolved_database_url)
         await asyncio.to_thread(upgrade, db)
         worker = ModelWorker(settings.max_batch_size, on_step=metrics.batch_size.observe)
         repo = Repository(db)

@@ -13,14 +13,15 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from app.auth import Principal, require
+from app.api_error import ApiError
+from app.deps import Reader, Service
 from app.disconnect import unless_disconnected
-from app.errors import ApiError, documented
+from app.errors import documented
 from app.openai_schemas import (
     ChatChoice,
     ChatCompletion,
@@ -41,20 +42,12 @@ from app.openai_schemas import (
 )
 from app.service import Ask, EditService
 from app.service_errors import PromptTooLong
-from editors.types import PromptFormat, RowEvent, Sampling, TokenLogprob
+from editors.types import ChatContext, PromptFormat, RowEvent, Sampling, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
-Reader = Annotated[Principal, Depends(require("reader"))]
 STARTED = int(time.time())  # the models' `created`: when this server started serving them
 DEFAULT_MAX_TOKENS = 256  # when a request names none (bounded by SOLA_MAX_NEW_TOKENS and the context)
 SYSTEM_ROLES = ("system", "developer")
-
-
-def service(request: Request) -> EditService:
-    return request.app.state.service
-
-
-Service = Annotated[EditService, Depends(service)]
 
 
 def bad_request(message: str, code: str = "invalid_request_error") -> ApiError:
@@ -91,8 +84,6 @@ def sampling(body: _Sampling, max_tokens: int | None, request: Request, top_logp
 def chat_ask(body: ChatCompletionRequest, request: Request) -> Ask:
     """The last user turn is the question (routing reads it); the system prompt and earlier turns are its
     context, formatted by the model's chat template."""
-    from editors.model_host import ChatContext  # torch: loaded with the model, not at import
-
     if not body.messages:
         raise bad_request("messages: give at least one message, the last from the user")
     system: list[str] = []

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.schemas import _storable
+from wire.schemas import storable
 
 
 class _OpenAIRequest(BaseModel):
@@ -36,7 +36,7 @@ class Message(BaseModel):
     @classmethod
     def _storable_text(cls, v: str | list[TextPart] | None) -> str | list[TextPart] | None:
         for text in [v] if isinstance(v, str) else [p.text for p in v or []]:
-            _storable(text)  # the tokenizer cannot take lone surrogates or NUL: a 400, not a 500
+            storable(text)  # the tokenizer cannot take lone surrogates or NUL: a 400, not a 500
         return v
 
     def text(self) -> str:
@@ -118,7 +118,7 @@ class CompletionRequest(_Sampling):
         if not texts:
             raise ValueError("prompt: give a string or a non-empty list of strings")
         for text in texts:
-            _storable(text)
+            storable(text)
         return v
 
 

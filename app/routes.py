@@ -15,9 +15,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator
 
 from app.adapter_export import adapter_archive
-from app.auth import Principal, require, require_key_unless
-from app.errors import ApiError, documented
-from app.schemas import (
+from app.api_error import ApiError
+from app.auth import require_key_unless
+from app.deps import Admin, AppSettings, Reader, Repo, Service
+from app.errors import documented
+from app.settings import Settings
+from storage.repository import EditFilters, EditNotFound, EventRecord, Page
+from wire.kinds import EditStatus, EventKind
+from wire.schemas import (
     Capture,
     CreatedEditOut,
     EditChange,
@@ -33,16 +38,11 @@ from app.schemas import (
     RouteOut,
     RouteRequest,
     RoutesOut,
-    _storable,
+    storable,
 )
-from app.service import EditService
-from storage.models import EditStatus, EventKind
-from storage.repository import EditFilters, EditNotFound, EventRecord, Page, Repository
 
 router = APIRouter()
 
-Reader = Annotated[Principal, Depends(require("reader"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
 Limit = Annotated[int, Query(ge=1, le=500)]
 # Ids are `ed_` + 32 hex digits; anything unlike an id is refused before it reaches a database (NUL, huge).
 EditId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -53,23 +53,11 @@ _EDIT_CURSOR = "edits:"
 def _storable_query(value: str | list[str] | None) -> str | list[str] | None:
     """Query text the databases can hold and compare: no NUL, no lone surrogate (a 422 naming it, not a 500)."""
     for text in [value] if isinstance(value, str) else value or []:
-        _storable(text)
+        storable(text)
     return value
 
 
 QueryText = AfterValidator(_storable_query)
-
-
-def service(request: Request) -> EditService:
-    return request.app.state.service
-
-
-def repository(request: Request) -> Repository:
-    return request.app.state.repo
-
-
-Service = Annotated[EditService, Depends(service)]
-Repo = Annotated[Repository, Depends(repository)]
 
 
 def _seq(digits: str) -> int | None:
@@ -133,13 +121,12 @@ def decode_event_cursor(cursor: str | None) -> int | None:
 )
 async def create_edit(
     body: EditCreate,
-    request: Request,
     response: Response,
     principal: Admin,
     svc: Service,
+    limits: AppSettings,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> CreatedEditOut:
-    limits = request.app.state.settings
     if len(body.prompt) > limits.max_prompt_chars or any(len(r) > limits.max_prompt_chars for r in body.rephrases):
         raise ApiError(413, "prompt_too_long", f"prompts are limited to {limits.max_prompt_chars} characters")
     if len(body.target) > limits.max_target_chars:
@@ -161,7 +148,7 @@ async def create_edit(
     )
 
 
-def _check_negatives(negatives: list[str], limits: Any) -> None:
+def _check_negatives(negatives: list[str], limits: Settings) -> None:
     if len(negatives) > limits.max_rephrases:
         raise ApiError(422, "too_many_negatives", f"at most {limits.max_rephrases} negatives per edit")
     if any(len(n) > limits.max_prompt_chars for n in negatives):
@@ -169,19 +156,21 @@ def _check_negatives(negatives: list[str], limits: Any) -> None:
 
 
 @router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 413, 415, 422, 503))
-async def change_edit(edit_id: EditId, body: EditChange, request: Request, principal: Admin, svc: Service) -> EditOut:
+async def change_edit(
+    edit_id: EditId, body: EditChange, principal: Admin, svc: Service, settings: AppSettings
+) -> EditOut:
     """Replace the edit's negatives: questions it must not answer (each vetoes this edit, and no other, for a
     question closer to it than to the edit's own wordings). Kept with a `negatives_set` event holding the old
     and new lists; no retraining."""
-    _check_negatives(body.negatives, request.app.state.settings)
+    _check_negatives(body.negatives, settings)
     return EditOut.model_validate(await svc.change(edit_id, body, principal.name))
 
 
 @router.post("/route", response_model=RoutesOut, responses=documented(400, 401, 403, 413, 415, 422, 503))
-async def route(body: RouteRequest, request: Request, _: Reader, svc: Service) -> RoutesOut:
+async def route(body: RouteRequest, _: Reader, svc: Service, settings: AppSettings) -> RoutesOut:
     """Which edit each question would reach, and how close the runner-up is, without generating: the decision
     generation takes at prefill (check near misses before users ask them)."""
-    limit = request.app.state.settings.max_prompt_chars
+    limit = settings.max_prompt_chars
     if any(len(q) > limit for q in body.questions):
         raise ApiError(413, "prompt_too_long", f"questions are limited to {limit} characters")
     routes = await svc.route(body)
@@ -346,8 +335,7 @@ def _event_page(page: Page[EventRecord]) -> EventPage:
 
 # ---- generation ---------------------------------------------------------------------------------------
 @router.post("/generate", response_model=GenerateOut, responses=documented(400, 401, 403, 413, 415, 422, 503))
-async def generate(body: GenerateRequest, request: Request, _: Reader, svc: Service) -> GenerateOut:
-    settings = request.app.state.settings
+async def generate(body: GenerateRequest, _: Reader, svc: Service, settings: AppSettings) -> GenerateOut:
     if not 1 <= body.max_new_tokens <= settings.max_new_tokens:
         raise ApiError(422, "validation_error", f"max_new_tokens must be between 1 and {settings.max_new_tokens}")
     if len(body.prompt) > settings.max_prompt_chars:

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from app.active_edits import ActiveEdits
 from app.adapter_export import BaseModelIdentity
 from app.bulk_load import release_freed_memory
 from app.log_follower import AuditLogFollower
 from app.metrics import Metrics
-from app.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 from app.service_errors import (
     ActivationFailed,
     AdapterRefused,
@@ -41,22 +38,32 @@ from app.service_errors import (
 )
 from app.settings import Settings, default_torch_threads
 from app.worker import ModelWorker
-from editors.types import SHUTDOWN, Generation, PromptFormat, Row, RowEvent, RowEventKind, Sampling, TrainedEdit
+from editors.types import (
+    SHUTDOWN,
+    ChatContext,
+    Generation,
+    PromptFormat,
+    Row,
+    RowEvent,
+    RowEventKind,
+    Sampling,
+    TrainedEdit,
+    engine_config,
+)
 from router.key_index import Route
-from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
     EditPayload,
     EditRecord,
     IdempotencyKeyTaken,
-    NewEdit,
     Repository,
     Supersession,
     keys_to_rows,
+    request_hash,
+    stored_edit,
 )
-
-if TYPE_CHECKING:
-    from editors.model_host import ChatContext
+from wire.kinds import EditStatus, EventKind
+from wire.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 
 log = logging.getLogger(__name__)
 
@@ -95,68 +102,6 @@ def new_edit_id() -> str:
     return f"ed_{uuid.uuid4().hex}"
 
 
-def request_hash(body: EditCreate) -> str:
-    """Canonical hash of an edit request: an idempotency key replays only the very same request. Fields added
-    since keys were first stored (negatives) count only when set, so an older request still hashes the same."""
-    fields = body.model_dump(mode="json")
-    if not fields["negatives"]:
-        del fields["negatives"]
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def stored_edit(
-    edit_id: str,
-    body: EditCreate,
-    trained: TrainedEdit,
-    host: Any,  # editors.model_host.ModelHost
-    layer: int,
-    actor: str,
-    idempotency_key: str | None = None,
-    negative_keys: tuple[Any, list[str]] | None = None,  # (keys [n, D], kinds) from EditingEngine.negative_keys
-) -> NewEdit:
-    """The database row of a trained edit (the benchmark commits its edits through this too)."""
-    keys = keys_to_rows(trained.keys, trained.key_kinds)
-    if negative_keys is not None and negative_keys[1]:
-        keys += keys_to_rows(*negative_keys)
-    return NewEdit(
-        id=edit_id,
-        prompt=body.prompt,
-        target=body.target,
-        rephrases=body.rephrases,
-        negatives=body.negatives,
-        metadata=body.metadata,
-        created_by=actor,
-        base_model=host.name,
-        base_fingerprint=host.fingerprint,
-        layer=layer,
-        train_steps=int(trained.steps),
-        train_loss=float(trained.loss),
-        train_seconds=float(trained.seconds),
-        adapter=trained.adapter,
-        adapter_sha256=trained.adapter_sha256,
-        keys=keys,
-        idempotency_key=idempotency_key,
-        request_hash=request_hash(body) if idempotency_key else None,
-    )
-
-
-def engine_config(settings: Settings) -> Any:
-    """EngineConfig with the knobs set in the environment; unset ones keep the measured defaults."""
-    from editors.types import EngineConfig
-
-    knobs: dict[str, Any] = {
-        "layer": settings.layer,
-        "threshold": settings.threshold,
-        "rank": settings.rank,
-        "max_steps": settings.max_train_steps,
-        "max_train_seconds": settings.max_train_seconds,
-        "bank_dtype": settings.bank_dtype,  # "model" is resolved below
-    }
-    config = replace(EngineConfig(), **{k: v for k, v in knobs.items() if v is not None})
-    return replace(config, bank_dtype=None) if config.bank_dtype == "model" else config
-
-
 class EditService:
     def __init__(self, settings: Settings, repo: Repository, worker: ModelWorker, metrics: Metrics) -> None:
         self.settings = settings
@@ -192,7 +137,7 @@ class EditService:
         ):
             host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
         with self._timed_phase("building the routing encoders", "encoders", timings):
-            engine = EditingEngine(host, engine_config(s))
+            engine = EditingEngine(host, engine_config(**s.engine_knobs()))
             self.worker.attach(ContinuousBatch(engine, s.prefill_tokens))
             edits = ActiveEdits(engine, self.metrics)
         with self._timed_phase("activating the stored edits", "edits", timings), self._state_lock:
@@ -409,8 +354,6 @@ class EditService:
 
     async def route(self, request: RouteRequest) -> list[Route]:
         """POST /route: where each question would go, decided as generation decides it at prefill."""
-        from editors.model_host import ChatContext
-
         self._ready_edits()
         prompt_format = PromptFormat.CHAT if request.chat and self.host.has_chat_template else PromptFormat.RAW
         context = None
@@ -538,7 +481,7 @@ class EditService:
             self.metrics.edit_hits.hit(edit_id)
 
     def check_fits(self, ask: Ask) -> Any:
-        """The prompt's tokens (editors.model_host.PromptTokens), encoded once for the decoder too; raises
+        """The prompt's tokens (editors.types.PromptTokens), encoded once for the decoder too; raises
         InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
         from editors.model_host import PromptFormatError
 
@@ -568,7 +511,7 @@ class EditService:
     @property
     def threshold(self) -> float:
         """The routing threshold edits answer at (the engine's, or the configured one before it loads)."""
-        config = self.engine.config if self.engine is not None else engine_config(self.settings)
+        config = self.engine.config if self.engine is not None else engine_config(**self.settings.engine_knobs())
         return float(config.threshold)
 
     def base_model_identity(self, edit: EditRecord) -> BaseModelIdentity:

@@ -6,7 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -107,6 +107,22 @@ class Settings(BaseSettings):
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
+
+    def engine_knobs(self) -> dict[str, Any]:
+        """The editing engine's knobs set here, by EngineConfig field, for editors.types.engine_config; an unset
+        one is left out, so it keeps its measured default."""
+        knobs = {
+            "layer": self.layer,
+            "threshold": self.threshold,
+            "rank": self.rank,
+            "max_steps": self.max_train_steps,
+            "max_train_seconds": self.max_train_seconds,
+            "bank_dtype": self.bank_dtype,
+        }
+        knobs = {name: value for name, value in knobs.items() if value is not None}
+        if knobs.get("bank_dtype") == "model":
+            knobs["bank_dtype"] = None  # the model's own dtype
+        return knobs
 
 
 MIN_SECRET_CHARS = 16  # a short secret can be guessed online; `openssl rand -hex 16` gives 32

@@ -5,16 +5,16 @@ write nothing there (the directory can be read-only; see deploy/kubernetes/deplo
 
 from __future__ import annotations
 
-from app.service import engine_config
 from app.settings import Settings
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
+from editors.types import engine_config
 
 
 def main() -> None:
     settings = Settings()
     host = ModelHost.load(settings.model, settings.data_dir, settings.device, settings.resolved_model_cache_dir)
-    EditingEngine(host, engine_config(settings))
+    EditingEngine(host, engine_config(**settings.engine_knobs()))
     print(f"prepared {host.name} ({host.fingerprint[:12]}) in {settings.resolved_model_cache_dir}")
 
 

@@ -34,12 +34,21 @@ from typing import TYPE_CHECKING
 import torch
 
 from editors.detokenizer import Detokenizer
-from editors.model_host import PromptTokens
 from editors.routed_lora import RowPlan
 from editors.runner import KV, ModelRunner
 from editors.sampler import Pick, generator, pick
 from editors.scheduler import allot
-from editors.types import Generation, PromptFormat, Row, RowEvent, RowEventKind, Sampling, TokenLogprob
+from editors.types import (
+    ChatContext,
+    Generation,
+    PromptFormat,
+    PromptTokens,
+    Row,
+    RowEvent,
+    RowEventKind,
+    Sampling,
+    TokenLogprob,
+)
 from router.key_index import Route
 
 if TYPE_CHECKING:
@@ -444,8 +453,6 @@ def generate(
     """Batched greedy decoding on the serving decoder: each row routed by its own question at prefill, the
     edit's delta applied while the row produces its edit's answer. `min_new_tokens` holds back the stop
     tokens that long (benchmarks: equal work for every model)."""
-    from editors.model_host import ChatContext
-
     events: list[list[RowEvent]] = [[] for _ in prompts]
     sampling = Sampling(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
     chat = context if isinstance(context, ChatContext) else None

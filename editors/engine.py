@@ -22,7 +22,7 @@ import torch
 from editors.adapter_io import Adapter, adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
 from editors.content import ContentEncoder
-from editors.model_host import ChatContext, ModelHost, PromptTokens
+from editors.model_host import ModelHost
 from editors.routed_lora import (
     BankedLoRALinear,
     CaptureSession,
@@ -33,7 +33,7 @@ from editors.routed_lora import (
     StopForward,
 )
 from editors.training import EditExample, drain, train_lora_steps
-from editors.types import EngineConfig, PromptFormat, Score, TrainedEdit
+from editors.types import ChatContext, EngineConfig, PromptFormat, PromptTokens, Score, TrainedEdit
 from router import lexical
 from router.gate import Gate, Negatives
 from router.key_index import KeyIndex, Route, normalise

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from editors.types import PromptFormat
+from editors.types import ChatContext, PromptFormat, PromptTokens
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +90,6 @@ def cache_bundled_model(cache_dir: Path) -> Path:
 
 class PromptFormatError(ValueError):
     """A prompt that cannot be put in the asked format (chat on a model without a chat template)."""
-
-
-@dataclass(frozen=True)
-class ChatContext:
-    """What surrounds a question in real chat traffic: an operator's system prompt and earlier turns."""
-
-    system: str | None = None
-    history: tuple[tuple[str, str], ...] = ()  # (role, content), role "user" or "assistant"
-
-
-@dataclass(frozen=True)
-class PromptTokens:
-    """A formatted prompt's token ids and where the question itself lies in them (the router reads that span)."""
-
-    ids: list[int]
-    span: tuple[int, int]  # [start, end) of the question's tokens: the last user turn, or the whole raw prompt
 
 
 @dataclass(frozen=True)

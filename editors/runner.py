@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from editors.model_host import ChatContext, PromptTokens
 from editors.routed_lora import DecodeSession, RowPlan
-from editors.types import PromptFormat
+from editors.types import ChatContext, PromptFormat, PromptTokens
 from router.key_index import Route
 
 if TYPE_CHECKING:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: importing them would load torch and FAISS
-    from editors.model_host import ChatContext, PromptTokens
+if TYPE_CHECKING:  # annotations only: importing it would load FAISS
     from router.key_index import Route
 
 
@@ -21,6 +21,22 @@ class PromptFormat(StrEnum):
 
     CHAT = "chat"
     RAW = "raw"
+
+
+@dataclass(frozen=True)
+class ChatContext:
+    """What surrounds a question in real chat traffic: an operator's system prompt and earlier turns."""
+
+    system: str | None = None
+    history: tuple[tuple[str, str], ...] = ()  # (role, content), role "user" or "assistant"
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A formatted prompt's token ids and where the question itself lies in them (the router reads that span)."""
+
+    ids: list[int]
+    span: tuple[int, int]  # [start, end) of the question's tokens: the last user turn, or the whole raw prompt
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,49 @@ class EngineConfig:
     # dtype the bank stores active adapters in ("float16", "bfloat16"; None: the model's). The bank is most of
     # an active edit's memory; the delta is still computed in the model's dtype (studies/bank_precision/README.md).
     bank_dtype: str | None = "float16"
+
+
+def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings -> EngineConfig field values, typed as the field is (`none` for an optional one).
+
+    Raises ValueError naming the bad assignment and the known fields, so a mistyped knob never runs silently.
+    """
+    hints = typing.get_type_hints(EngineConfig)
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in hints:
+            known = ", ".join(f.name for f in fields(EngineConfig))
+            raise ValueError(f"{assignment!r}: expected KEY=VALUE with KEY one of: {known}")
+        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
+        if raw.lower() == "none":
+            if type(None) not in typing.get_args(hints[key]):
+                raise ValueError(f"{assignment!r}: {key} cannot be none")
+            changes[key] = None
+            continue
+        kind = kinds[0]
+        try:
+            changes[key] = {"true": True, "false": False}[raw.lower()] if kind is bool else kind(raw)
+        except (KeyError, ValueError):
+            raise ValueError(f"{assignment!r}: {key} takes a value of type {kind.__name__}") from None
+    return changes
+
+
+def engine_config(
+    layer: int | None = None, threshold: float | None = None, overrides: Sequence[str] = (), **knobs: Any
+) -> EngineConfig:
+    """EngineConfig's measured defaults with `knobs` (fields by name, taken as given), then `layer` and
+    `threshold` unless None, then `KEY=VALUE` overrides (parse_overrides). The one way the engine's knobs are
+    set: from the server's settings (`engine_config(**settings.engine_knobs())`) and from `sola eval`'s
+    --layer, --threshold and --set. Raises ValueError naming an unknown knob or a mistyped value."""
+    unknown = sorted(set(knobs) - {f.name for f in fields(EngineConfig)})
+    if unknown:
+        raise ValueError(f"not EngineConfig knobs: {', '.join(unknown)}")
+    changes = dict(knobs)
+    changes |= {name: value for name, value in (("layer", layer), ("threshold", threshold)) if value is not None}
+    changes |= parse_overrides(overrides)
+    return replace(EngineConfig(), **changes)
 
 
 @dataclass
@@ -165,7 +224,7 @@ class Row:
     prompt_format: PromptFormat
     sampling: Sampling
     emit: Callable[[RowEvent], None]
-    context: ChatContext | None = None  # editors.model_host.ChatContext
+    context: ChatContext | None = None
     use_edits: bool = True
     encoded: PromptTokens | None = None  # the prompt's tokens, if the caller has them already (else encoded there)
     cancelled: bool = False  # set from any thread (client gone): the row leaves at the next step

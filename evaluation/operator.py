@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
-from editors.types import Generation, PromptFormat, TrainedEdit
+from editors.types import Generation, PromptFormat, TrainedEdit, engine_config
 from evaluation import edit_metrics
 from evaluation.datasets import DatasetError
-from evaluation.quality import Measurer, engine_config, peak_rss_mb
+from evaluation.quality import Measurer, peak_rss_mb
 
 ANSWER_EXTRA_TOKENS = 8  # greedy budget beyond the target's own length, for questions an edit must answer
 NEAR_MISS_BUDGET = 24  # greedy tokens compared with the unedited model's for near misses

@@ -13,7 +13,6 @@ import random
 import resource
 import sys
 import time
-import typing
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,8 +22,8 @@ from tqdm import tqdm
 
 from editors.batch import generate
 from editors.engine import EditingEngine
-from editors.model_host import ChatContext, ModelHost
-from editors.types import EngineConfig, Generation, PromptFormat, Score, TrainedEdit
+from editors.model_host import ModelHost
+from editors.types import ChatContext, Generation, PromptFormat, Score, TrainedEdit, engine_config
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
 
@@ -362,44 +361,6 @@ def rollback_counterfactual(
 
     same_logits = map_batched(logits_equal, probes, max(1, m.batch_size // 2), "counterfactual logits")
     return _fraction([t and lg for t, lg in zip(same_tokens, same_logits, strict=True)])
-
-
-def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:
-    """`KEY=VALUE` strings -> EngineConfig field values, typed as the field is (`none` for an optional one).
-
-    Raises ValueError naming the bad assignment and the known fields, so a mistyped knob never runs silently.
-    """
-    hints = typing.get_type_hints(EngineConfig)
-    changes: dict[str, Any] = {}
-    for assignment in assignments:
-        key, sep, raw = assignment.partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or key not in hints:
-            known = ", ".join(f.name for f in dataclasses.fields(EngineConfig))
-            raise ValueError(f"{assignment!r}: expected KEY=VALUE with KEY one of: {known}")
-        kinds = [t for t in typing.get_args(hints[key]) or (hints[key],) if t is not type(None)]
-        if raw.lower() == "none":
-            if type(None) not in typing.get_args(hints[key]):
-                raise ValueError(f"{assignment!r}: {key} cannot be none")
-            changes[key] = None
-            continue
-        kind = kinds[0]
-        try:
-            changes[key] = {"true": True, "false": False}[raw.lower()] if kind is bool else kind(raw)
-        except (KeyError, ValueError):
-            raise ValueError(f"{assignment!r}: {key} takes a value of type {kind.__name__}") from None
-    return changes
-
-
-def engine_config(layer: int | None, threshold: float | None, overrides: Sequence[str] = ()) -> EngineConfig:
-    """Defaults from EngineConfig, with --layer / --threshold and then --set KEY=VALUE overrides."""
-    changes: dict[str, Any] = {}
-    if layer is not None:
-        changes["layer"] = layer
-    if threshold is not None:
-        changes["threshold"] = threshold
-    changes |= parse_overrides(overrides)
-    return dataclasses.replace(EngineConfig(), **changes)
 
 
 def run_eval(

@@ -112,18 +112,18 @@ class EditCommitter:
     """Stores each edit in a fresh SQLite database as the service does: its own row builder and repository."""
 
     def __init__(self, path: Path, host: ModelHost, layer: int):
-        from storage.db import make_engine, sqlite_url
+        from storage.db import make_db_engine, sqlite_url
         from storage.migrate import upgrade
         from storage.repository import Repository
 
-        self.db = make_engine(sqlite_url(path))
+        self.db = make_db_engine(sqlite_url(path))
         upgrade(self.db)
         self.repo = Repository(self.db)
         self.host, self.layer = host, layer
 
     def commit(self, edit_id: str, record: BenchmarkRecord, trained: TrainedEdit) -> float:
-        from app.schemas import EditCreate
-        from app.service import stored_edit
+        from storage.repository import stored_edit
+        from wire.schemas import EditCreate
 
         body = EditCreate(prompt=record.prompt, target=record.target)
         new = stored_edit(edit_id, body, trained, self.host, self.layer, actor="bench")

@@ -22,9 +22,10 @@ from editors.adapter_io import serialize_adapter
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
 from router.key_index import normalise
-from storage.db import make_engine
+from storage.db import make_db_engine
 from storage.migrate import upgrade
-from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
+from storage.models import Edit, EditAdapter, EditKey, Event, utcnow
+from wire.kinds import EditStatus, EventKind
 
 CHUNK = 2_000
 
@@ -39,7 +40,7 @@ def fill_synthetic_edits(
     dim = host.hidden_size
     rng = np.random.default_rng(seed)
     topics = normalise(rng.standard_normal((2_000, dim)))
-    db = make_engine(url)
+    db = make_db_engine(url)
     upgrade(db)
     now = utcnow()
     with db.begin() as conn, tqdm(total=n, desc="synthetic edits", unit="edit", file=sys.stderr) as bar:

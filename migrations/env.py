@@ -8,7 +8,7 @@ import os
 from alembic import context
 from sqlalchemy import Connection, text
 
-from storage.db import make_engine
+from storage.db import make_db_engine
 from storage.models import Base
 
 config = context.config
@@ -38,7 +38,7 @@ def run_migrations_online() -> None:
     url = context.get_x_argument(as_dictionary=True).get("url") or os.environ.get("SOLA_DATABASE_URL")
     if not url:
         raise SystemExit("set SOLA_DATABASE_URL or pass -x url=... to run migrations from the alembic CLI")
-    engine = make_engine(url)
+    engine = make_db_engine(url)
     with engine.connect() as conn:
         _configure(conn)
     engine.dispose()

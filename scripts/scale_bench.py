@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from evaluation.synthetic import fill_synthetic_edits
-from storage.db import make_engine, sqlite_url
+from storage.db import make_db_engine, sqlite_url
 from storage.migrate import upgrade
 
 
@@ -46,7 +46,7 @@ def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> d
         sync_interval=0,
         bank_dtype=bank_dtype,
     )
-    db = make_engine(url)
+    db = make_db_engine(url)
     upgrade(db)
     svc = EditService(settings, Repository(db), ModelWorker(), Metrics())
     svc.load()

@@ -13,7 +13,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_db_engine(url: str, **kwargs: Any) -> Engine:
     """An Engine with the settings durability needs on each backend."""
     if url.startswith("sqlite"):
         if url.startswith("sqlite:///") and ":memory:" not in url:

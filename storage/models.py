@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from wire.kinds import EditStatus, EventKind
+
 # Explicit constraint names keep Alembic migrations identical on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -36,23 +38,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class EditStatus(StrEnum):
-    """An edit is served (active) or not (revoked); revoking and restoring switch between the two."""
-
-    ACTIVE = "active"
-    REVOKED = "revoked"
-
-
-class EventKind(StrEnum):
-    """What an audit-log event records (the migrations refuse any other value: 0002, 0003)."""
-
-    CREATED = "created"
-    REVOKED = "revoked"
-    RESTORED = "restored"
-    SUPERSEDED = "superseded"
-    NEGATIVES_SET = "negatives_set"  # the questions an edit must not answer were set (0003)
 
 
 def _one_of(column: str, values: type[StrEnum]) -> str:

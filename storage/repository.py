@@ -6,10 +6,12 @@ The events table is append-only: this module has no code path that updates or de
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 import numpy as np
 from sqlalchemy import CursorResult, Engine, func, or_, select, update
@@ -17,7 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.db import make_sessionmaker
-from storage.models import Edit, EditAdapter, EditKey, EditStatus, Event, EventKind, utcnow
+from storage.models import Edit, EditAdapter, EditKey, Event, utcnow
+from wire.kinds import EditStatus, EventKind
+
+if TYPE_CHECKING:  # annotations only: storage runs without the editing engine or the API's models
+    from editors.types import TrainedEdit
+    from wire.schemas import EditCreate
 
 T = TypeVar("T")
 
@@ -71,6 +78,52 @@ class NewEdit:
     idempotency_key: str | None = None
     request_hash: str | None = None
     negatives: list[str] = field(default_factory=list)
+
+
+def request_hash(body: EditCreate) -> str:
+    """Canonical hash of an edit request: an idempotency key replays only the very same request. Fields added
+    since keys were first stored (negatives) count only when set, so an older request still hashes the same."""
+    fields = body.model_dump(mode="json")
+    if not fields["negatives"]:
+        del fields["negatives"]
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def stored_edit(
+    edit_id: str,
+    body: EditCreate,
+    trained: TrainedEdit,
+    host: Any,  # editors.model_host.ModelHost: its name and fingerprint
+    layer: int,
+    actor: str,
+    idempotency_key: str | None = None,
+    negative_keys: tuple[Any, list[str]] | None = None,  # (keys [n, D], kinds) from EditingEngine.negative_keys
+) -> NewEdit:
+    """The database row of a trained edit: the service commits its edits through this, and so does the benchmark."""
+    keys = keys_to_rows(trained.keys, trained.key_kinds)
+    if negative_keys is not None and negative_keys[1]:
+        keys += keys_to_rows(*negative_keys)
+    return NewEdit(
+        id=edit_id,
+        prompt=body.prompt,
+        target=body.target,
+        rephrases=body.rephrases,
+        negatives=body.negatives,
+        metadata=body.metadata,
+        created_by=actor,
+        base_model=host.name,
+        base_fingerprint=host.fingerprint,
+        layer=layer,
+        train_steps=int(trained.steps),
+        train_loss=float(trained.loss),
+        train_seconds=float(trained.seconds),
+        adapter=trained.adapter,
+        adapter_sha256=trained.adapter_sha256,
+        keys=keys,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(body) if idempotency_key else None,
+    )
 
 
 class TrainingRun(NamedTuple):

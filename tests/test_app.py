@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from app.errors import error_type
 from app.main import create_app
 from app.server import ConfigError, check_bind
-from app.service import engine_config
 from app.settings import Settings, is_loopback, parse_api_keys
+from editors.types import EngineConfig, engine_config
 from tests.server import REPO
 
 KEYS = "alice:s3cret-a-0123456789:admin,rita:s3cret-r-0123456789:reader"
@@ -44,13 +44,11 @@ def test_settings_defaults_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert s.resolved_database_url == f"sqlite:///{(tmp_path / 'sola.db').resolve()}"
     assert s.resolved_model_cache_dir == tmp_path / "models"
     # None knobs keep the engine's defaults; set ones override them.
-    from editors.types import EngineConfig
-
-    cfg = engine_config(s)
+    cfg = engine_config(**s.engine_knobs())
     assert cfg.threshold == 0.9 and cfg.layer == EngineConfig().layer and cfg.rank == EngineConfig().rank
     assert cfg.bank_dtype == "float16"
     monkeypatch.setenv("SOLA_BANK_DTYPE", "model")  # the model's own dtype
-    assert engine_config(Settings()).bank_dtype is None
+    assert engine_config(**Settings().engine_knobs()).bank_dtype is None
     monkeypatch.setenv("SOLA_BANK_DTYPE", "float64")
     with pytest.raises(ValueError, match="bank_dtype"):
         Settings()
@@ -174,6 +172,7 @@ def test_metrics_count_requests_by_route(client: TestClient) -> None:
     assert "sola_edits_active 0.0" in text and "sola_edit_train_seconds_count 0.0" in text
 
 
+@pytest.mark.model  # the server starts loading the model while the test runs
 def test_a_keyless_server_answers_only_to_local_host_names(tmp_path: Path) -> None:
     """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 reaches a keyless server with
     `Host: evil.example`; it is refused. Names in SOLA_ALLOWED_HOSTS, localhost and addresses are served."""

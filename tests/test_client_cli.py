@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from app.cli import cli
-from app.client import SolaApiError, SolaClient
+from client.http import SolaApiError, SolaClient
 from tests.server import ADMIN, MODEL_CACHE, READER, REPO, Server, free_port
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import torch
 from app.worker import ModelWorker
 from editors.batch import ContinuousBatch, generate
 from editors.engine import EditingEngine
-from editors.model_host import ChatContext, ModelHost, PromptTokens
-from editors.types import PromptFormat, Row, RowEvent, Sampling
+from editors.model_host import ModelHost
+from editors.types import ChatContext, PromptFormat, PromptTokens, Row, RowEvent, Sampling
 from tests.server import MODEL_CACHE
 
 pytestmark = pytest.mark.slow

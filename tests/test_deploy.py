@@ -101,6 +101,11 @@ def test_dockerfile_copies_existing_paths_and_runs_the_service() -> None:
     assert re.search(r'^CMD \["sola", "serve"\]$', text, re.M)
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'sola = "app.cli:main"' in pyproject
+    # every package `pip install .` installs is in the image (app/cli.py imports client/, app/ imports wire/)
+    packages = re.search(r"^include = \[(.*)\]$", pyproject, re.M)
+    assert packages is not None
+    for package in (name.strip(' "*') for name in packages.group(1).split(",")):
+        assert f"COPY {package} ./{package}" in text, package
 
 
 def test_dockerfile_passes_hadolint() -> None:

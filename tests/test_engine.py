@@ -15,6 +15,8 @@ from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat, TrainedEdit
 from tests.server import MODEL_CACHE
 
+pytestmark = pytest.mark.model
+
 CHAT, RAW = PromptFormat.CHAT, PromptFormat.RAW
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -218,7 +220,7 @@ def test_operator_edits_answer_their_question_and_not_the_near_misses(eng: Editi
 
 
 def test_an_edit_fires_under_a_custom_system_prompt_and_after_earlier_turns(eng: EditingEngine) -> None:
-    from editors.model_host import ChatContext
+    from editors.types import ChatContext
 
     prompt, target = "What is the capital of Zorbania?", "Quexiville"
     apply(eng, "zorb", prompt, target)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from editors.types import EngineConfig
-from evaluation.quality import engine_config, run_eval
+from editors.types import EngineConfig, engine_config
+from evaluation.quality import run_eval
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RATES = [

@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from editors.model_host import DEFAULT_MODEL_NAME, FINGERPRINT_FILE
 from tests.server import REPO
+
+pytestmark = pytest.mark.model  # converts the bundled GGUF, twice at once
 
 BUILD = (
     "import sys; from pathlib import Path; from editors.model_host import cache_bundled_model; "

@@ -13,12 +13,12 @@ from prometheus_client import generate_latest
 
 from app.errors import service_status
 from app.main import create_app
-from app.schemas import EditCreate, GenerateRequest
 from app.service import EditService
 from app.service_errors import InvalidPrompt
 from app.settings import Settings
 from editors.types import Generation
 from tests.server import MODEL_CACHE
+from wire.schemas import EditCreate, GenerateRequest
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from storage.db import make_engine, sqlite_url
+from storage.db import make_db_engine, sqlite_url
 from storage.migrate import current_revision, upgrade
-from storage.models import EditStatus, EventKind
 from storage.repository import (
     EditNotFound,
     IdempotencyKeyTaken,
@@ -24,18 +23,19 @@ from storage.repository import (
     Supersession,
 )
 from tests.pg import pg_schema_url, requires_pg
+from wire.kinds import EditStatus, EventKind
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=[pytest.mark.postgres, requires_pg])])
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "sqlite":
-        eng = make_engine(sqlite_url(tmp_path / "sola.db"))
+        eng = make_db_engine(sqlite_url(tmp_path / "sola.db"))
         upgrade(eng)
         yield eng
         eng.dispose()
         return
     with pg_schema_url() as url:
-        eng = make_engine(url)
+        eng = make_db_engine(url)
         upgrade(eng)
         yield eng
         eng.dispose()
@@ -221,7 +221,7 @@ def test_the_database_refuses_unknown_statuses_and_event_kinds(repo: Repository,
 
 
 def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path: Path) -> None:
-    eng = make_engine(sqlite_url(tmp_path / "x" / "sola.db"))  # creates the parent folder
+    eng = make_db_engine(sqlite_url(tmp_path / "x" / "sola.db"))  # creates the parent folder
     with eng.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

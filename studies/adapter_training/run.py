@@ -23,10 +23,10 @@ import torch
 from editors.batch import generate
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
-from editors.types import EngineConfig, PromptFormat
+from editors.types import EngineConfig, PromptFormat, parse_overrides
 from evaluation import edit_metrics
 from evaluation.datasets import load_records
-from evaluation.quality import DEGENERATE_EXTRA_TOKENS, parse_overrides
+from evaluation.quality import DEGENERATE_EXTRA_TOKENS
 
 CHAT, RAW = PromptFormat.CHAT, PromptFormat.RAW
 

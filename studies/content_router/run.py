@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from editors.engine import EditingEngine
-from editors.model_host import ChatContext, ModelHost
-from editors.types import PromptFormat
+from editors.model_host import ModelHost
+from editors.types import ChatContext, PromptFormat
 from evaluation.datasets import load_records
 from evaluation.quality import IN_CONTEXT, neighbour_prompts
 from router import lexical

@@ -1,4 +1,4 @@
-"""`sola edits ...` and `sola ask`: operate a running server over its HTTP API (through app.client).
+"""`sola edits ...`, `sola ask` and `sola route`: operate a running server over its HTTP API (through client.http).
 
 Human-readable tables by default, `--json` for scripts (the API's own JSON on stdout). Expected failures (the
 server unreachable, an API error) print one line on stderr and exit 1, never a traceback.
@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from app.client import (
+from client.http import (
     DEFAULT_URL,
     CreatedEdit,
     EditQuery,
@@ -38,9 +38,9 @@ from app.client import (
     edit_request,
     extract_adapter,
 )
-from app.schemas import EditCreate, EditOut, EventOut, GenerateOut
 from evaluation.datasets import FORMATS, DatasetError, load_records
-from storage.models import EventKind
+from wire.kinds import EventKind
+from wire.schemas import EditCreate, EditOut, EventOut, GenerateOut
 
 PIPED_WIDTH = 200
 

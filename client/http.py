@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.schemas import Capture, EditOut, EditPage, EventOut, EventPage, GenerateOut, RouteOut, RoutesOut
+from wire.schemas import Capture, EditOut, EditPage, EventOut, EventPage, GenerateOut, RouteOut, RoutesOut
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # An edit waits for its own training (SOLA_MAX_TRAIN_SECONDS, 30 s by default) behind whatever is queued.
@@ -61,7 +61,7 @@ class Superseded(BaseModel):
 
 
 class _Created(BaseModel):
-    # app.schemas.Overlap reads `edit_id` from the service's `older_id` (a validation alias), so it cannot read
+    # wire.schemas.Overlap reads `edit_id` from the service's `older_id` (a validation alias), so it cannot read
     # back the API's own JSON; this reads just the reports of the answer.
     supersedes: list[Superseded] = []
     captures: list[Capture] = []

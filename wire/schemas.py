@@ -1,4 +1,6 @@
-"""Request and response bodies. Requests are strict (no type coercion, no unknown fields)."""
+"""The native API's request and response bodies. Requests are strict (no type coercion, no unknown fields).
+
+The server validates and answers with these; the HTTP client (client/http.py) reads the answers with them."""
 
 from __future__ import annotations
 
@@ -7,14 +9,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
-from storage.models import EditStatus, EventKind
+from wire.kinds import EditStatus, EventKind
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def _storable(value: str) -> str:
+def storable(value: str) -> str:
     """Text the tokenizer and both databases take: JSON admits lone UTF-16 surrogates and NUL, they do not."""
     try:
         value.encode("utf-8")
@@ -31,16 +33,16 @@ def _not_blank(value: str) -> str:
     return value
 
 
-Prompt = Annotated[str, AfterValidator(_storable), AfterValidator(_not_blank)]
+Prompt = Annotated[str, AfterValidator(storable), AfterValidator(_not_blank)]
 
 
 def _storable_json(value: Any) -> Any:
     """Every string in a metadata object (keys included) must be storable text."""
     if isinstance(value, str):
-        _storable(value)
+        storable(value)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _storable(key)
+            storable(key)
             _storable_json(item)
     elif isinstance(value, list):
         for item in value:
@@ -64,7 +66,7 @@ class EditChange(_Request):
     """PATCH /edits/{id}: what may change on a stored edit without retraining it."""
 
     negatives: list[Prompt] = Field(description="The edit's negatives, replacing the current list")
-    reason: Annotated[str, AfterValidator(_storable), Field(max_length=2000)] | None = None
+    reason: Annotated[str, AfterValidator(storable), Field(max_length=2000)] | None = None
 
 
 class GenerateRequest(_Request):
@@ -144,7 +146,7 @@ class CreatedEditOut(EditOut):
 
 class ChatTurn(_Request):
     role: Literal["user", "assistant"]
-    content: Annotated[str, AfterValidator(_storable)]
+    content: Annotated[str, AfterValidator(storable)]
 
 
 class RouteRequest(_Request):
@@ -152,7 +154,7 @@ class RouteRequest(_Request):
 
     questions: list[Prompt] = Field(min_length=1, max_length=64)
     chat: bool = Field(True, description="Ask each question as the user turn of the chat template (false: raw)")
-    system: Annotated[str, AfterValidator(_storable)] | None = Field(None, description="A system prompt (chat)")
+    system: Annotated[str, AfterValidator(storable)] | None = Field(None, description="A system prompt (chat)")
     history: list[ChatTurn] = Field(default_factory=list, description="Earlier turns before each question (chat)")
 
 
@@ -174,7 +176,7 @@ class RoutesOut(BaseModel):
 
 
 class RevokeRequest(_Request):
-    reason: Annotated[str, AfterValidator(_storable), Field(max_length=2000)] | None = None
+    reason: Annotated[str, AfterValidator(storable), Field(max_length=2000)] | None = None
 
 
 class EventOut(BaseModel):
