@@ -164,8 +164,32 @@ def bench(
     http: Annotated[bool, typer.Option("--http/--no-http", help="Run the HTTP load test.")] = True,
     threads: Threads = None,
     quick: Annotated[bool, typer.Option(help="Small smoke run of every section (a few minutes).")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed: synthetic edits, soak requests, crash kill times.")] = None,
+    soak_seconds: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0, help="Instead of the sections: soak a server this long (writes soak.json).", show_default=False
+        ),
+    ] = None,
+    soak_clients: Annotated[int, typer.Option(min=1, help="Concurrent streaming clients of the soak.")] = 16,
+    crash_rounds: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Instead of the sections: this many kill -9 rounds (writes crash.json).", show_default=False
+        ),
+    ] = None,
+    crash_database_url: Annotated[
+        str | None, typer.Option(help="Database of the crash rounds (default: SQLite in a temporary folder).")
+    ] = None,
 ) -> None:
-    """Latency (edited vs unedited, 0 to 10k edits), routing time vs keys, edit latency split, HTTP throughput."""
+    """Latency (edited vs unedited, 0 to 10k edits), routing time vs keys, edit latency split, HTTP throughput.
+
+    With --soak-seconds or --crash-rounds, only the soak and/or the crash rounds run (exit 1 on a problem)."""
+    if soak_seconds is not None or crash_rounds is not None:
+        _soak_and_crash(
+            out_dir, data_dir, model, threads, seed or 0, soak_seconds, soak_clients, crash_rounds, crash_database_url
+        )
+        return
     from evaluation.serving import BenchOptions, run_bench
 
     opts = BenchOptions.make(
@@ -178,10 +202,41 @@ def bench(
         repeats=repeats,
         http=http,
         threads=threads,
+        seed=seed,
     )
     if not opts.dataset.is_file():
         raise typer.BadParameter(f"no such file: {opts.dataset}", param_hint="--dataset")
     run_bench(opts)
+
+
+def _soak_and_crash(
+    out_dir: Path,
+    data_dir: Path,
+    model: str | None,
+    threads: int | None,
+    seed: int,
+    soak_seconds: float | None,
+    soak_clients: int,
+    crash_rounds: int | None,
+    crash_database_url: str | None,
+) -> None:
+    """`sola bench --soak-seconds` / `--crash-rounds`: the server's torch threads are always set explicitly."""
+    from app.settings import default_torch_threads
+    from evaluation.crash import CrashOptions, run_crash
+    from evaluation.soak import SoakOptions, run_soak
+
+    server_threads = threads or default_torch_threads()
+    failed = False
+    if soak_seconds is not None:
+        soak = SoakOptions(soak_seconds, soak_clients, data_dir, model, server_threads, seed=seed)
+        failed |= not run_soak(soak, out_dir / "soak.json")["ok"]
+        typer.echo(f"wrote {out_dir / 'soak.json'}")
+    if crash_rounds is not None:
+        crash = CrashOptions(crash_rounds, data_dir, model, server_threads, database_url=crash_database_url, seed=seed)
+        failed |= not run_crash(crash, out_dir / "crash.json")["ok"]
+        typer.echo(f"wrote {out_dir / 'crash.json'}")
+    if failed:
+        raise typer.Exit(1)
 
 
 # The API client commands (client/cli.py): they talk to a running server over HTTP.

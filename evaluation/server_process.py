@@ -73,6 +73,19 @@ class ServerProcess:
             time.sleep(0.25)
         raise TimeoutError(f"server not ready: {last.text if last else 'no answer'}\n{self.log_tail()}")
 
+    def rss_mb(self) -> float | None:
+        """The server process's resident memory (VmRSS in /proc; Linux), None when it is not running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024  # kB
+        return None
+
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
@@ -106,3 +119,15 @@ class ServerProcess:
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=300, **kw)
+
+
+def quiet_server(
+    data_dir: Path, model_cache: Path, model: str | None, threads: int | None, **env: str
+) -> ServerProcess:
+    """A keyless server logging warnings only (no access log): the benchmarks', the soak's and the crash run's."""
+    settings = {"SOLA_API_KEYS": "", "SOLA_ACCESS_LOG": "false", "SOLA_LOG_LEVEL": "warning"}
+    if model:
+        settings["SOLA_MODEL"] = str(Path(model).resolve())
+    if threads:
+        settings["SOLA_TORCH_THREADS"] = str(threads)
+    return ServerProcess(data_dir, model_cache, **{**settings, **env})

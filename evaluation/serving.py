@@ -36,7 +36,7 @@ from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat, TrainedEdit
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
-from evaluation.server_process import ServerProcess
+from evaluation.server_process import ServerProcess, quiet_server
 from router.key_index import KeyIndex, normalise
 
 DEFAULT_DATASET = Path("../shared/data/zsre/zsre_mend_train_1k.json")
@@ -368,12 +368,7 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 def bench_server(opts: BenchOptions, data_dir: Path, **env: str) -> ServerProcess:
     """A keyless, quiet server for the benchmarks, with the bench's model and thread settings."""
-    settings = {"SOLA_API_KEYS": "", "SOLA_ACCESS_LOG": "false", "SOLA_LOG_LEVEL": "warning"}
-    if opts.model:
-        settings["SOLA_MODEL"] = str(Path(opts.model).resolve())
-    if opts.threads:
-        settings["SOLA_TORCH_THREADS"] = str(opts.threads)
-    return ServerProcess(data_dir, Path(opts.data_dir) / "models", **{**settings, **env})
+    return quiet_server(data_dir, Path(opts.data_dir) / "models", opts.model, opts.threads, **env)
 
 
 @dataclass
