@@ -9,18 +9,23 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from app.bulk_load import batches
 from app.metrics import Metrics
 from storage.repository import EditPayload, rows_to_keys
+
+if TYPE_CHECKING:  # torch-heavy: loaded with the model, not when the app is imported
+    import numpy as np
+
+    from editors.engine import EditingEngine
 
 log = logging.getLogger(__name__)
 ACTIVATION_BATCH = 1_000  # edits activated together at startup (one tokenizer call, one index insert)
 
 
 class ActiveEdits:
-    def __init__(self, engine: Any, metrics: Metrics) -> None:  # engine: editors.engine.EditingEngine
+    def __init__(self, engine: EditingEngine, metrics: Metrics) -> None:
         self.engine = engine
         self.metrics = metrics
         self.active: set[str] = set()  # edit ids this process put into the engine
@@ -88,7 +93,7 @@ class ActiveEdits:
         self.refused.pop(edit_id, None)
         self.negatives.pop(edit_id, None)
 
-    def set_negatives(self, edit_id: str, negatives: list[str], keys: Any, kinds: list[str]) -> None:
+    def set_negatives(self, edit_id: str, negatives: list[str], keys: np.ndarray | None, kinds: list[str]) -> None:
         """Replace an active edit's negatives (keys [n, D] and kinds from EditingEngine.negative_keys)."""
         self.engine.set_negatives(edit_id, negatives, keys, kinds)
         if negatives:

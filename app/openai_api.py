@@ -151,7 +151,7 @@ def provenance_headers(edit: SolaEdit | None, request: Request, completion_id: s
 def token_texts(svc: EditService, logprobs: Sequence[TokenLogprob]) -> dict[int, str]:
     """Each token id that appears (chosen or alternative) as the text it decodes to alone."""
     ids = sorted({t.token for t in logprobs} | {alt for t in logprobs for alt, _ in t.top})
-    texts = svc.host.tokenizer.batch_decode([[i] for i in ids])
+    texts = svc.loaded_host.tokenizer.batch_decode([[i] for i in ids])
     return dict(zip(ids, texts, strict=True))
 
 
@@ -245,7 +245,7 @@ async def merged(streams: Sequence[AsyncIterator[RowEvent]]) -> AsyncIterator[tu
 # ---- endpoints ------------------------------------------------------------------------------------------
 @router.get("/models", response_model=ModelList, responses=documented(401))
 async def models(_: Reader, svc: Service) -> ModelList:
-    name = svc.host.name if svc.host is not None else svc.settings.model or "SmolLM2-135M-Instruct"
+    name = svc.loaded_host.name if svc.host is not None else svc.settings.model or "SmolLM2-135M-Instruct"
     return ModelList(data=[ModelCard(id=name, created=STARTED)])
 
 
@@ -260,7 +260,7 @@ async def models(_: Reader, svc: Service) -> ModelList:
 async def chat_completions(body: ChatCompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
     ask = chat_ask(body, request)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    model, created = svc.host.name, int(time.time())
+    model, created = svc.loaded_host.name, int(time.time())
     start, events = await opened(svc, ask)
     edit = edit_of(start)
     headers = provenance_headers(edit, request, completion_id)
@@ -317,9 +317,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _: Rea
 async def completions(body: CompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
     asks = completion_asks(body, request)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
-    model, created = svc.host.name, int(time.time())
+    host = svc.loaded_host
+    model, created = host.name, int(time.time())
     if len(asks) > 1:  # one request may not fill the batch with long prompts: their tokens count together
-        total = await asyncio.to_thread(lambda: sum(svc.host.count_tokens(a.prompt, a.prompt_format) for a in asks))
+        total = await asyncio.to_thread(lambda: sum(host.count_tokens(a.prompt, a.prompt_format) for a in asks))
         limit = svc.settings.max_request_prompt_tokens
         if total > limit:
             raise bad_request(

@@ -341,7 +341,7 @@ async def generate(body: GenerateRequest, _: Reader, svc: Service, settings: App
     if len(body.prompt) > settings.max_prompt_chars:
         raise ApiError(413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters")
     result = await svc.generate(body)
-    counts = {"completion_tokens": len(result.token_ids), "model": svc.host.name}
+    counts = {"completion_tokens": len(result.token_ids), "model": svc.loaded_host.name}
     return GenerateOut.model_validate({**dataclasses.asdict(result), **counts})
 
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.active_edits import ActiveEdits
 from app.adapter_export import BaseModelIdentity
@@ -65,6 +65,10 @@ from storage.repository import (
 from wire.kinds import EditStatus, EventKind
 from wire.schemas import EditChange, EditCreate, GenerateRequest, RouteRequest
 
+if TYPE_CHECKING:  # torch-heavy: loaded with the model, not when the app is imported
+    from editors.engine import EditingEngine
+    from editors.model_host import ModelHost
+
 log = logging.getLogger(__name__)
 
 
@@ -108,8 +112,8 @@ class EditService:
         self.repo = repo
         self.worker = worker
         self.metrics = metrics
-        self.host: Any = None  # editors.model_host.ModelHost once loaded (imported lazily: torch is heavy)
-        self.engine: Any = None  # editors.engine.EditingEngine
+        self.host: ModelHost | None = None  # once loaded
+        self.engine: EditingEngine | None = None
         self.edits: ActiveEdits | None = None  # what the engine holds, once loaded
         self.state = "starting"  # starting -> ready | failed
         self.phase = "waiting for the model worker"  # what loading is doing now (GET /readyz shows it)
@@ -230,6 +234,19 @@ class EditService:
             raise NotReady(self.startup_error or "the model is still loading")
         return self.edits
 
+    @property
+    def loaded_host(self) -> ModelHost:
+        """The model, once loaded (NotReady before: a 503 at the edge)."""
+        if self.host is None:
+            raise NotReady(self.startup_error or "the model is still loading")
+        return self.host
+
+    @property
+    def loaded_engine(self) -> EditingEngine:
+        if self.engine is None:
+            raise NotReady(self.startup_error or "the model is still loading")
+        return self.engine
+
     # ---- edits --------------------------------------------------------------------------------------
     async def create_edit(self, body: EditCreate, actor: str, idempotency_key: str | None) -> CreatedEdit:
         """Runs on the worker a training step at a time, queries decoding in between; the commit and the
@@ -247,16 +264,16 @@ class EditService:
         from editors.training import TrainingTimeout  # editors (torch) load with the model, not at import
 
         try:
-            trained = yield from self.engine.train_edit_steps(body.prompt, body.target, body.rephrases)
+            trained = yield from self.loaded_engine.train_edit_steps(body.prompt, body.target, body.rephrases)
         except TrainingTimeout as exc:
             raise TrainingTimedOut(
                 f"{exc}; nothing was stored. Shorten the prompt, target or rephrases, or raise SOLA_MAX_TRAIN_SECONDS"
             ) from None
         self.metrics.train_seconds.observe(trained.seconds)
         yield
-        negative_keys = self.engine.negative_keys(body.negatives)
+        negative_keys = self.loaded_engine.negative_keys(body.negatives)
         superseded = self._supersessions(trained, body.prompt)  # the new edit is not in the index yet
-        layer = self.engine.config.layer
+        layer = self.loaded_engine.config.layer
         new = stored_edit(new_edit_id(), body, trained, self.host, layer, actor, idempotency_key, negative_keys)
         with self._state_lock:
             record: EditRecord | None
@@ -286,13 +303,14 @@ class EditService:
         captures: list[Capture] = []
         captured_by: list[Capture] = []
         own = [record.prompt, *record.rephrases]
-        for prompt_format, space in self.engine.routed.spaces.items():
+        for prompt_format, space in self.loaded_engine.routed.spaces.items():
             rows = [i for i, k in enumerate(trained.key_kinds) if parse_kind(k).prompt_format == prompt_format]
-            near = space.index.nearest_keys(trained.keys[rows], self.settings.capture_candidates) if rows else []
+            candidates = self.settings.capture_candidates
+            near: list[list[int]] = space.index.nearest_keys(trained.keys[rows], candidates).tolist() if rows else []
             neighbours = {space.index.owner(int(k)) for ids in near for k in ids if k >= 0} - {record.id, None}
             wordings = [(e, w) for e in sorted(n for n in neighbours if n) for w in space.gate.wordings.get(e, ())]
             asked = [w for _, w in wordings] + own
-            routes = self.engine.route(asked, prompt_format) if asked else []
+            routes = self.loaded_engine.route(asked, prompt_format) if asked else []
             for (edit_id, question), route in zip(wordings, routes, strict=False):
                 if route.edit_id == record.id and route.similarity is not None:
                     captures.append(Capture(question, edit_id, round(route.similarity, 6), str(prompt_format)))
@@ -316,13 +334,21 @@ class EditService:
         return CreatedEdit(existing, superseded, replayed=True)
 
     def _check_edit_fits(self, body: EditCreate) -> None:
-        target_tokens = len(self.host.encode(" " + body.target)) + 2  # + end-of-turn marker
-        for text in [body.prompt, *body.rephrases]:
-            for prompt_format in self.host.prompt_formats:  # an edit is keyed and trained in each format
-                total = self.host.count_tokens(text, prompt_format) + target_tokens
-                if total > self.host.max_context:
+        """Every wording within SOLA_MAX_PROMPT_TOKENS (one training step over 4,000 tokens held every query
+        for a minute) and, with the target, within the model's context."""
+        host, limit = self.loaded_host, self.settings.max_prompt_tokens
+        target_tokens = len(host.encode(" " + body.target)) + 2  # + end-of-turn marker
+        for text in [body.prompt, *body.rephrases, *body.negatives]:
+            for prompt_format in host.prompt_formats:  # an edit is keyed and trained in each format
+                n = host.count_tokens(text, prompt_format)
+                if n > limit:
                     raise PromptTooLong(
-                        f"prompt + target take {total} tokens; the model's context is {self.host.max_context}"
+                        f"a wording is {n} tokens (after the chat template); this server takes at most {limit} "
+                        "(SOLA_MAX_PROMPT_TOKENS)"
+                    )
+                if n + target_tokens > host.max_context:
+                    raise PromptTooLong(
+                        f"prompt + target take {n + target_tokens} tokens; the model's context is {host.max_context}"
                     )
 
     def _supersessions(self, trained: TrainedEdit, prompt: str) -> list[Supersession]:
@@ -330,7 +356,7 @@ class EditService:
         edit's (same content and every subject word): the new edit takes over (newest wins ties); the older
         one answers again if the newer is revoked. Read from the keys training made (no forward pass)."""
         best: dict[str, float] = {}
-        for route in self.engine.prompt_routes(trained, prompt):
+        for route in self.loaded_engine.prompt_routes(trained, prompt):
             edit_id, similarity = route.edit_id, route.similarity
             if edit_id is not None and similarity is not None and similarity >= self.settings.supersede_similarity:
                 best[edit_id] = max(float(similarity), best.get(edit_id, -1.0))
@@ -343,7 +369,7 @@ class EditService:
 
     def _change(self, edit_id: str, change: EditChange, actor: str) -> EditRecord:
         edits = self._ready_edits()
-        keys, kinds = self.engine.negative_keys(change.negatives)
+        keys, kinds = self.loaded_engine.negative_keys(change.negatives)
         with self._state_lock:
             record = self.repo.set_negatives(edit_id, change.negatives, keys_to_rows(keys, kinds), actor, change.reason)
             if edit_id in edits.active:
@@ -355,13 +381,13 @@ class EditService:
     async def route(self, request: RouteRequest) -> list[Route]:
         """POST /route: where each question would go, decided as generation decides it at prefill."""
         self._ready_edits()
-        prompt_format = PromptFormat.CHAT if request.chat and self.host.has_chat_template else PromptFormat.RAW
+        prompt_format = PromptFormat.CHAT if request.chat and self.loaded_host.has_chat_template else PromptFormat.RAW
         context = None
         if prompt_format is PromptFormat.CHAT and (request.system is not None or request.history):
             context = ChatContext(request.system, tuple((t.role, t.content) for t in request.history))
         for question in request.questions:
             self.check_fits(Ask(question, prompt_format, Sampling(max_new_tokens=1), context))
-        return await self.worker.run(self.engine.route, request.questions, prompt_format, context)
+        return await self.worker.run(self.loaded_engine.route, request.questions, prompt_format, context)
 
     async def revoke(self, edit_id: str, actor: str, reason: str | None = None) -> EditRecord:
         """At once for every row that arrives after it; a row already answering through this edit keeps its
@@ -486,7 +512,7 @@ class EditService:
         from editors.model_host import PromptFormatError
 
         try:
-            encoded = self.engine.encode(ask.prompt, ask.prompt_format, ask.context)
+            encoded = self.loaded_engine.encode(ask.prompt, ask.prompt_format, ask.context)
             n = len(encoded.ids)
         except PromptFormatError as exc:  # chat on a model without a chat template
             raise InvalidPrompt(str(exc)) from None
@@ -500,10 +526,10 @@ class EditService:
                 f"the prompt is {n} tokens (after the chat template); this server takes at most {limit} "
                 "(SOLA_MAX_PROMPT_TOKENS)"
             )
-        if n + ask.sampling.max_new_tokens > self.host.max_context:
+        if n + ask.sampling.max_new_tokens > self.loaded_host.max_context:
             raise PromptTooLong(
                 f"the prompt ({n} tokens) + max new tokens ({ask.sampling.max_new_tokens}) exceed the model's "
-                f"context of {self.host.max_context} tokens"
+                f"context of {self.loaded_host.max_context} tokens"
             )
         return encoded
 
@@ -511,7 +537,7 @@ class EditService:
     @property
     def threshold(self) -> float:
         """The routing threshold edits answer at (the engine's, or the configured one before it loads)."""
-        config = self.engine.config if self.engine is not None else engine_config(**self.settings.engine_knobs())
+        config = self.loaded_engine.config if self.engine is not None else engine_config(**self.settings.engine_knobs())
         return float(config.threshold)
 
     def base_model_identity(self, edit: EditRecord) -> BaseModelIdentity:
@@ -546,8 +572,8 @@ class EditService:
             except Exception as exc:
                 detail["database"] = f"error: {type(exc).__name__}: {exc}"[:500]
                 counts = None
-            engine_ids = set(self.engine.active_edit_ids()) if self.engine is not None else set()
-            engine_keys = int(self.engine.num_keys()) if self.engine is not None else 0
+            engine_ids = set(self.loaded_engine.active_edit_ids()) if self.engine is not None else set()
+            engine_keys = int(self.loaded_engine.num_keys()) if self.engine is not None else 0
             refused = dict(self.edits.refused) if self.edits is not None else {}
         finally:
             self._state_lock.release()

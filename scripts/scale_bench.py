@@ -51,7 +51,7 @@ def start_once(url: str, cache: Path, threads: int, bank_dtype: str | None) -> d
     svc = EditService(settings, Repository(db), ModelWorker(), Metrics())
     svc.load()
     ready = time.perf_counter() - started
-    result = {"ready_s": ready, "rss_mb": rss_mb(), "active": float(len(svc.engine.active_edit_ids()))}
+    result = {"ready_s": ready, "rss_mb": rss_mb(), "active": float(len(svc.loaded_engine.active_edit_ids()))}
     idle = []
     for _ in range(20):
         t = time.perf_counter()
