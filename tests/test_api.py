@@ -308,6 +308,8 @@ BAD_EDITS = [
     ({"prompt": "p", "target": "t", "metadata": "m"}, 422),
     ({"prompt": "p", "target": "x" * 1001}, 413),
     ({"prompt": "word " * 9000, "target": "t"}, 413),
+    ({"prompt": "0," * 1999, "target": "t"}, 413),  # ~4,000 tokens: fits the context, over SOLA_MAX_PROMPT_TOKENS
+    ({"prompt": "p", "target": "t", "negatives": ["0," * 1999]}, 413),
 ]
 
 
