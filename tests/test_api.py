@@ -167,7 +167,7 @@ def test_edits_and_events_filter_by_actor_text_metadata_and_time(admin: httpx.Cl
     from tests.server import ADMIN2
 
     made = edit(admin, "Which river flows through Quarnholt?", "the Vessa", metadata={"ticket": "OPS-77"})
-    with httpx.Client(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {ADMIN2}"}) as bob:
+    with httpx.Client(base_url=str(admin.base_url), headers={"Authorization": f"Bearer {ADMIN2}"}, timeout=300) as bob:
         by_bob = edit(bob, "Which river flows through Quarnholt Minor?", "the Ilse", metadata={"ticket": "OPS-78"})
 
     def ids(**params: str) -> list[str]:
