@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
-from editors.routed_lora import DecodeSession, RowPlan
+from editors.routed_lora import DecodeSession, RowPlan, Session
 from editors.types import ChatContext, PromptFormat, PromptTokens
 from router.key_index import Route
 
@@ -72,6 +72,26 @@ class ModelRunner:
         self._engine.bank.release(slot)
 
     # ---- forward passes -----------------------------------------------------------------------------------
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        session: Session | None,
+    ) -> torch.Tensor:
+        """One cached forward of tokens [B, T] under `session` -> the last position's logits [B, V]."""
+        with self._engine.routed.session_scope(session):
+            out = self.host.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1].float()
+
     @torch.no_grad()
     def prefill(
         self, prompts: Sequence[str], encoded: Sequence[PromptTokens], prompt_format: PromptFormat, use_edits: bool
@@ -82,18 +102,10 @@ class ModelRunner:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         session = engine.routing_session(prompts, encoded, prompt_format, left=True) if use_edits else None
         cache = DynamicCache(config=self.host.model.config)
-        with engine.routed.session_scope(session):
-            out = self.host.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        logits = self._forward(input_ids, mask, positions, cache, session)
         routes = (session.routes if session is not None else None) or [Route(None, None)] * len(encoded)
         layer_input = session.layer_input if session is not None else None
-        return Prefill(out.logits[:, -1].float(), _cached(cache), mask, positions[:, -1] + 1, routes, layer_input)
+        return Prefill(logits, _cached(cache), mask, positions[:, -1] + 1, routes, layer_input)
 
     @torch.no_grad()
     def prefill_chunk(self, ids: Sequence[int], done: int, kv: KV | None) -> Chunk:
@@ -104,17 +116,9 @@ class ModelRunner:
         positions = torch.arange(done, done + len(ids), device=device)[None]
         cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache(config=self.host.model.config)
         session = DecodeSession(None)  # records the edited layer's input, adds nothing
-        with self._engine.routed.session_scope(session):
-            out = self.host.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+        logits = self._forward(input_ids, mask, positions, cache, session)
         assert session.layer_input is not None
-        return Chunk(out.logits[0, -1].float(), _cached(cache), session.layer_input[0])
+        return Chunk(logits[0], _cached(cache), session.layer_input[0])
 
     def route(self, span_states: torch.Tensor, question: str, prompt_format: PromptFormat) -> Route:
         """The route of one whole prompt from its question's edited-layer states [T, D] (a chunked prompt)."""
@@ -157,15 +161,8 @@ class ModelRunner:
         input [B, 1, D] or None). `plan`: the rows still producing their edit's answer, and their slots."""
         cache = DynamicCache(ddp_cache_data=kv)
         session = DecodeSession(plan)
-        with self._engine.routed.session_scope(session):
-            out = self.host.model(
-                input_ids=last,
-                attention_mask=mask,
-                position_ids=next_position[:, None],
-                cache=cache,
-                use_cache=True,
-            )
-        return out.logits[:, -1].float(), _cached(cache), session.layer_input
+        logits = self._forward(last, mask, next_position[:, None], cache, session)
+        return logits, _cached(cache), session.layer_input
 
 
 def _cached(cache: DynamicCache) -> KV:
