@@ -9,6 +9,7 @@ edit answered, in `sola_edit` (response and each choice, the first chunk when st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -317,10 +318,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, _: Rea
 async def completions(body: CompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
     asks = completion_asks(body, request)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
-    host = svc.loaded_host
-    model, created = host.name, int(time.time())
+    model, created = svc.loaded_host.name, int(time.time())
     if len(asks) > 1:  # one request may not fill the batch with long prompts: their tokens count together
-        total = await asyncio.to_thread(lambda: sum(host.count_tokens(a.prompt, a.prompt_format) for a in asks))
+        try:  # encoded once here, for the decoder too
+            encoded = await asyncio.to_thread(lambda: [svc.check_fits(a) for a in asks])
+        except PromptTooLong as exc:
+            raise bad_request(exc.message, "context_length_exceeded") from None
+        asks = [dataclasses.replace(a, encoded=e) for a, e in zip(asks, encoded, strict=True)]
+        total = sum(len(e.ids) for e in encoded)
         limit = svc.settings.max_request_prompt_tokens
         if total > limit:
             raise bad_request(

@@ -43,6 +43,7 @@ from editors.types import (
     ChatContext,
     Generation,
     PromptFormat,
+    PromptTokens,
     Row,
     RowEvent,
     RowEventKind,
@@ -81,6 +82,7 @@ class Ask:
     sampling: Sampling
     context: ChatContext | None = None  # system prompt and earlier turns (chat only)
     use_edits: bool = True
+    encoded: PromptTokens | None = None  # the prompt's tokens, when check_fits has already made them
 
 
 @dataclass(frozen=True)
@@ -460,7 +462,7 @@ class EditService:
 
         Leaving the iteration early (a client that went away) frees its batch slot at the next decode step."""
         self._ready_edits()
-        encoded = await asyncio.to_thread(self.check_fits, ask)
+        encoded = ask.encoded if ask.encoded is not None else await asyncio.to_thread(self.check_fits, ask)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[RowEvent] = asyncio.Queue()
 
@@ -506,8 +508,8 @@ class EditService:
         if edit_id is not None:
             self.metrics.edit_hits.hit(edit_id)
 
-    def check_fits(self, ask: Ask) -> Any:
-        """The prompt's tokens (editors.types.PromptTokens), encoded once for the decoder too; raises
+    def check_fits(self, ask: Ask) -> PromptTokens:
+        """The prompt's tokens, encoded once for the decoder too; raises
         InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
         from editors.model_host import PromptFormatError
 
