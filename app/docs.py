@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -41,7 +41,19 @@ def _offline(page: HTMLResponse) -> HTMLResponse:
 
 @docs_router.get("/openapi.json", dependencies=[DocsReader])
 async def openapi(request: Request) -> JSONResponse:
-    return JSONResponse(without_v1_validation_errors(request.app.openapi()))
+    return JSONResponse(request.app.openapi())
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Build the document once, as FastAPI does, with /v1's validation errors documented as OpenAI's."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_v1_validation_errors(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
 
 
 def without_v1_validation_errors(spec: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from app import errors
 from app.body_limit import BodyLimitMiddleware
 from app.console_routes import mount_console
-from app.docs import docs_router
+from app.docs import docs_router, install_openapi
 from app.metrics import Metrics, MetricsMiddleware
 from app.openai_api import router as openai_router
 from app.request_guard import RequestGuardMiddleware
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
     app.include_router(router)
     app.include_router(openai_router)
     app.include_router(docs_router)
+    install_openapi(app)
     mount_console(app)  # /console: the operator console; / redirects there
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     keyless = not settings.keys
