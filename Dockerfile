@@ -20,7 +20,7 @@ COPY app ./app
 COPY client ./client
 COPY editors ./editors
 COPY evaluation ./evaluation
-COPY router ./router
+COPY routing ./routing
 COPY storage ./storage
 COPY wire ./wire
 COPY migrations ./migrations

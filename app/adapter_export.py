@@ -21,7 +21,7 @@ ROUTING_RULE = (
     "score = cosine(query key, edit key) x (share of the key's subject words the query contains)^2, the query "
     "key being the mean of the edited layer's input states over the question's tokens, minus the model's "
     "calibration centre; the edit answers when its best key scores at least `threshold` and the gate agrees "
-    "(router/gate.py: subject fully covered, no new names, the same relation, no negative closer)"
+    "(routing/gate.py: subject fully covered, no new names, the same relation, no negative closer)"
 )
 
 

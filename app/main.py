@@ -21,7 +21,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.openai_api import router as openai_router
 from app.request_guard import RequestGuardMiddleware
 from app.request_id import RequestIdMiddleware
-from app.routes import router
+from app.routes import router as edits_router
 from app.service import EditService
 from app.settings import Settings
 from app.worker import ModelWorker
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
     app.state.settings = settings
     app.state.metrics = metrics
     errors.install(app)
-    app.include_router(router)
+    app.include_router(edits_router)
     app.include_router(openai_router)
     app.include_router(docs_router)
     install_openapi(app)

@@ -51,7 +51,7 @@ from editors.types import (
     TrainedEdit,
     engine_config,
 )
-from router.key_index import Route
+from routing.key_index import Route
 from storage.repository import (
     EditNotFound,
     EditPayload,

@@ -49,7 +49,7 @@ from editors.types import (
     Sampling,
     TokenLogprob,
 )
-from router.key_index import Route
+from routing.key_index import Route
 
 if TYPE_CHECKING:
     from editors.engine import EditingEngine

@@ -34,9 +34,9 @@ from editors.routed_lora import (
 )
 from editors.training import EditExample, drain, train_lora_steps
 from editors.types import ChatContext, EngineConfig, PromptFormat, PromptTokens, Score, TrainedEdit
-from router import lexical
-from router.gate import Gate, Negatives
-from router.key_index import KeyIndex, Route, normalise
+from routing import lexical
+from routing.gate import Gate, Negatives
+from routing.key_index import KeyIndex, Route, normalise
 
 
 class EditRefused(ValueError):

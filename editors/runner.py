@@ -18,7 +18,7 @@ from transformers import DynamicCache
 
 from editors.routed_lora import DecodeSession, RowPlan, Session
 from editors.types import ChatContext, PromptFormat, PromptTokens
-from router.key_index import Route
+from routing.key_index import Route
 
 if TYPE_CHECKING:
     from editors.engine import EditingEngine

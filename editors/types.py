@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only: importing it would load FAISS
-    from router.key_index import Route
+    from routing.key_index import Route
 
 
 class PromptFormat(StrEnum):
@@ -45,7 +45,7 @@ class EngineConfig:
 
     layer: int = 26  # the edited layer: keys are the residual stream entering it, LoRA sits in its MLP
     # Routing score = content cosine x (share of the key's subject words in the query)^2, one threshold for
-    # chat and raw prompts alike; router/relation.py's check decides after it (studies/content_router/README.md).
+    # chat and raw prompts alike; routing/relation.py's check decides after it (studies/content_router/README.md).
     threshold: float = 0.40
     tie_margin: float = 1e-3  # keys this close to the best score count as the same fact: the newest edit wins
     rank: int = 4

@@ -37,7 +37,7 @@ from editors.types import EngineConfig, PromptFormat, TrainedEdit
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
 from evaluation.server_process import ServerProcess, quiet_server
-from router.key_index import KeyIndex, normalise
+from routing.key_index import KeyIndex, normalise
 
 DEFAULT_DATASET = Path("../shared/data/zsre/zsre_mend_train_1k.json")
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from editors.adapter_io import serialize_adapter
 from editors.model_host import ModelHost
 from editors.types import EngineConfig
-from router.key_index import normalise
+from routing.key_index import normalise
 from storage.db import make_db_engine
 from storage.migrate import upgrade
 from storage.models import Edit, EditAdapter, EditKey, Event, utcnow

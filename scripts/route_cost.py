@@ -1,5 +1,5 @@
-"""Routing cost per query at 10,000 edits: the dense + lexical ranking (router/key_index.py) and the gate
-(router/gate.py: coverage, names, relation, negatives) over the ranked candidates, on one CPU thread.
+"""Routing cost per query at 10,000 edits: the dense + lexical ranking (routing/key_index.py) and the gate
+(routing/gate.py: coverage, names, relation, negatives) over the ranked candidates, on one CPU thread.
 
 Worst case for the gate: 1,250 subjects x 8 attributes, so every query's 8 nearest edits are its subject's
 and all score over the threshold with full subject coverage; each is then put through the relation check
@@ -20,9 +20,9 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from editors.model_host import COMMON_WORD_MAX_ID, DEFAULT_MODEL_NAME
-from router import lexical
-from router.gate import Gate
-from router.key_index import KeyIndex, normalise
+from routing import lexical
+from routing.gate import Gate
+from routing.key_index import KeyIndex, normalise
 
 ATTRIBUTES = [
     ("What time does {s} open?", "What time does {s} open its doors?"),

@@ -9,7 +9,7 @@ import sys
 
 from tests.server import REPO
 
-PACKAGES = ("app", "client", "editors", "evaluation", "router", "storage", "wire")
+PACKAGES = ("app", "client", "editors", "evaluation", "routing", "storage", "wire")
 
 
 def loaded_after(statement: str) -> set[str]:
@@ -21,7 +21,7 @@ def loaded_after(statement: str) -> set[str]:
 
 def test_the_client_imports_nothing_of_the_server() -> None:
     loaded = loaded_after("import client.cli")
-    server = {"app", "editors", "storage", "router", "fastapi", "starlette", "sqlalchemy", "torch", "numpy"}
+    server = {"app", "editors", "storage", "routing", "fastapi", "starlette", "sqlalchemy", "torch", "numpy"}
     assert not server & {name.split(".")[0] for name in loaded}
     assert {name for name in loaded if name.split(".")[0] in PACKAGES} <= {
         "client",

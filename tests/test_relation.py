@@ -1,11 +1,11 @@
-"""The relation check (router/relation.py) on hand-written questions: no model needed."""
+"""The relation check (routing/relation.py) on hand-written questions: no model needed."""
 
 from __future__ import annotations
 
 import pytest
 
-from router import relation
-from router.relation import Wording, answer_type, same_question
+from routing import relation
+from routing.relation import Wording, answer_type, same_question
 
 COMMON = frozenset(
     [

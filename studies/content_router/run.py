@@ -5,7 +5,7 @@
         --prompt-format raw
 
 Router only, no training: the first N records' prompts become keys in the product's own KeyIndex (content
-vectors from the engine, subject words from router/lexical.py), then every probe is routed and, per
+vectors from the engine, subject words from routing/lexical.py), then every probe is routed and, per
 threshold, the study prints: paraphrases routed to their own edit / to a wrong one, the paraphrases asked
 in context (custom system prompt, after an unrelated exchange; chat only), locality prompts routed,
 neighbours routed (prompts and paraphrases of the records after the first N: same templates, other
@@ -27,8 +27,8 @@ from editors.model_host import ModelHost
 from editors.types import ChatContext, PromptFormat
 from evaluation.datasets import load_records
 from evaluation.quality import IN_CONTEXT, neighbour_prompts
-from router import lexical
-from router.key_index import KeyIndex
+from routing import lexical
+from routing.key_index import KeyIndex
 
 
 def keys_of(engine: EditingEngine, texts: Sequence[str], asked: PromptFormat, context: ChatContext | None = None):

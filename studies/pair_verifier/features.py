@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from router.relation import _STEM as STEM
-from router.relation import FUNCTION_WORDS as FUNCTION
+from routing.relation import _STEM as STEM
+from routing.relation import FUNCTION_WORDS as FUNCTION
 
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 

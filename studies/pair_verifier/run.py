@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from router import lexical
+from routing import lexical
 from studies.pair_verifier import features as F
 from studies.pair_verifier.pairmodel import PairModel, predict, prepare, train
 from studies.pair_verifier.pairs import counterfact_pairs, hard_template_pairs, identity_pairs, template_pairs

@@ -1,4 +1,4 @@
-"""Build router/data/relation_templates.json: known phrasings of one relation, subject-masked and clustered.
+"""Build routing/data/relation_templates.json: known phrasings of one relation, subject-masked and clustered.
 
     .venv/bin/python -m studies.relation_templates.build
 
@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from editors.model_host import ModelHost
-from router import lexical
-from router.relation import TEMPLATES, masked, relation_words
+from routing import lexical
+from routing.relation import TEMPLATES, masked, relation_words
 
 HERE = Path(__file__).parent
 COUNTERFACT = Path(__file__).resolve().parents[3] / "shared" / "data" / "counterfact" / "counterfact_train.json"

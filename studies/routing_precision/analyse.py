@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from router import lexical
+from routing import lexical
 
 TOKENIZER = AutoTokenizer.from_pretrained("var/models/SmolLM2-135M-Instruct")
 

@@ -1,10 +1,10 @@
-"""The shipped relation check (router/relation.py) on the study sets, router only."""
+"""The shipped relation check (routing/relation.py) on the study sets, router only."""
 
 from __future__ import annotations
 
 import sys
 
-from router.relation import Wording, same_question
+from routing.relation import Wording, same_question
 from studies.routing_precision.analyse import Study, fmt, is_common, report
 
 for name in sys.argv[1].split(","):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from editors.routed_lora import BankedLoRALinear, LoRABank, RowPlan
-from router import lexical
-from router.key_index import KeyIndex, normalise
+from routing import lexical
+from routing.key_index import KeyIndex, normalise
 
 
 def unit(*xs: float) -> np.ndarray:

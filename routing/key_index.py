@@ -3,7 +3,7 @@
 Two stages per query (see studies/content_router/README.md):
 1. dense: the query's content vector (editors/content.py) against every key's by cosine, top `k` (FAISS);
 2. lexical: each candidate's cosine is multiplied by the square of the share of the key's subject words
-   that the query contains (router/lexical.py). The best product fires its edit if >= the threshold.
+   that the query contains (routing/lexical.py). The best product fires its edit if >= the threshold.
 
 A key is one prompt of an edit (its own, or a rephrase the operator gave) in one prompt format. The index
 is ID-mapped: each key row gets a stable int64 id, so removing an edit never renumbers the others.
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from router.lexical import coverage
+from routing.lexical import coverage
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Route:
     nearest_edit_id: str | None = None  # the edit of the best score, fired or not (operators explain routing)
     runner_up_id: str | None = None  # the best-scoring other edit (than the fired one, or the nearest)
     runner_up_similarity: float | None = None
-    vetoed: tuple[str, ...] = ()  # edits that scored over the threshold but a check refused (router/gate.py)
+    vetoed: tuple[str, ...] = ()  # edits that scored over the threshold but a check refused (routing/gate.py)
 
     @property
     def margin(self) -> float | None:
@@ -296,7 +296,7 @@ class KeyIndex:
         tie_margin: float = 1e-3,
     ) -> list[Route]:
         """Per query: the edit whose key scores best (cosine x subject coverage^2), if >= `threshold` (the
-        dense and lexical stages alone; the routed layer adds router/gate.py's checks)."""
+        dense and lexical stages alone; the routed layer adds routing/gate.py's checks)."""
         routes = []
         for ranked in self.ranked(queries, query_words, k, tie_margin):
             if not ranked:

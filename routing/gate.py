@@ -1,6 +1,6 @@
 """What a candidate edit must pass besides its score, and the decision over a query's ranked candidates.
 
-The dense and lexical stages (router/key_index.py) rank the edits a query may be about. Scoring over the
+The dense and lexical stages (routing/key_index.py) rank the edits a query may be about. Scoring over the
 threshold is not enough: an edit answers a query only if also
 
 1. the query names every subject word of the edit's matching wording (full coverage: "Harborlight Data
@@ -9,7 +9,7 @@ threshold is not enough: an edit answers a query only if also
    never mention: "the Korvane K7 Max" is not "the Korvane K7", "Brightwater Electronics Canada" is not
    "Brightwater Electronics" (a name-like word: holding a digit, or capitalised);
 3. the query asks what one of the edit's wordings asks, not another attribute of the same subject
-   (router/relation.py: "What time does X close?" is not "What time does X open?");
+   (routing/relation.py: "What time does X close?" is not "What time does X open?");
 4. none of the edit's negatives (questions the operator said it must not answer) is at least as close to
    the query as the edit's best wording: a negative vetoes its own edit and no other;
 5. a further check passes, when the caller gives one.
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from router import lexical, relation
-from router.key_index import Candidate, Route, normalise
+from routing import lexical, relation
+from routing.key_index import Candidate, Route, normalise
 
 # (row of the batch, candidate) -> accepted? A second stage that needs the query's own features.
 Verifier = Callable[[int, Candidate], bool]

@@ -16,7 +16,7 @@ paraphrases rather than capture near misses (an operator adds a missed wording a
    answer ("Tell me about the Lisbon office" names the subject and asks nothing the edit answers);
 
 or, whatever the words: the query and a wording of the edit are two known phrasings of one relation
-(router/data/relation_templates.json: subject-masked templates clustered from CounterFact records no
+(routing/data/relation_templates.json: subject-masked templates clustered from CounterFact records no
 evaluation uses, linked by ROME's real paraphrases, and from hand-written attribute questions).
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import snowballstemmer
 
-from router import lexical
+from routing import lexical
 
 _STEM = snowballstemmer.stemmer("english")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
@@ -169,7 +169,7 @@ def _subject_runs(tokens: list[tuple[str, tuple[int, int], bool]]) -> list[tuple
 
 @functools.cache
 def known_relations() -> dict[str, int]:
-    """Subject-masked template -> its relation's cluster id (router/data/relation_templates.json)."""
+    """Subject-masked template -> its relation's cluster id (routing/data/relation_templates.json)."""
     clusters = json.loads(TEMPLATES.read_text())["clusters"]
     return {template: i for i, members in enumerate(clusters) for template in members}
 
@@ -179,7 +179,7 @@ class Wording:
     """One wording of an edit (its prompt or a rephrase), as the relation check reads it."""
 
     text: str
-    subject: frozenset[str]  # its subject words (router/lexical.py)
+    subject: frozenset[str]  # its subject words (routing/lexical.py)
     words: frozenset[str]  # relation_words(text, subject)
     answer: str | None  # answer_type(text)
     voice: bool | None  # subject_first_voice(text, subject)
