@@ -3,7 +3,7 @@ repository and the settings that app/main.py keeps in the app's state."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
@@ -17,15 +17,15 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 
 
 def service(request: Request) -> EditService:
-    return request.app.state.service
+    return cast(EditService, request.app.state.service)
 
 
 def repository(request: Request) -> Repository:
-    return request.app.state.repo
+    return cast(Repository, request.app.state.repo)
 
 
 def settings(request: Request) -> Settings:
-    return request.app.state.settings
+    return cast(Settings, request.app.state.settings)
 
 
 Service = Annotated[EditService, Depends(service)]

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from editors.scheduler import JobKind, TurnState, schedule
 from editors.types import SHUTDOWN, Row, RowEvent, RowEventKind
@@ -73,11 +73,11 @@ class ModelWorker:
     # ---- the event loop's side --------------------------------------------------------------------
     async def run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run fn whole on the model thread and await its result. Jobs run in submission order."""
-        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=False)
+        return cast(R, await self._submit(functools.partial(fn, *args, **kwargs), stepped=False))
 
     async def run_steps(self, fn: Callable[P, Generator[Any, None, R]], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a generator function one `yield` at a time, a decode step between slices; await its return."""
-        return await self._submit(functools.partial(fn, *args, **kwargs), stepped=True)
+        return cast(R, await self._submit(functools.partial(fn, *args, **kwargs), stepped=True))
 
     async def _submit(self, call: Callable[[], Any], stepped: bool) -> Any:
         loop = asyncio.get_running_loop()

@@ -21,7 +21,8 @@ import torch
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    normalised: torch.Tensor = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return normalised
 
 
 @dataclass(frozen=True)

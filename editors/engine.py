@@ -14,7 +14,7 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -300,7 +300,7 @@ class EditingEngine:
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
         return self._contents(hidden, [e.span for e in encoded], kinds), kinds
 
-    def _capture(self, examples: Sequence[EditExample]) -> tuple[torch.Tensor, dict]:
+    def _capture(self, examples: Sequence[EditExample]) -> tuple[torch.Tensor, dict[str, Any]]:
         """One partial forward (layers below the edited one) over the right-padded training batch."""
         seqs = [e.prompt_ids + e.target_ids for e in examples]
         input_ids, attention_mask = self.pad(seqs, left=False)

@@ -186,12 +186,13 @@ class BankedLoRALinear(nn.Module):
         self.plan: RowPlan | TrainPlan | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, in] -> [B, T, out]
-        out = self.base_layer(x)
+        out: torch.Tensor = self.base_layer(x)
         plan = self.plan
         if plan is None:
             return out
         if isinstance(plan, TrainPlan):
-            return out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling
+            trained: torch.Tensor = out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling
+            return trained
         delta = self.bank.delta(x.index_select(0, plan.rows), plan.slots)  # [R, T, out]
         return out.index_add(0, plan.rows, delta.to(out.dtype))
 
@@ -313,7 +314,13 @@ class RoutedLayer(nn.Module):
             session.routes, session.plan = self.route(hidden_states, session)
         return self._run(session.plan, hidden_states, args, kwargs)
 
-    def _run(self, plan: RowPlan | TrainPlan | None, hidden_states: torch.Tensor, args: tuple, kwargs: dict) -> Any:
+    def _run(
+        self,
+        plan: RowPlan | TrainPlan | None,
+        hidden_states: torch.Tensor,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         self.proj.plan = plan
         try:
             return self.base_layer(hidden_states, *args, **kwargs)

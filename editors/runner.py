@@ -90,7 +90,8 @@ class ModelRunner:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        return out.logits[:, -1].float()
+        last: torch.Tensor = out.logits[:, -1].float()
+        return last
 
     @torch.no_grad()
     def prefill(

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ def train_lora_steps(
     routed: RoutedLayer,
     config: EngineConfig,
     hidden: torch.Tensor,
-    layer_kwargs: dict,
+    layer_kwargs: dict[str, Any],
     examples: list[EditExample],
     in_features: int,
     out_features: int,
@@ -101,7 +101,7 @@ def train_lora_steps(
         if config.max_train_seconds is not None and spent > config.max_train_seconds:
             raise TrainingTimeout(steps, spent, config.max_train_seconds)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         optimizer.step()
         yield
         resumed = time.perf_counter()
@@ -115,4 +115,5 @@ def drain(steps: Generator[None, None, R]) -> R:
         try:
             next(steps)
         except StopIteration as done:
-            return done.value
+            result: R = done.value
+            return result
