@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.api_error import ApiError
 from app.deps import Reader, Service
@@ -25,12 +24,17 @@ from app.disconnect import unless_disconnected
 from app.errors import documented
 from app.openai_schemas import (
     ChatChoice,
+    ChatChunkChoice,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatDelta,
     ChatLogprobs,
     ChatMessageOut,
     Completion,
     CompletionChoice,
+    CompletionChunk,
+    CompletionChunkChoice,
     CompletionLogprobs,
     CompletionRequest,
     ModelCard,
@@ -184,7 +188,7 @@ def completion_logprobs(svc: EditService, end: RowEvent) -> CompletionLogprobs:
 
 
 # ---- decoding -------------------------------------------------------------------------------------------
-async def opened(svc: EditService, ask: Ask) -> tuple[RowEvent, AsyncIterator[RowEvent]]:
+async def opened(svc: EditService, ask: Ask) -> tuple[RowEvent, AsyncGenerator[RowEvent, None]]:
     """Start decoding one request: its `start` event (the route, known after prefill) and the rest."""
     events = svc.stream(ask)
     try:
@@ -210,11 +214,11 @@ def usage(ends: Sequence[RowEvent]) -> Usage:
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def sse(payload: dict[str, Any] | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)}\n\n"
+def sse(chunk: ChatCompletionChunk | CompletionChunk) -> str:
+    return f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
 
 
-async def merged(streams: Sequence[AsyncIterator[RowEvent]]) -> AsyncIterator[tuple[int, RowEvent]]:
+async def merged(streams: Sequence[AsyncGenerator[RowEvent, None]]) -> AsyncGenerator[tuple[int, RowEvent], None]:
     """Events of several rows as they come, each tagged with its row's index."""
     queue: asyncio.Queue[tuple[int, RowEvent | None]] = asyncio.Queue()
 
@@ -240,7 +244,158 @@ async def merged(streams: Sequence[AsyncIterator[RowEvent]]) -> AsyncIterator[tu
         # wait for the pumps to stop first: closing a generator a pump is still inside raises RuntimeError
         await asyncio.gather(*tasks, return_exceptions=True)
         for stream in streams:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
+
+
+# ---- one reply, two shapes ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reply:
+    """What both endpoints share: one completion's id, time and model, and how its rows become chunks and a
+    response. ChatReply and CompletionReply say only how OpenAI shapes each."""
+
+    svc: EditService
+    id: str
+    created: int
+    model: str
+    include_usage: bool  # stream_options.include_usage: `usage` null on each chunk, then a usage-only chunk
+    logprobs: bool
+
+    def _sent(self) -> dict[str, Usage | None]:
+        return {"usage": None} if self.include_usage else {}
+
+
+@dataclass(frozen=True)
+class ChatReply(Reply):
+    def _chunk(self, choice: ChatChunkChoice, **extra: SolaEdit | Usage | None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.model,
+            choices=[choice],
+            **{**self._sent(), **extra},
+        )
+
+    def opening(self, index: int, edit: SolaEdit | None) -> ChatCompletionChunk:
+        delta = ChatDelta(role="assistant", content="")
+        return self._chunk(ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=None), sola_edit=edit)
+
+    def text(self, index: int, text: str) -> ChatCompletionChunk:
+        delta = ChatDelta(content=text)
+        return self._chunk(ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=None))
+
+    def last(self, index: int, end: RowEvent) -> ChatCompletionChunk:
+        logprobs = chat_logprobs(self.svc, end) if self.logprobs else None  # whole, with the last chunk
+        reason = end.finish_reason or "stop"
+        return self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason, logprobs=logprobs))
+
+    def usage_only(self, total: Usage) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id, object="chat.completion.chunk", created=self.created, model=self.model, choices=[], usage=total
+        )
+
+    def whole(self, results: Sequence[tuple[str, RowEvent]], edits: Sequence[SolaEdit | None]) -> ChatCompletion:
+        (text, end), edit = results[0], edits[0]
+        choice = ChatChoice(
+            index=0,
+            message=ChatMessageOut(content=text),
+            finish_reason=end.finish_reason or "stop",
+            logprobs=chat_logprobs(self.svc, end) if self.logprobs else None,
+            sola_edit=edit,
+        )
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage([end]), sola_edit=edit
+        )
+
+
+@dataclass(frozen=True)
+class CompletionReply(Reply):
+    def _chunk(self, choice: CompletionChunkChoice, **extra: SolaEdit | Usage | None) -> CompletionChunk:
+        return CompletionChunk(
+            id=self.id,
+            object="text_completion",
+            created=self.created,
+            model=self.model,
+            choices=[choice],
+            **{**self._sent(), **extra},
+        )
+
+    def opening(self, index: int, edit: SolaEdit | None) -> CompletionChunk:
+        choice = CompletionChunkChoice(index=index, text="", finish_reason=None, logprobs=None)
+        return self._chunk(choice, sola_edit=edit)
+
+    def text(self, index: int, text: str) -> CompletionChunk:
+        return self._chunk(CompletionChunkChoice(index=index, text=text, finish_reason=None, logprobs=None))
+
+    def last(self, index: int, end: RowEvent) -> CompletionChunk:
+        logprobs = completion_logprobs(self.svc, end) if self.logprobs else None
+        reason = end.finish_reason or "stop"
+        return self._chunk(CompletionChunkChoice(index=index, text="", finish_reason=reason, logprobs=logprobs))
+
+    def usage_only(self, total: Usage) -> CompletionChunk:
+        return CompletionChunk(
+            id=self.id, object="text_completion", created=self.created, model=self.model, choices=[], usage=total
+        )
+
+    def whole(self, results: Sequence[tuple[str, RowEvent]], edits: Sequence[SolaEdit | None]) -> Completion:
+        choices = [
+            CompletionChoice(
+                index=i,
+                text=text,
+                finish_reason=end.finish_reason or "stop",
+                logprobs=completion_logprobs(self.svc, end) if self.logprobs else None,
+                sola_edit=edits[i],
+            )
+            for i, (text, end) in enumerate(results)
+        ]
+        ends = [end for _, end in results]
+        return Completion(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage(ends), sola_edit=edits[0]
+        )
+
+
+async def opened_rows(svc: EditService, asks: Sequence[Ask]) -> list[tuple[RowEvent, AsyncGenerator[RowEvent, None]]]:
+    """Start every ask's row; they join the batch together. One refused: the others leave the batch now
+    instead of decoding for nobody, and the refusal is the answer."""
+    attempts = await asyncio.gather(*(opened(svc, ask) for ask in asks), return_exceptions=True)
+    rows = [a for a in attempts if not isinstance(a, BaseException)]
+    failed = [a for a in attempts if isinstance(a, BaseException)]
+    if failed:
+        for _, events in rows:
+            await events.aclose()
+        raise failed[0]
+    return rows
+
+
+async def answer(reply: ChatReply | CompletionReply, asks: Sequence[Ask], request: Request, stream: bool) -> Response:
+    """Decode the asks on the continuous batch; the whole answer as JSON, or its Server-Sent Events."""
+    rows = await opened_rows(reply.svc, asks)
+    edits = [edit_of(start) for start, _ in rows]
+    headers = provenance_headers(edits[0], request, reply.id)
+    if not stream:
+        everything = asyncio.gather(*(finished(start, events) for start, events in rows))
+        results = await unless_disconnected(request, everything)
+        return JSONResponse(reply.whole(results, edits).model_dump(mode="json"), headers=headers)
+
+    async def body_events() -> AsyncIterator[str]:
+        ends: list[RowEvent] = []
+        for i, edit in enumerate(edits):  # each choice's provenance first, before any of its text
+            yield sse(reply.opening(i, edit))
+        events = merged([row_events for _, row_events in rows])
+        try:
+            async for index, event in events:
+                if event.kind == "text" and event.text:
+                    yield sse(reply.text(index, event.text))
+                elif event.kind == "end":
+                    ends.append(event)
+                    yield sse(reply.last(index, event))
+        finally:
+            await events.aclose()  # a client gone: its rows' slots free at the next step
+        if reply.include_usage:
+            yield sse(reply.usage_only(usage(ends)))
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body_events(), media_type="text/event-stream", headers=headers)
 
 
 # ---- endpoints ------------------------------------------------------------------------------------------
@@ -250,142 +405,42 @@ async def models(_: Reader, svc: Service) -> ModelList:
     return ModelList(data=[ModelCard(id=name, created=STARTED)])
 
 
-@router.post(
-    "/chat/completions",
-    response_model=ChatCompletion,
-    responses={
-        **documented(400, 401, 403, 415, 503),
-        200: {"description": "A completion, or its SSE chunks with stream"},
-    },
-)
-async def chat_completions(body: ChatCompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
+ANSWERED = {**documented(400, 401, 403, 415, 503), 200: {"description": "A completion, or its SSE chunks with stream"}}
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=ANSWERED)
+async def chat_completions(body: ChatCompletionRequest, request: Request, _: Reader, svc: Service) -> Response:
     ask = chat_ask(body, request)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    model, created = svc.loaded_host.name, int(time.time())
-    start, events = await opened(svc, ask)
-    edit = edit_of(start)
-    headers = provenance_headers(edit, request, completion_id)
-    if not body.stream:
-        text, end = await unless_disconnected(request, finished(start, events))
-        choice = ChatChoice(
-            index=0,
-            message=ChatMessageOut(content=text),
-            finish_reason=end.finish_reason or "stop",
-            logprobs=chat_logprobs(svc, end) if body.logprobs else None,
-            sola_edit=edit,
-        )
-        out = ChatCompletion(
-            id=completion_id, created=created, model=model, choices=[choice], usage=usage([end]), sola_edit=edit
-        )
-        return JSONResponse(out.model_dump(mode="json"), headers=headers)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
-        return {**base, "choices": [choice], **({"usage": None} if include_usage else {}), **extra}
-
-    async def body_events() -> AsyncIterator[str]:
-        try:
-            first = {"role": "assistant", "content": ""}
-            yield sse(chunk(first, sola_edit=edit.model_dump() if edit else None))
-            async for event in events:
-                if event.kind == "text" and event.text:
-                    yield sse(chunk({"content": event.text}))
-                elif event.kind == "end":  # logprobs, when asked for, come whole with the last chunk
-                    last = chunk({}, event.finish_reason or "stop")
-                    if body.logprobs:
-                        last["choices"][0]["logprobs"] = chat_logprobs(svc, event).model_dump()
-                    yield sse(last)
-                    if include_usage:
-                        base = {"id": completion_id, "object": "chat.completion.chunk", "created": created}
-                        yield sse({**base, "model": model, "choices": [], "usage": usage([event]).model_dump()})
-            yield sse("[DONE]")
-        finally:
-            await events.aclose()  # type: ignore[attr-defined]  # a client gone: its slot frees at the next step
-
-    return StreamingResponse(body_events(), media_type="text/event-stream", headers=headers)
+    model, created = svc.loaded_host.name, int(time.time())
+    reply = ChatReply(svc, f"chatcmpl-{uuid.uuid4().hex}", created, model, include_usage, body.logprobs)
+    return await answer(reply, [ask], request, body.stream)
 
 
-@router.post(
-    "/completions",
-    response_model=Completion,
-    responses={
-        **documented(400, 401, 403, 415, 503),
-        200: {"description": "A completion, or its SSE chunks with stream"},
-    },
-)
-async def completions(body: CompletionRequest, request: Request, _: Reader, svc: Service) -> Any:
+@router.post("/completions", response_model=Completion, responses=ANSWERED)
+async def completions(body: CompletionRequest, request: Request, _: Reader, svc: Service) -> Response:
     asks = completion_asks(body, request)
-    completion_id = f"cmpl-{uuid.uuid4().hex}"
-    model, created = svc.loaded_host.name, int(time.time())
     if len(asks) > 1:  # one request may not fill the batch with long prompts: their tokens count together
-        try:  # encoded once here, for the decoder too
-            encoded = await asyncio.to_thread(lambda: [svc.check_fits(a) for a in asks])
-        except PromptTooLong as exc:
-            raise bad_request(exc.message, "context_length_exceeded") from None
-        asks = [dataclasses.replace(a, encoded=e) for a, e in zip(asks, encoded, strict=True)]
-        total = sum(len(e.ids) for e in encoded)
-        limit = svc.settings.max_request_prompt_tokens
-        if total > limit:
-            raise bad_request(
-                f"prompt: {total} tokens in all, over this server's {limit} per request "
-                "(SOLA_MAX_REQUEST_PROMPT_TOKENS); send fewer prompts per request",
-                "context_length_exceeded",
-            )
-    attempts = await asyncio.gather(*(opened(svc, ask) for ask in asks), return_exceptions=True)
-    failed = [a for a in attempts if isinstance(a, BaseException)]
-    opened_rows = [a for a in attempts if not isinstance(a, BaseException)]  # all joined the batch together
-    if failed:  # one prompt refused: the others leave the batch now instead of decoding for nobody
-        for row in opened_rows:
-            await row[1].aclose()  # type: ignore[attr-defined]
-        raise failed[0]
-    edits = [edit_of(start) for start, _ in opened_rows]
-    headers = provenance_headers(edits[0], request, completion_id)
-    if not body.stream:
-        everything = asyncio.gather(*(finished(start, events) for start, events in opened_rows))
-        results = await unless_disconnected(request, everything)
-        choices = [
-            CompletionChoice(
-                index=i,
-                text=text,
-                finish_reason=end.finish_reason or "stop",
-                logprobs=completion_logprobs(svc, end) if body.logprobs is not None else None,
-                sola_edit=edits[i],
-            )
-            for i, (text, end) in enumerate(results)
-        ]
-        out = Completion(
-            id=completion_id,
-            created=created,
-            model=model,
-            choices=choices,
-            usage=usage([end for _, end in results]),
-            sola_edit=edits[0],
-        )
-        return JSONResponse(out.model_dump(mode="json"), headers=headers)
+        asks = await encoded_within_request_limit(svc, asks)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    base = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    model, created = svc.loaded_host.name, int(time.time())
+    reply = CompletionReply(svc, f"cmpl-{uuid.uuid4().hex}", created, model, include_usage, body.logprobs is not None)
+    return await answer(reply, asks, request, body.stream)
 
-    def chunk(index: int, text: str, finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
-        choice = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}
-        return {**base, "choices": [choice], **({"usage": None} if include_usage else {}), **extra}
 
-    async def body_events() -> AsyncIterator[str]:
-        ends: list[RowEvent] = []
-        for i, edit in enumerate(edits):  # each choice's provenance first, before any of its text
-            yield sse(chunk(i, "", sola_edit=edit.model_dump() if edit else None))
-        async for index, event in merged([events for _, events in opened_rows]):
-            if event.kind == "text" and event.text:
-                yield sse(chunk(index, event.text))
-            elif event.kind == "end":
-                ends.append(event)
-                last = chunk(index, "", event.finish_reason or "stop")
-                if body.logprobs is not None:
-                    last["choices"][0]["logprobs"] = completion_logprobs(svc, event).model_dump()
-                yield sse(last)
-        if include_usage:
-            yield sse({**base, "choices": [], "usage": usage(ends).model_dump()})
-        yield sse("[DONE]")
-
-    return StreamingResponse(body_events(), media_type="text/event-stream", headers=headers)
+async def encoded_within_request_limit(svc: EditService, asks: list[Ask]) -> list[Ask]:
+    """The asks, each carrying its tokens (encoded once here, for the decoder too), when their prompts
+    together fit SOLA_MAX_REQUEST_PROMPT_TOKENS."""
+    try:
+        encoded = await asyncio.to_thread(lambda: [svc.check_fits(a) for a in asks])
+    except PromptTooLong as exc:
+        raise bad_request(exc.message, "context_length_exceeded") from None
+    total = sum(len(e.ids) for e in encoded)
+    limit = svc.settings.max_request_prompt_tokens
+    if total > limit:
+        raise bad_request(
+            f"prompt: {total} tokens in all, over this server's {limit} per request "
+            "(SOLA_MAX_REQUEST_PROMPT_TOKENS); send fewer prompts per request",
+            "context_length_exceeded",
+        )
+    return [dataclasses.replace(a, encoded=e) for a, e in zip(asks, encoded, strict=True)]

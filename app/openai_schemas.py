@@ -8,9 +8,9 @@ response carries `sola_edit`: the edit that answered (null when none fired), the
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from wire.schemas import storable
 
@@ -65,11 +65,11 @@ class _Sampling(_OpenAIRequest):
     # vLLM's extension: hold the end of the answer back this many tokens (benchmarks: equal-length answers)
     min_tokens: int = Field(default=0, ge=0)
     # OpenAI fields this server cannot honour: accepted only at their "off" values (unsupported_fields says)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
+    tools: list[JsonValue] | None = None
+    tool_choice: JsonValue = None
+    functions: list[JsonValue] | None = None
+    function_call: JsonValue = None
+    response_format: dict[str, JsonValue] | None = None
     best_of: int | None = None
     suffix: str | None = None
 
@@ -200,6 +200,49 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage
     sola_edit: SolaEdit | None = Field(description="The edit that answered choice 0 (each choice has its own)")
+
+
+# ---- streamed chunks ------------------------------------------------------------------------------------
+# Sent with `model_dump(exclude_unset=True)`: a field is on the wire when the code set it, as OpenAI's server
+# sends it (a delta carries only what changed; `sola_edit` rides on the opening chunk; `usage` is null on
+# every chunk but the last only when the client asked for usage). `object` has no default so it is always set.
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    finish_reason: str | None
+    logprobs: ChatLogprobs | None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+    sola_edit: SolaEdit | None = None
+
+
+class CompletionChunkChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]
+    usage: Usage | None = None
+    sola_edit: SolaEdit | None = None
 
 
 class ModelCard(BaseModel):

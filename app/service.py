@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -457,7 +457,7 @@ class EditService:
         """The whole answer of one request."""
         return Generation.from_events([event async for event in self.stream(ask)])
 
-    async def stream(self, ask: Ask) -> AsyncIterator[RowEvent]:
+    async def stream(self, ask: Ask) -> AsyncGenerator[RowEvent, None]:
         """One request's events as the worker decodes it: its route (first), text as it comes, its end.
 
         Leaving the iteration early (a client that went away) frees its batch slot at the next decode step."""

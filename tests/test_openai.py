@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -132,6 +133,24 @@ def test_streaming_chat_is_sse_with_provenance_first_and_usage_last(
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    # the keys OpenAI sends: provenance on the opening chunk only, a delta with only what changed, no `usage`
+    # key unless asked for (then null on each chunk and a usage-only chunk last)
+    chunks_sent = [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
+    opening, *rest = chunks_sent
+    assert "sola_edit" in opening and not any("sola_edit" in c for c in rest)
+    assert opening["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(set(c["choices"][0]) == {"index", "delta", "finish_reason", "logprobs"} for c in chunks_sent)
+    assert set(rest[0]["choices"][0]["delta"]) == {"content"} and rest[-1]["choices"][0]["delta"] == {}
+    assert not any("usage" in c for c in chunks_sent)
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/completions",
+        json={"prompt": GLASS, "stream": True, "max_tokens": 4, "stream_options": {"include_usage": True}},
+        headers={"Authorization": f"Bearer {READER}"},
+    ) as r:
+        sent = [json.loads(line.removeprefix("data: ")) for line in r.iter_lines() if line and line != "data: [DONE]"]
+    assert all(c["usage"] is None and c["object"] == "text_completion" for c in sent[:-1])
+    assert sent[-1]["choices"] == [] and sent[-1]["usage"]["completion_tokens"] > 0
 
 
 def test_completions_take_a_list_of_prompts_and_stop_sequences(client: openai.OpenAI, edit_ids: dict[str, str]) -> None:
