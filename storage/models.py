@@ -5,6 +5,7 @@ Knows nothing of torch: keys are float32 bytes, adapters are opaque safetensors 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    inspect,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -107,6 +109,15 @@ class Edit(Base):
         back_populates="edit", order_by="EditKey.position", cascade="all, delete-orphan", lazy="raise"
     )
     adapter: Mapped[EditAdapter] = relationship(back_populates="edit", cascade="all, delete-orphan", lazy="raise")
+
+    def columns(self) -> dict[str, Any]:
+        """The row by column name ("metadata", not the attribute `meta`): the names EditRecord and NewEdit use."""
+        return {attr.columns[0].name: getattr(self, attr.key) for attr in inspect(Edit).column_attrs}
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> Edit:
+        names = {attr.columns[0].name: attr.key for attr in inspect(Edit).column_attrs}
+        return cls(**{names[name]: value for name, value in columns.items()})
 
     __table_args__ = (
         Index("ix_edits_status_seq", "status", "seq"),

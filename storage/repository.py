@@ -9,14 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
 
 import numpy as np
-from sqlalchemy import CursorResult, Engine, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, Select, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from storage.db import make_sessionmaker
 from storage.models import Edit, EditAdapter, EditKey, Event, utcnow
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # annotations only: storage runs without the editing engine o
     from wire.schemas import EditCreate
 
 T = TypeVar("T")
+Row = TypeVar("Row")  # a table row class with a `seq` column
 
 
 class EditNotFound(LookupError):
@@ -58,8 +59,14 @@ def rows_to_keys(rows: Sequence[KeyRow]) -> np.ndarray:
     return np.frombuffer(b"".join(r.vector for r in rows), dtype="<f4").reshape(len(rows), dim).astype(np.float32)
 
 
+EDIT_COLUMNS = tuple(c.name for c in Edit.__table__.columns)
+
+
 @dataclass(frozen=True)
 class NewEdit:
+    """A trained edit to store: the edits table's columns the database does not assign (NewEdit's fields of
+    the same name, checked by tests/test_edit_fields.py), its adapter and its keys."""
+
     id: str
     prompt: str
     target: str
@@ -173,28 +180,7 @@ class EditRecord:
 
     @classmethod
     def of(cls, e: Edit) -> EditRecord:
-        return cls(
-            seq=e.seq,
-            id=e.id,
-            status=e.status,
-            prompt=e.prompt,
-            target=e.target,
-            rephrases=list(e.rephrases or []),
-            metadata=dict(e.meta or {}),
-            created_at=e.created_at,
-            created_by=e.created_by,
-            revoked_at=e.revoked_at,
-            revoked_by=e.revoked_by,
-            base_model=e.base_model,
-            base_fingerprint=e.base_fingerprint,
-            layer=e.layer,
-            train_steps=e.train_steps,
-            train_loss=e.train_loss,
-            train_seconds=e.train_seconds,
-            idempotency_key=e.idempotency_key,
-            request_hash=e.request_hash,
-            negatives=list(e.negatives or []),
-        )
+        return cls.from_row(e.columns())
 
 
 @dataclass(frozen=True)
@@ -258,25 +244,8 @@ class Repository:
     # ---- writes: one transaction each, the audit event inside it ---------------------------------
     def create_edit(self, new: NewEdit, supersedes: Sequence[Supersession] = ()) -> EditRecord:
         now = utcnow()
-        edit = Edit(
-            id=new.id,
-            status=EditStatus.ACTIVE,
-            prompt=new.prompt,
-            target=new.target,
-            rephrases=list(new.rephrases),
-            negatives=list(new.negatives),
-            meta=dict(new.metadata),
-            created_at=now,
-            created_by=new.created_by,
-            base_model=new.base_model,
-            base_fingerprint=new.base_fingerprint,
-            layer=new.layer,
-            train_steps=new.train_steps,
-            train_loss=new.train_loss,
-            train_seconds=new.train_seconds,
-            idempotency_key=new.idempotency_key,
-            request_hash=new.request_hash,
-        )
+        row = {f.name: getattr(new, f.name) for f in fields(new) if f.name in EDIT_COLUMNS}
+        edit = Edit.from_columns({**row, "status": EditStatus.ACTIVE, "created_at": now})
         edit.keys = [EditKey(position=i, kind=k.kind, dim=k.dim, vector=k.vector) for i, k in enumerate(new.keys)]
         edit.adapter = EditAdapter(weights=new.adapter, sha256=new.adapter_sha256)
         try:
@@ -407,11 +376,9 @@ class Repository:
         filters: EditFilters | None = None,
     ) -> Page[EditRecord]:
         """Oldest first by `seq`; `after` is the last seq of the previous page."""
-        query = select(Edit).order_by(Edit.seq).limit(limit + 1)
+        query = _keyset(select(Edit), Edit.seq, limit, after)
         if status is not None:
             query = query.where(Edit.status == status)
-        if after is not None:
-            query = query.where(Edit.seq > after)
         f = filters or EditFilters()
         if f.actor is not None:
             query = query.where(Edit.created_by == f.actor)
@@ -457,15 +424,13 @@ class Repository:
         actor: str | None = None,
     ) -> Page[EventRecord]:
         """Oldest first; `after` is an event seq (replicas follow the log with it)."""
-        query = select(Event).order_by(Event.seq).limit(limit + 1)
+        query = _keyset(select(Event), Event.seq, limit, after)
         if edit_id is not None:
             query = query.where(Event.edit_id == edit_id)
         if kind is not None:
             query = query.where(Event.kind == kind)
         if actor is not None:
             query = query.where(Event.actor == actor)
-        if after is not None:
-            query = query.where(Event.seq > after)
         with self.session() as s:
             rows = [EventRecord.of(e) for e in s.scalars(query)]
         return _page(rows, limit)
@@ -571,6 +536,13 @@ class Repository:
             adapter_sha256=adapter.sha256,
             keys=[KeyRow(kind=k.kind, vector=bytes(k.vector), dim=k.dim) for k in keys],
         )
+
+
+def _keyset(query: Select[Row], seq: InstrumentedAttribute[int], limit: int, after: int | None) -> Select[Row]:
+    """Keyset pagination: the rows after the cursor `after` in `seq` order, one more than a page so that _page
+    knows whether another follows."""
+    query = query.order_by(seq).limit(limit + 1)
+    return query if after is None else query.where(seq > after)
 
 
 def _page(rows: list[T], limit: int) -> Page[T]:
