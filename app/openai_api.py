@@ -102,10 +102,6 @@ def chat_ask(body: ChatCompletionRequest, request: Request) -> Ask:
             history.append((message.role, message.text()))
         else:
             raise bad_request(f"messages[{i}].role: {message.role!r} is not one of system, developer, user, assistant")
-    chars = sum(len(m.text()) for m in body.messages)
-    limit = request.app.state.settings.max_prompt_chars
-    if chars > limit:
-        raise bad_request(f"messages: {chars} characters, over this server's {limit} (SOLA_MAX_PROMPT_CHARS)")
     if not history or history[-1][0] != "user":
         raise bad_request("messages: the last message must be from the user")
     *earlier, (_, question) = history
@@ -125,9 +121,6 @@ def completion_asks(body: CompletionRequest, request: Request) -> list[Ask]:
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if any(not p.strip() for p in prompts):
         raise bad_request("prompt: empty prompts cannot be completed")
-    limit = request.app.state.settings.max_prompt_chars
-    if any(len(p) > limit for p in prompts):
-        raise bad_request(f"prompt: over this server's {limit} characters (SOLA_MAX_PROMPT_CHARS)")
     if len(prompts) > request.app.state.settings.max_batch_size:
         raise bad_request(f"prompt: at most {request.app.state.settings.max_batch_size} prompts per request")
     return [Ask(p, PromptFormat.RAW, sampling(body, body.max_tokens, request, body.logprobs)) for p in prompts]
@@ -433,14 +426,7 @@ async def encoded_within_request_limit(svc: EditService, asks: list[Ask]) -> lis
     together fit SOLA_MAX_REQUEST_PROMPT_TOKENS."""
     try:
         encoded = await asyncio.to_thread(lambda: [svc.check_fits(a) for a in asks])
+        svc.limits.check_request_tokens(sum(len(e.ids) for e in encoded))
     except PromptTooLong as exc:
         raise bad_request(exc.message, "context_length_exceeded") from None
-    total = sum(len(e.ids) for e in encoded)
-    limit = svc.settings.max_request_prompt_tokens
-    if total > limit:
-        raise bad_request(
-            f"prompt: {total} tokens in all, over this server's {limit} per request "
-            "(SOLA_MAX_REQUEST_PROMPT_TOKENS); send fewer prompts per request",
-            "context_length_exceeded",
-        )
     return [dataclasses.replace(a, encoded=e) for a, e in zip(asks, encoded, strict=True)]

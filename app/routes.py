@@ -127,8 +127,6 @@ async def create_edit(
     limits: AppSettings,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> CreatedEditOut:
-    if len(body.prompt) > limits.max_prompt_chars or any(len(r) > limits.max_prompt_chars for r in body.rephrases):
-        raise ApiError(413, "prompt_too_long", f"prompts are limited to {limits.max_prompt_chars} characters")
     if len(body.target) > limits.max_target_chars:
         raise ApiError(413, "target_too_long", f"targets are limited to {limits.max_target_chars} characters")
     if len(body.rephrases) > limits.max_rephrases:
@@ -151,8 +149,6 @@ async def create_edit(
 def _check_negatives(negatives: list[str], limits: Settings) -> None:
     if len(negatives) > limits.max_rephrases:
         raise ApiError(422, "too_many_negatives", f"at most {limits.max_rephrases} negatives per edit")
-    if any(len(n) > limits.max_prompt_chars for n in negatives):
-        raise ApiError(413, "prompt_too_long", f"negatives are limited to {limits.max_prompt_chars} characters")
 
 
 @router.patch("/edits/{edit_id}", response_model=EditOut, responses=documented(400, 401, 403, 404, 413, 415, 422, 503))
@@ -170,9 +166,6 @@ async def change_edit(
 async def route(body: RouteRequest, _: Reader, svc: Service, settings: AppSettings) -> RoutesOut:
     """Which edit each question would reach, and how close the runner-up is, without generating: the decision
     generation takes at prefill (check near misses before users ask them)."""
-    limit = settings.max_prompt_chars
-    if any(len(q) > limit for q in body.questions):
-        raise ApiError(413, "prompt_too_long", f"questions are limited to {limit} characters")
     routes = await svc.route(body)
     return RoutesOut(
         routes=[
@@ -338,8 +331,6 @@ def _event_page(page: Page[EventRecord]) -> EventPage:
 async def generate(body: GenerateRequest, _: Reader, svc: Service, settings: AppSettings) -> GenerateOut:
     if not 1 <= body.max_new_tokens <= settings.max_new_tokens:
         raise ApiError(422, "validation_error", f"max_new_tokens must be between 1 and {settings.max_new_tokens}")
-    if len(body.prompt) > settings.max_prompt_chars:
-        raise ApiError(413, "prompt_too_long", f"prompts are limited to {settings.max_prompt_chars} characters")
     result = await svc.generate(body)
     counts = {"completion_tokens": len(result.token_ids), "model": svc.loaded_host.name}
     return GenerateOut.model_validate({**dataclasses.asdict(result), **counts})

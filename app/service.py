@@ -23,6 +23,7 @@ from app.adapter_export import BaseModelIdentity
 from app.bulk_load import release_freed_memory
 from app.log_follower import AuditLogFollower
 from app.metrics import Metrics
+from app.prompt_limits import PromptLimits
 from app.service_errors import (
     ActivationFailed,
     AdapterRefused,
@@ -32,7 +33,6 @@ from app.service_errors import (
     IdempotencyKeyReused,
     InvalidPrompt,
     NotReady,
-    PromptTooLong,
     ShuttingDown,
     TrainingTimedOut,
 )
@@ -237,6 +237,15 @@ class EditService:
         return self.edits
 
     @property
+    def limits(self) -> PromptLimits:
+        """What a request may ask (app/prompt_limits.py); the context bound once the model is loaded."""
+        settings = self.settings
+        context = self.host.max_context if self.host is not None else None
+        return PromptLimits(
+            settings.max_prompt_chars, settings.max_prompt_tokens, settings.max_request_prompt_tokens, context
+        )
+
+    @property
     def loaded_host(self) -> ModelHost:
         """The model, once loaded (NotReady before: a 503 at the edge)."""
         if self.host is None:
@@ -254,6 +263,7 @@ class EditService:
         """Runs on the worker a training step at a time, queries decoding in between; the commit and the
         activation are one slice, so no query sees a half-applied edit."""
         self._ready_edits()
+        self.limits.check_chars([body.prompt, *body.rephrases, *body.negatives], "prompt, rephrases and negatives")
         return await self.worker.run_steps(self._create_edit, body, actor, idempotency_key)
 
     def _create_edit(
@@ -336,22 +346,13 @@ class EditService:
         return CreatedEdit(existing, superseded, replayed=True)
 
     def _check_edit_fits(self, body: EditCreate) -> None:
-        """Every wording within SOLA_MAX_PROMPT_TOKENS (one training step over 4,000 tokens held every query
-        for a minute) and, with the target, within the model's context."""
-        host, limit = self.loaded_host, self.settings.max_prompt_tokens
+        """Every wording, in each prompt format it is keyed and trained in, with its target in context."""
+        host = self.loaded_host
         target_tokens = len(host.encode(" " + body.target)) + 2  # + end-of-turn marker
         for text in [body.prompt, *body.rephrases, *body.negatives]:
-            for prompt_format in host.prompt_formats:  # an edit is keyed and trained in each format
+            for prompt_format in host.prompt_formats:
                 n = host.count_tokens(text, prompt_format)
-                if n > limit:
-                    raise PromptTooLong(
-                        f"a wording is {n} tokens (after the chat template); this server takes at most {limit} "
-                        "(SOLA_MAX_PROMPT_TOKENS)"
-                    )
-                if n + target_tokens > host.max_context:
-                    raise PromptTooLong(
-                        f"prompt + target take {n + target_tokens} tokens; the model's context is {host.max_context}"
-                    )
+                self.limits.check_tokens(n, "a wording", target_tokens, "its target")
 
     def _supersessions(self, trained: TrainedEdit, prompt: str) -> list[Supersession]:
         """The active edit answering this very prompt now, if the router scores it (near-)identical to the new
@@ -367,6 +368,7 @@ class EditService:
     async def change(self, edit_id: str, change: EditChange, actor: str) -> EditRecord:
         """PATCH /edits/{id}: replace the edit's negatives (their keys computed here, no retraining)."""
         self._ready_edits()
+        self.limits.check_chars(change.negatives, "negatives")
         return await self.worker.run(self._change, edit_id, change, actor)
 
     def _change(self, edit_id: str, change: EditChange, actor: str) -> EditRecord:
@@ -511,6 +513,9 @@ class EditService:
     def check_fits(self, ask: Ask) -> PromptTokens:
         """The prompt's tokens, encoded once for the decoder too; raises
         InvalidPrompt or PromptTooLong for a request the model cannot take as it is."""
+        context = ask.context or ChatContext()
+        texts = [ask.prompt, context.system or "", *(content for _, content in context.history)]
+        self.limits.check_chars(["".join(texts)], "prompt" if ask.context is None else "messages")
         from editors.model_host import PromptFormatError
 
         try:
@@ -522,17 +527,7 @@ class EditService:
             log.exception("could not tokenize a prompt")
             self.metrics.generate_failures.inc()
             raise InvalidPrompt("prompt: the tokenizer cannot encode this text") from None
-        limit = self.settings.max_prompt_tokens
-        if n > limit:
-            raise PromptTooLong(
-                f"the prompt is {n} tokens (after the chat template); this server takes at most {limit} "
-                "(SOLA_MAX_PROMPT_TOKENS)"
-            )
-        if n + ask.sampling.max_new_tokens > self.loaded_host.max_context:
-            raise PromptTooLong(
-                f"the prompt ({n} tokens) + max new tokens ({ask.sampling.max_new_tokens}) exceed the model's "
-                f"context of {self.loaded_host.max_context} tokens"
-            )
+        self.limits.check_tokens(n, "the prompt", ask.sampling.max_new_tokens, "max new tokens")
         return encoded
 
     # ---- readiness ---------------------------------------------------------------------------------
