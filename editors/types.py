@@ -159,13 +159,6 @@ class Score:
     routed_edit_id: str | None
     similarity: float | None
 
-    @property
-    def token_accuracy(self) -> float:
-        if not self.target_ids:
-            return 0.0
-        hits = sum(int(p == t) for p, t in zip(self.predicted_ids, self.target_ids, strict=True))
-        return hits / len(self.target_ids)
-
 
 # ---- generation requests (editors/batch.py runs them) --------------------------------------------
 @dataclass(frozen=True)

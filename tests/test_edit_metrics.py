@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from editors.types import Score
 from evaluation import edit_metrics
 from evaluation.quality import markdown_table
 
@@ -16,17 +15,6 @@ def test_token_accuracy_full_partial_and_zero() -> None:
     assert edit_metrics.token_accuracy([5, 0, 7, 0], [5, 6, 7, 8]) == 0.5  # 2 of 4 positions right
     assert edit_metrics.token_accuracy([1, 2, 3], [4, 5, 6]) == 0.0
     assert edit_metrics.token_accuracy([], []) == 0.0  # an empty target was never produced
-
-
-def test_token_accuracy_agrees_with_score_property() -> None:
-    score = Score(
-        target_ids=[1, 2, 3], predicted_ids=[1, 9, 3], target_logprob=-1.0, routed_edit_id=None, similarity=None
-    )
-    assert (
-        edit_metrics.token_accuracy(score.predicted_ids, score.target_ids)
-        == score.token_accuracy
-        == pytest.approx(2 / 3)
-    )
 
 
 def test_token_accuracy_rejects_misaligned_lengths() -> None:

@@ -40,7 +40,7 @@ FILES = {
 
 
 def accuracy(engine: EditingEngine, prompts: list[str], targets: list[str], asked: PromptFormat) -> list[float]:
-    return [s.token_accuracy for s in engine.score(prompts, targets, asked)]
+    return [edit_metrics.token_accuracy(s.predicted_ids, s.target_ids) for s in engine.score(prompts, targets, asked)]
 
 
 def study(engine: EditingEngine, name: str, n: int) -> dict[str, float | None]:
