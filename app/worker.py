@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
 from editors.scheduler import JobKind, TurnState, schedule
 from editors.types import SHUTDOWN, Row, RowEvent, RowEventKind
@@ -37,13 +37,13 @@ R = TypeVar("R")
 
 @dataclass
 class _Job:
-    call: Callable[[], Any]
-    future: asyncio.Future[Any]
+    call: Callable[[], object]
+    future: asyncio.Future[object]
     loop: asyncio.AbstractEventLoop
     stepped: bool
-    steps: Generator[Any, None, Any] | None = None  # a stepped job once started
+    steps: Generator[None, None, object] | None = None  # a stepped job once started
 
-    def resolve(self, result: Any = None, error: BaseException | None = None) -> None:
+    def resolve(self, result: object = None, error: BaseException | None = None) -> None:
         def settle() -> None:
             if self.future.done():  # the caller went away
                 return
@@ -75,11 +75,11 @@ class ModelWorker:
         """Run fn whole on the model thread and await its result. Jobs run in submission order."""
         return cast(R, await self._submit(functools.partial(fn, *args, **kwargs), stepped=False))
 
-    async def run_steps(self, fn: Callable[P, Generator[Any, None, R]], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def run_steps(self, fn: Callable[P, Generator[None, None, R]], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a generator function one `yield` at a time, a decode step between slices; await its return."""
         return cast(R, await self._submit(functools.partial(fn, *args, **kwargs), stepped=True))
 
-    async def _submit(self, call: Callable[[], Any], stepped: bool) -> Any:
+    async def _submit(self, call: Callable[[], object], stepped: bool) -> object:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         job = _Job(functools.partial(ctx.run, call), loop.create_future(), loop, stepped)
@@ -155,7 +155,7 @@ class ModelWorker:
                 job.resolve(job.call())
                 return
             if job.steps is None:
-                job.steps = job.call()
+                job.steps = cast(Generator[None, None, object], job.call())  # run_steps took a generator function
             started = time.perf_counter()
             try:
                 next(job.steps)

@@ -297,7 +297,7 @@ class RoutedLayer(nn.Module):
         finally:
             self.session = None
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # [B, T, D]
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> object:  # [B, T, D]
         session = self.session
         if session is None:
             return self.base_layer(hidden_states, *args, **kwargs)
