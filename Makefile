@@ -29,7 +29,9 @@ setup: .venv/.installed browser
 test: setup
 	.venv/bin/ruff check .
 	.venv/bin/mypy
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	# two workers (one per core), a test file each at a time: a file's servers and model are its own, and its
+	# in-process torch runs on one thread (OMP_NUM_THREADS) as every test server does (SOLA_TORCH_THREADS=1)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The tests that load no model (settings, auth, errors, storage, routing, datasets, scheduling, deploy files):
 # about a minute, where `make test` takes about 22 minutes on 2 cores.
