@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from editors.model_host import DecoderLayout
-from editors.routed_lora import RoutedLayer, TrainPlan, TrainSession
+from editors.routed_lora import BatchTrainPlan, RoutedLayer, TrainPlan, TrainSession
 from editors.types import EngineConfig
 
 
@@ -116,3 +116,137 @@ def drain(steps: Generator[None, None, R]) -> R:
             next(steps)
         except StopIteration as done:
             return done.value
+
+
+@dataclass
+class _Member:
+    """One edit training in a shared batch: its rows, its own adapter and optimiser."""
+
+    tag: int
+    hidden: torch.Tensor  # [n, T, D] its rows' edited-layer input, T its own longest row
+    examples: list[EditExample]
+    spent: float
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    steps: int = 0
+
+
+class BatchTrainer:
+    """Trains several edits' LoRAs together: one forward/backward through the edited layer and the layers above
+    over every member's rows, each row through its own edit's adapter (gathered per row, as the bank serves).
+
+    Each edit is trained exactly as train_lora_steps trains it alone: the same initial adapter, its own Adam,
+    the loss of its own rows (rows never see each other: causal attention over right-padded rows), the same
+    stopping rule; an edit leaves the batch as soon as it is learnt, and others may join at any step."""
+
+    def __init__(
+        self, layout: DecoderLayout, routed: RoutedLayer, config: EngineConfig, in_features: int, out_features: int
+    ) -> None:
+        self.layout, self.routed, self.config = layout, routed, config
+        self.in_features, self.out_features = in_features, out_features
+        self.members: list[_Member] = []
+        self._batch: tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+        self._stale = True
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def add(self, tag: int, hidden: torch.Tensor, examples: list[EditExample], spent: float = 0.0) -> None:
+        """A new edit joins at the next step: hidden [n, T, D] is the edited layer's input for its examples."""
+        lora_A, lora_B = _init_lora(self.config.rank, self.in_features, self.out_features, self.config.seed)
+        optimizer = torch.optim.Adam([lora_A, lora_B], lr=self.config.learning_rate)
+        self.members.append(_Member(tag, hidden, examples, spent, lora_A, lora_B, optimizer))
+        self._stale = True
+
+    def _rebuild(self) -> None:
+        """The members' rows as one right-padded batch, and where each target token is."""
+        width = max(m.hidden.shape[1] for m in self.members)
+        hidden = torch.cat([F.pad(m.hidden, (0, 0, 0, width - m.hidden.shape[1])) for m in self.members])
+        edit_of_row = torch.tensor([i for i, m in enumerate(self.members) for _ in m.examples], device=hidden.device)
+        rows, cols, labels, edit_of_label = [], [], [], []
+        first = 0
+        for i, m in enumerate(self.members):
+            for r, e in enumerate(m.examples):
+                for j, t in enumerate(e.target_ids):
+                    rows.append(first + r)
+                    cols.append(len(e.prompt_ids) - 1 + j)
+                    labels.append(t)
+                    edit_of_label.append(i)
+            first += len(m.examples)
+        positions = torch.arange(width, device=hidden.device)[None]  # [1, T]
+        causal = torch.full((width, width), float("-inf"), dtype=hidden.dtype, device=hidden.device).triu(1)
+        kwargs = {
+            "attention_mask": causal[None, None],  # [1, 1, T, T]: a row's real tokens never see its padding
+            "position_ids": positions,
+            "position_embeddings": self.layout.rotary_embedding(hidden, positions),
+        }
+
+        def tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=hidden.device)
+
+        self._batch = (hidden, edit_of_row, kwargs, tensor(rows), tensor(cols), tensor(labels), tensor(edit_of_label))
+        self._stale = False
+
+    def step(self) -> list[tuple[int, TrainResult | TrainingTimeout]]:
+        """One step for every member: the ones learnt (or out of steps, or of time) leave with their result."""
+        if not self.members:
+            return []
+        started = time.perf_counter()
+        if self._stale:
+            self._rebuild()
+        hidden, edit_of_row, kwargs, rows, cols, labels, edit_of_label = self._batch
+        members = self.members
+        plan = BatchTrainPlan(
+            torch.stack([m.lora_A for m in members]),
+            torch.stack([m.lora_B for m in members]),
+            edit_of_row,
+            self.config.alpha / self.config.rank,
+        )
+        with self.routed.session_scope(TrainSession(plan)):
+            h = hidden
+            for layer in self.layout.layers[self.config.layer :]:
+                h = layer(h, **kwargs)
+                h = h[0] if isinstance(h, tuple) else h
+            logits = self.layout.lm_head(self.layout.final_norm(h[rows, cols]))
+        per_token = F.cross_entropy(logits.float(), labels, reduction="none")
+        count = torch.zeros(len(members), device=per_token.device).index_add_(
+            0, edit_of_label, torch.ones_like(per_token)
+        )
+        losses = torch.zeros(len(members), device=per_token.device).index_add(0, edit_of_label, per_token) / count
+        wrong = torch.zeros(len(members), device=per_token.device).index_add_(
+            0, edit_of_label, (logits.detach().argmax(-1) != labels).float()
+        )
+        loss_values = losses.detach().tolist()
+        learnt = [
+            w == 0 and (self.config.target_loss is None or v < self.config.target_loss)
+            for w, v in zip(wrong.tolist(), loss_values, strict=True)
+        ]
+        training = [i for i, done in enumerate(learnt) if not done]
+        if training:
+            # Each edit's gradient is that of its own mean loss (the others' do not depend on its adapter).
+            losses[training].sum().backward()
+        share = (time.perf_counter() - started) / len(members)  # each member's part of this step's compute
+        finished: list[tuple[int, TrainResult | TrainingTimeout]] = []
+        staying: list[_Member] = []
+        for i, m in enumerate(members):
+            m.steps += 1
+            m.spent += share
+            budget = self.config.max_train_seconds
+            if not learnt[i] and budget is not None and m.spent > budget:
+                finished.append((m.tag, TrainingTimeout(m.steps, m.spent, budget)))
+                continue
+            if not learnt[i]:  # as alone: the last allowed step still updates, then the edit is done
+                m.optimizer.step()
+                m.optimizer.zero_grad(set_to_none=True)
+            if learnt[i] or m.steps >= self.config.max_steps:
+                result = TrainResult(
+                    m.lora_A.detach().clone(), m.lora_B.detach().clone(), m.steps, loss_values[i], m.spent
+                )
+                finished.append((m.tag, result))
+            else:
+                staying.append(m)
+        if len(staying) != len(members):
+            self.members = staying
+            self._stale = True
+        return finished
