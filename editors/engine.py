@@ -33,7 +33,15 @@ from editors.routed_lora import (
     RoutingSession,
     StopForward,
 )
-from editors.training import BatchTrainer, EditExample, TrainingTimeout, TrainResult, drain, train_lora_steps
+from editors.training import (
+    BatchTrainer,
+    EditExample,
+    TrainingTimeout,
+    TrainResult,
+    drain,
+    length_buckets,
+    train_lora_steps,
+)
 from editors.types import ChatContext, EditSpec, EngineConfig, PromptFormat, PromptTokens, Score, TrainedEdit
 from routing import lexical
 from routing.gate import Gate, Negatives
@@ -286,16 +294,20 @@ class EditingEngine:
         """One partial forward for the joining edits' rows: their keys, and their rows join the trainer."""
         start = time.perf_counter()
         plans = [self._training_plan(spec.prompt, spec.target, spec.rephrases) for _, spec in joining]
-        hidden, _ = self._capture([e for plan in plans for e in plan.examples])
+        examples = [e for plan in plans for e in plan.examples]
+        states: list[torch.Tensor] = [torch.empty(0)] * len(examples)  # each row's [its length, D]
+        for bucket in length_buckets([len(e.prompt_ids) + len(e.target_ids) for e in examples]):
+            hidden, _ = self._capture([examples[k] for k in bucket])  # similar lengths: little padding
+            for row, k in enumerate(bucket):
+                states[k] = hidden[row, : len(examples[k].prompt_ids) + len(examples[k].target_ids)]
         share = (time.perf_counter() - start) / len(joining)
         keyed = {}
         first = 0
         for (tag, _), plan in zip(joining, plans, strict=True):
-            rows = hidden[first : first + len(plan.examples)]
-            width = max(len(e.prompt_ids) + len(e.target_ids) for e in plan.examples)
+            rows = torch.nn.utils.rnn.pad_sequence(states[first : first + len(plan.examples)], batch_first=True)
             first += len(plan.examples)
             keyed[tag] = (self._contents(rows[: plan.n_keys], plan.spans, plan.kinds), plan.kinds, share)
-            trainer.add(tag, rows[:, :width], plan.examples, spent=share)
+            trainer.add(tag, rows, plan.examples, spent=share)
         return keyed
 
     def _training_plan(self, prompt: str, target: str, rephrases: Sequence[str]) -> _TrainingPlan:

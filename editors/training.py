@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -118,6 +118,31 @@ def drain(steps: Generator[None, None, R]) -> R:
             return done.value
 
 
+def length_buckets(lengths: Sequence[int], fill: float = 0.7) -> list[list[int]]:
+    """Indices grouped so that each group's rows are at least `fill` of its longest (longest first): padded
+    batches of similar lengths instead of one mostly padded batch."""
+    order = sorted(range(len(lengths)), key=lambda k: -lengths[k])
+    buckets: list[list[int]] = []
+    for k in order:
+        if buckets and lengths[k] >= fill * lengths[buckets[-1][0]]:
+            buckets[-1].append(k)
+        else:
+            buckets.append([k])
+    return buckets
+
+
+@dataclass
+class _Group:
+    """Rows of similar length trained in one padded forward (BatchTrainer)."""
+
+    hidden: torch.Tensor  # [n, T, D]
+    kwargs: dict
+    edit_of_row: torch.Tensor  # int64 [n]: which member's adapter each row trains
+    where: tuple[torch.Tensor, torch.Tensor]  # (row, column) of each target token's prediction
+    labels: list[int]
+    edit_of_label: list[int]
+
+
 @dataclass
 class _Member:
     """One edit training in a shared batch: its rows, its own adapter and optimiser."""
@@ -146,7 +171,8 @@ class BatchTrainer:
         self.layout, self.routed, self.config = layout, routed, config
         self.in_features, self.out_features = in_features, out_features
         self.members: list[_Member] = []
-        self._batch: tuple[torch.Tensor, torch.Tensor, dict, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+        self._groups: list[_Group] = []
+        self._labels = self._edit_of_label = torch.zeros(0, dtype=torch.long)
         self._stale = True
 
     def __len__(self) -> int:
@@ -160,33 +186,51 @@ class BatchTrainer:
         self._stale = True
 
     def _rebuild(self) -> None:
-        """The members' rows as one right-padded batch, and where each target token is."""
-        width = max(m.hidden.shape[1] for m in self.members)
-        hidden = torch.cat([F.pad(m.hidden, (0, 0, 0, width - m.hidden.shape[1])) for m in self.members])
-        edit_of_row = torch.tensor([i for i, m in enumerate(self.members) for _ in m.examples], device=hidden.device)
-        rows, cols, labels, edit_of_label = [], [], [], []
-        first = 0
-        for i, m in enumerate(self.members):
-            for r, e in enumerate(m.examples):
-                for j, t in enumerate(e.target_ids):
-                    rows.append(first + r)
-                    cols.append(len(e.prompt_ids) - 1 + j)
-                    labels.append(t)
-                    edit_of_label.append(i)
-            first += len(m.examples)
-        positions = torch.arange(width, device=hidden.device)[None]  # [1, T]
-        causal = torch.full((width, width), float("-inf"), dtype=hidden.dtype, device=hidden.device).triu(1)
+        """The members' rows as a few right-padded batches of similar lengths (chat rows are about three times
+        as long as raw ones: one batch would be mostly padding), and where each target token is."""
+        rows = [(i, r) for i, m in enumerate(self.members) for r in range(len(m.examples))]
+        lengths = [
+            len(self.members[i].examples[r].prompt_ids) + len(self.members[i].examples[r].target_ids) for i, r in rows
+        ]
+        self._groups = [self._group([rows[k] for k in bucket]) for bucket in length_buckets(lengths)]
+        labels = [t for g in self._groups for t in g.labels]
+        edit_of_label = [e for g in self._groups for e in g.edit_of_label]
+        device = self.members[0].hidden.device
+        self._labels = torch.tensor(labels, dtype=torch.long, device=device)
+        self._edit_of_label = torch.tensor(edit_of_label, dtype=torch.long, device=device)
+        self._stale = False
+
+    def _group(self, rows: list[tuple[int, int]]) -> _Group:
+        """One right-padded batch of (member, example) rows."""
+        examples = [self.members[i].examples[r] for i, r in rows]
+        width = max(len(e.prompt_ids) + len(e.target_ids) for e in examples)
+        hidden = torch.stack(
+            [
+                F.pad(self.members[i].hidden[r, :width], (0, 0, 0, max(0, width - self.members[i].hidden.shape[1])))
+                for i, r in rows
+            ]
+        )
+        device = hidden.device
+        positions = torch.arange(width, device=device)[None]  # [1, T]
+        causal = torch.full((width, width), float("-inf"), dtype=hidden.dtype, device=device).triu(1)
         kwargs = {
             "attention_mask": causal[None, None],  # [1, 1, T, T]: a row's real tokens never see its padding
             "position_ids": positions,
             "position_embeddings": self.layout.rotary_embedding(hidden, positions),
         }
-
-        def tensor(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=hidden.device)
-
-        self._batch = (hidden, edit_of_row, kwargs, tensor(rows), tensor(cols), tensor(labels), tensor(edit_of_label))
-        self._stale = False
+        at_row, at_col, labels, edit_of_label = [], [], [], []
+        for k, ((i, _), e) in enumerate(zip(rows, examples, strict=True)):
+            for j, t in enumerate(e.target_ids):
+                at_row.append(k)
+                at_col.append(len(e.prompt_ids) - 1 + j)
+                labels.append(t)
+                edit_of_label.append(i)
+        edit_of_row = torch.tensor([i for i, _ in rows], dtype=torch.long, device=device)
+        where = (
+            torch.tensor(at_row, dtype=torch.long, device=device),
+            torch.tensor(at_col, dtype=torch.long, device=device),
+        )
+        return _Group(hidden, kwargs, edit_of_row, where, labels, edit_of_label)
 
     def step(self) -> list[tuple[int, TrainResult | TrainingTimeout]]:
         """One step for every member: the ones learnt (or out of steps, or of time) leave with their result."""
@@ -195,20 +239,20 @@ class BatchTrainer:
         started = time.perf_counter()
         if self._stale:
             self._rebuild()
-        hidden, edit_of_row, kwargs, rows, cols, labels, edit_of_label = self._batch
         members = self.members
-        plan = BatchTrainPlan(
-            torch.stack([m.lora_A for m in members]),
-            torch.stack([m.lora_B for m in members]),
-            edit_of_row,
-            self.config.alpha / self.config.rank,
-        )
-        with self.routed.session_scope(TrainSession(plan)):
-            h = hidden
-            for layer in self.layout.layers[self.config.layer :]:
-                h = layer(h, **kwargs)
-                h = h[0] if isinstance(h, tuple) else h
-            logits = self.layout.lm_head(self.layout.final_norm(h[rows, cols]))
+        lora_A = torch.stack([m.lora_A for m in members])
+        lora_B = torch.stack([m.lora_B for m in members])
+        scaling = self.config.alpha / self.config.rank
+        outputs = []
+        for group in self._groups:
+            with self.routed.session_scope(TrainSession(BatchTrainPlan(lora_A, lora_B, group.edit_of_row, scaling))):
+                h = group.hidden
+                for layer in self.layout.layers[self.config.layer :]:
+                    h = layer(h, **group.kwargs)
+                    h = h[0] if isinstance(h, tuple) else h
+                outputs.append(h[group.where])
+        logits = self.layout.lm_head(self.layout.final_norm(torch.cat(outputs)))
+        labels, edit_of_label = self._labels, self._edit_of_label
         per_token = F.cross_entropy(logits.float(), labels, reduction="none")
         count = torch.zeros(len(members), device=per_token.device).index_add_(
             0, edit_of_label, torch.ones_like(per_token)
