@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -12,12 +13,12 @@ from tests.server import Server
 
 pytestmark = pytest.mark.slow
 
-FACTS = [
+FACTS: list[dict[str, Any]] = [
     {"prompt": "What is the capital of Zorbania?", "target": "Quexiville"},
     {"prompt": "Who wrote the novel Glass Harbor?", "target": "Mirela Tosk", "metadata": {"ticket": "T-2"}},
     {"prompt": "What is the national animal of Velmora?", "target": "the red lynx"},
 ]
-TOO_LONG = {"prompt": "Why? " * 200, "target": "no"}  # within the character limit, over the token limit
+TOO_LONG: dict[str, Any] = {"prompt": "Why? " * 200, "target": "no"}  # within the character limit, over the token limit
 
 
 @pytest.fixture(scope="module")
