@@ -181,10 +181,31 @@ def bench(
     crash_database_url: Annotated[
         str | None, typer.Option(help="Database of the crash rounds (default: SQLite in a temporary folder).")
     ] = None,
+    bulk: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Instead of the sections: train this many edits one at a time and together (batches of 1, 4, 16, "
+            "64) on 1 and 2 torch threads (--threads: only that many), and time a query during a bulk import "
+            "(writes bulk.json).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Latency (edited vs unedited, 0 to 10k edits), routing time vs keys, edit latency split, HTTP throughput.
 
     With --soak-seconds or --crash-rounds, only the soak and/or the crash rounds run (exit 1 on a problem)."""
+    if bulk is not None:
+        from evaluation.bulk_bench import BulkBenchOptions, run_bulk_bench
+        from evaluation.serving import DEFAULT_DATASET
+
+        source = dataset or DEFAULT_DATASET
+        if not source.is_file():
+            raise typer.BadParameter(f"no such file: {source}", param_hint="--dataset")
+        thread_counts = (threads,) if threads else (1, 2)
+        options = BulkBenchOptions(source, out_dir, data_dir, model, bulk, threads=thread_counts, http=http)
+        run_bulk_bench(options)
+        return
     if soak_seconds is not None or crash_rounds is not None:
         _soak_and_crash(
             out_dir, data_dir, model, threads, seed or 0, soak_seconds, soak_clients, crash_rounds, crash_database_url

@@ -18,11 +18,16 @@ from app.adapter_export import adapter_archive
 from app.api_error import ApiError
 from app.auth import require_key_unless
 from app.deps import Admin, AppSettings, Reader, Repo, Service
-from app.errors import documented
+from app.errors import documented, service_status
+from app.service import CreatedEdit
 from app.settings import Settings
 from storage.repository import EditFilters, EditNotFound, EventRecord, Page
 from wire.kinds import EditStatus, EventKind
 from wire.schemas import (
+    BulkEditCreate,
+    BulkEditOut,
+    BulkItemError,
+    BulkItemOut,
     Capture,
     CreatedEditOut,
     EditChange,
@@ -127,14 +132,76 @@ async def create_edit(
     limits: AppSettings,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)] = None,
 ) -> CreatedEditOut:
+    _check_edit(body, limits)
+    created = await svc.create_edit(body, principal.name, idempotency_key)
+    if created.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _created_out(created)
+
+
+def _check_edit(body: EditCreate, limits: Settings) -> None:
+    """What the body itself may hold; its prompts' characters and tokens are the service's (app/prompt_limits.py)."""
     if len(body.target) > limits.max_target_chars:
         raise ApiError(413, "target_too_long", f"targets are limited to {limits.max_target_chars} characters")
     if len(body.rephrases) > limits.max_rephrases:
         raise ApiError(422, "too_many_rephrases", f"at most {limits.max_rephrases} rephrases per edit")
     _check_negatives(body.negatives, limits)
-    created = await svc.create_edit(body, principal.name, idempotency_key)
-    if created.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+
+
+@router.post(
+    "/edits/batch",
+    response_model=BulkEditOut,
+    responses=documented(400, 401, 403, 413, 415, 422, 503),
+)
+async def create_edits(body: BulkEditCreate, principal: Admin, svc: Service, limits: AppSettings) -> BulkEditOut:
+    """Make many edits in one request: each item is a POST /edits body with its own optional `idempotency_key`,
+    and is answered on its own, in order: `created`, `replayed` (its key's edit existed: nothing trained) or
+    `refused` with the code and status POST /edits would have given it. The items train together (up to
+    SOLA_TRAIN_BATCH_SIZE at once, each edit with its own adapter, keys and `created` audit event); each is
+    committed and activated alone as soon as it is learnt, so an item is never half-applied and a refused item
+    never blocks the others. Queries are served between training steps. At most SOLA_MAX_BULK_EDITS items;
+    sending the same request again after a failure replays what was made and trains only the rest."""
+    if len(body.edits) > limits.max_bulk_edits:
+        raise ApiError(
+            413, "too_many_edits", f"at most {limits.max_bulk_edits} edits per request (SOLA_MAX_BULK_EDITS): split it"
+        )
+    items: list[BulkItemOut | None] = []
+    accepted: list[tuple[int, EditCreate, str | None]] = []
+    for index, item in enumerate(body.edits):
+        edit = item.edit()
+        try:
+            _check_edit(edit, limits)
+        except ApiError as exc:
+            items.append(
+                BulkItemOut(
+                    index=index,
+                    status="refused",
+                    error=BulkItemError(code=exc.code, message=exc.message, status=exc.status),
+                )
+            )
+            continue
+        items.append(None)
+        accepted.append((index, edit, item.idempotency_key))
+    outcomes = await svc.create_edits([(edit, key) for _, edit, key in accepted], principal.name) if accepted else []
+    for (index, _, _), outcome in zip(accepted, outcomes, strict=True):
+        if outcome.created is not None:
+            status = "replayed" if outcome.created.replayed else "created"
+            items[index] = BulkItemOut(index=index, status=status, edit=_created_out(outcome.created))
+        else:
+            assert outcome.error is not None
+            error = outcome.error
+            out = BulkItemError(code=error.code, message=error.message, status=service_status(error))
+            items[index] = BulkItemOut(index=index, status="refused", error=out)
+    done = [item for item in items if item is not None]
+    return BulkEditOut(
+        items=done,
+        created=sum(i.status == "created" for i in done),
+        replayed=sum(i.status == "replayed" for i in done),
+        refused=sum(i.status == "refused" for i in done),
+    )
+
+
+def _created_out(created: CreatedEdit) -> CreatedEditOut:
     out = EditOut.model_validate(created.record).model_dump()
     return CreatedEditOut.model_validate(
         {

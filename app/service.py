@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from app.service_errors import (
     IdempotencyKeyReused,
     InvalidPrompt,
     NotReady,
+    ServiceError,
     ShuttingDown,
     TrainingTimedOut,
 )
@@ -95,6 +96,9 @@ class Capture:
     prompt_format: str
 
 
+BulkItem = tuple[EditCreate, str | None]  # an edit request and its Idempotency-Key
+
+
 @dataclass(frozen=True)
 class CreatedEdit:
     record: EditRecord
@@ -102,6 +106,14 @@ class CreatedEdit:
     replayed: bool  # an Idempotency-Key replay: the edit existed already
     captures: list[Capture] = field(default_factory=list)  # older edits' wordings that now reach this edit
     captured_by: list[Capture] = field(default_factory=list)  # this edit's wordings that reach an older edit
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    """One item of POST /edits/batch: the edit made or replayed, or why it was refused (nothing stored)."""
+
+    created: CreatedEdit | None = None
+    error: ServiceError | None = None
 
 
 def new_edit_id() -> str:
@@ -263,13 +275,12 @@ class EditService:
         """Runs on the worker a training step at a time, queries decoding in between; the commit and the
         activation are one slice, so no query sees a half-applied edit."""
         self._ready_edits()
-        self.limits.check_chars([body.prompt, *body.rephrases, *body.negatives], "prompt, rephrases and negatives")
         return await self.worker.run_steps(self._create_edit, body, actor, idempotency_key)
 
     def _create_edit(
         self, body: EditCreate, actor: str, idempotency_key: str | None
     ) -> Generator[None, None, CreatedEdit]:
-        edits = self._ready_edits()
+        self._ready_edits()
         if idempotency_key is not None and (existing := self.repo.find_by_idempotency_key(idempotency_key)):
             return self._replay(existing, body)
         self._check_edit_fits(body)
@@ -283,29 +294,91 @@ class EditService:
             ) from None
         self.metrics.train_seconds.observe(trained.seconds)
         yield
+        record, superseded = self._store(body, trained, actor, idempotency_key)
+        if superseded is None:  # another replica made this key's edit while we trained: that is the answer
+            return self._replay(record, body)
+        log.info("edit %s created by %s (%d steps, %.2fs)", record.id, actor, trained.steps, trained.seconds)
+        yield
+        captures, captured_by = self._captures(record, trained)
+        return CreatedEdit(record, superseded, False, captures, captured_by)
+
+    def _store(
+        self, body: EditCreate, trained: TrainedEdit, actor: str, idempotency_key: str | None
+    ) -> tuple[EditRecord, list[Supersession] | None]:
+        """Commit a trained edit, then activate it: one slice, so no query sees it half-applied. Returns the
+        stored record and what it supersedes, or (the existing record, None) when another replica committed
+        this Idempotency-Key while we trained (theirs is the edit)."""
+        edits = self._ready_edits()
         negative_keys = self.loaded_engine.negative_keys(body.negatives)
         superseded = self._supersessions(trained, body.prompt)  # the new edit is not in the index yet
         layer = self.loaded_engine.config.layer
         new = stored_edit(new_edit_id(), body, trained, self.host, layer, actor, idempotency_key, negative_keys)
         with self._state_lock:
-            record: EditRecord | None
             try:
-                record = created = self.repo.create_edit(new, superseded)
+                record = self.repo.create_edit(new, superseded)
             except IdempotencyKeyTaken:
-                record = None
-            else:  # committed: from here on the edit exists. Only now may the engine change.
-                activated = edits.activate(EditPayload(created, new.adapter, new.adapter_sha256, new.keys))
-                edits.publish()
-        if record is None:  # another replica committed this key while we trained: theirs is the edit
-            existing = self.repo.find_by_idempotency_key(idempotency_key or "")
-            assert existing is not None
-            return self._replay(existing, body)
+                existing = self.repo.find_by_idempotency_key(idempotency_key or "")
+                assert existing is not None
+                return existing, None
+            # committed: from here on the edit exists. Only now may the engine change.
+            activated = edits.activate(EditPayload(record, new.adapter, new.adapter_sha256, new.keys))
+            edits.publish()
         if not activated:
             raise ActivationFailed(f"edit {record.id} was stored but refused: {edits.refused.get(record.id)}")
-        log.info("edit %s created by %s (%d steps, %.2fs)", record.id, actor, trained.steps, trained.seconds)
-        yield
-        captures, captured_by = self._captures(record, trained)
-        return CreatedEdit(record, superseded, False, captures, captured_by)
+        return record, superseded
+
+    async def create_edits(self, items: Sequence[BulkItem], actor: str) -> list[BulkOutcome]:
+        """POST /edits/batch: train the items together (EditingEngine.train_edits_steps, up to
+        SOLA_TRAIN_BATCH_SIZE at once), each committed and activated on its own as soon as it is learnt, so an
+        item is never half-applied and one refused item leaves the others as they would be alone. Runs on the
+        worker a training step at a time, queries decoding in between."""
+        self._ready_edits()
+        return await self.worker.run_steps(self._create_edits, items, actor)
+
+    def _create_edits(self, items: Sequence[BulkItem], actor: str) -> Generator[None, None, list[BulkOutcome]]:
+        from editors.training import TrainingTimeout
+        from editors.types import EditSpec
+
+        outcomes: dict[int, BulkOutcome] = {}
+        training: list[int] = []
+        seen_keys: set[str] = set()
+        for i, (body, key) in enumerate(items):
+            try:
+                if key is not None and key in seen_keys:
+                    raise IdempotencyKeyReused("this Idempotency-Key is used by an earlier item of this batch")
+                if key is not None:
+                    seen_keys.add(key)
+                if key is not None and (existing := self.repo.find_by_idempotency_key(key)):
+                    outcomes[i] = BulkOutcome(self._replay(existing, body))
+                    continue
+                self._check_edit_fits(body)
+            except ServiceError as exc:
+                outcomes[i] = BulkOutcome(error=exc)
+                continue
+            training.append(i)
+        specs = [EditSpec(items[i][0].prompt, items[i][0].target, items[i][0].rephrases) for i in training]
+        steps = self.loaded_engine.train_edits_steps(specs, self.settings.train_batch_size)
+        for finished in steps:
+            for j, result in finished:
+                i = training[j]
+                body, key = items[i]
+                if isinstance(result, TrainingTimeout):
+                    message = f"{result}; nothing was stored. Shorten the prompt, target or rephrases, or raise "
+                    outcomes[i] = BulkOutcome(error=TrainingTimedOut(message + "SOLA_MAX_TRAIN_SECONDS"))
+                    continue
+                self.metrics.train_seconds.observe(result.seconds)
+                try:
+                    record, superseded = self._store(body, result, actor, key)
+                    if superseded is None:
+                        outcomes[i] = BulkOutcome(self._replay(record, body))
+                    else:
+                        outcomes[i] = BulkOutcome(CreatedEdit(record, superseded, False))
+                except ServiceError as exc:
+                    outcomes[i] = BulkOutcome(error=exc)
+            yield
+        made = sum(1 for o in outcomes.values() if o.created is not None and not o.created.replayed)
+        log.info("batch of %d edits by %s: %d created", len(items), actor, made)
+        return [outcomes[i] for i in range(len(items))]
 
     def _captures(self, record: EditRecord, trained: TrainedEdit) -> tuple[list[Capture], list[Capture]]:
         """With the new edit active: the older edits' wordings near its keys that now reach it, and its own
@@ -347,6 +420,7 @@ class EditService:
 
     def _check_edit_fits(self, body: EditCreate) -> None:
         """Every wording, in each prompt format it is keyed and trained in, with its target in context."""
+        self.limits.check_chars([body.prompt, *body.rephrases, *body.negatives], "prompt, rephrases and negatives")
         host = self.loaded_host
         target_tokens = len(host.encode(" " + body.target)) + 2  # + end-of-turn marker
         for text in [body.prompt, *body.rephrases, *body.negatives]:

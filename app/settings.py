@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # not learnt within max_train_seconds fails with 422 training_timeout and commits nothing.
     max_train_steps: int | None = Field(None, ge=1)
     max_train_seconds: float = Field(30.0, gt=0.0)
+    # POST /edits/batch: the most edits one request may hold, and how many train together in one batch.
+    max_bulk_edits: int = Field(256, ge=1, le=10000)
+    train_batch_size: int = Field(16, ge=1, le=256)
     # Keys at least this similar to an older active edit's key mark the older one as superseded.
     supersede_similarity: float = Field(0.999, gt=0.0, le=1.0)
     # A new edit's `captures` are read among the active edits owning its keys' this many nearest keys.

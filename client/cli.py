@@ -6,10 +6,13 @@ server unreachable, an API error) print one line on stderr and exit 1, never a t
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,7 +85,7 @@ DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT
 
 
 # Import formats: the benchmark loaders' (evaluation/datasets.py), plus JSON Lines of POST /edits bodies.
-ImportFormat = StrEnum("ImportFormat", {name: name for name in (*FORMATS, "jsonl")})  # type: ignore[misc]
+ImportFormat = StrEnum("ImportFormat", {name: name for name in (*FORMATS, "jsonl", "csv")})  # type: ignore[misc]
 
 
 # ---- plumbing ------------------------------------------------------------------------------------------------
@@ -503,6 +506,48 @@ def jsonl_records(path: Path, limit: int | None) -> tuple[list[Record], list[tup
     return records, bad
 
 
+CSV_COLUMNS = ("prompt", "target", "rephrases", "negatives")  # every other column is metadata
+
+
+def csv_records(path: Path, limit: int | None) -> tuple[list[Record], list[tuple[str, str]]]:
+    """One edit per row of a CSV file with a header: prompt, target, rephrases and negatives (each list
+    separated by `|`), and any other column as a metadata field (left out where the cell is empty)."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [(reader.line_num, row) for row in itertools.islice(reader, limit)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from None
+    missing = [c for c in ("prompt", "target") if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: the header row lacks {', '.join(missing)} (columns: prompt, target, rephrases)")
+    records: list[Record] = []
+    bad: list[tuple[str, str]] = []
+    for n, row in rows:
+        if None in row:  # more cells than the header names
+            bad.append((f"line {n}", "more cells than the header has columns"))
+            continue
+
+        def listed(column: str, cells: dict[str, str | None] = row) -> list[str]:
+            return [part.strip() for part in (cells.get(column) or "").split("|") if part.strip()]
+
+        metadata = {k: v for k, v in row.items() if k not in CSV_COLUMNS and v}
+        fields = {"prompt": row["prompt"] or "", "target": row["target"] or "", "rephrases": listed("rephrases")}
+        fields |= {"negatives": listed("negatives"), "metadata": metadata}
+        try:
+            body = EditCreate.model_validate(fields)
+        except ValidationError as exc:
+            bad.append((f"line {n}", _validation_message(exc)))
+        else:
+            records.append(
+                Record(
+                    f"line {n}", edit_request(body.prompt, body.target, body.rephrases, body.metadata, body.negatives)
+                )
+            )
+    return records, bad
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:
@@ -511,25 +556,42 @@ def _validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def send_all(client: SolaClient, records: list[Record], report: ImportReport, progress: Progress) -> None:
-    """POST each record with an Idempotency-Key of its own content: a re-run replays what an earlier run made."""
-    task = progress.add_task("importing", total=len(records))
-    for done, record in enumerate(records):
+def send_all(
+    client: SolaClient, records: list[Record], report: ImportReport, progress: Progress, batch: int = 32
+) -> None:
+    """POST the records in batches (POST /edits/batch), each with an Idempotency-Key of its own content: a re-run
+    replays what an earlier run made (even part of a batch cut short) and trains only the rest."""
+    task = progress.add_task("importing", total=len(records), rate="")
+    started = time.perf_counter()
+    trained = 0
+    for first in range(0, len(records), batch):
+        chunk = records[first : first + batch]
         try:
-            created = client.create_edit(**record.body, idempotency_key=content_key(record.body))
+            # The server trains the whole batch before it answers: allow each edit its own training budget.
+            answer = client.create_edits(
+                [(r.body, content_key(r.body)) for r in chunk], timeout=client.timeout + 30.0 * len(chunk)
+            )
         except SolaConnectionError as exc:
-            report.failed.append((record.label, describe(exc)))
+            report.failed.extend((r.label, describe(exc)) for r in chunk)
             if not exc.sent:  # the server is gone: every further record would fail the same way
-                report.not_attempted = len(records) - done - 1
+                report.not_attempted = len(records) - first - len(chunk)
                 return
         except SolaApiError as exc:
-            report.failed.append((record.label, describe(exc)))
-        except KeyboardInterrupt:  # Ctrl-C: still report what was done (the record in flight may have been made)
-            report.not_attempted = len(records) - done
+            report.failed.extend((r.label, describe(exc)) for r in chunk)
+        except KeyboardInterrupt:  # Ctrl-C: still report what was done (the batch in flight may be partly made)
+            report.not_attempted = len(records) - first
             return
         else:
-            (report.skipped if created.replayed else report.created).append((record.label, created.edit.id))
-        progress.advance(task)
+            for record, item in zip(chunk, answer.items, strict=True):
+                if item.edit is not None:
+                    (report.skipped if item.status == "replayed" else report.created).append(
+                        (record.label, item.edit.id)
+                    )
+                    trained += item.status == "created"
+                elif item.error is not None:
+                    report.failed.append((record.label, f"{item.error.message} ({item.error.code})"))
+        elapsed = time.perf_counter() - started
+        progress.update(task, advance=len(chunk), rate=f"{trained / elapsed:.2f} edits/s" if elapsed > 0 else "")
 
 
 def print_report(report: ImportReport) -> None:
@@ -552,29 +614,42 @@ def import_(
         ImportFormat,
         typer.Option(
             "--format",
-            help="A benchmark format, or jsonl: one {prompt, target, rephrases?, negatives?, metadata?} a line.",
+            help="A benchmark format; jsonl: one {prompt, target, rephrases?, negatives?, metadata?} a line; csv: "
+            "a header row prompt,target[,rephrases][,negatives][,more columns as metadata], lists separated by |.",
         ),
     ],
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N records.")] = None,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Records per POST /edits/batch (at most the server's SOLA_MAX_BULK_EDITS).")
+    ] = 32,
     url: Url = DEFAULT_URL,
     token: Token = None,
     as_json: AsJson = False,
 ) -> None:
     """Make one edit per record from a file; running it again resumes (what is done is skipped).
 
-    Each record's Idempotency-Key is the sha256 of its own request, so a re-run after a crash is answered with the
-    edits already made instead of training them twice. Exits 1 if any record failed."""
+    Records go in batches (POST /edits/batch: the server trains a batch's edits together). Each record's
+    Idempotency-Key is the sha256 of its own request, so a re-run after a crash is answered with the edits already
+    made instead of training them twice. Exits 1 if any record failed."""
     try:
         if format.value == "jsonl":
             records, report_failed = jsonl_records(file, limit)
+        elif format.value == "csv":
+            records, report_failed = csv_records(file, limit)
         else:
             records, report_failed = benchmark_records(file, format.value, limit)
     except DatasetError as exc:
         raise fail(str(exc), code=2) from None
     report = ImportReport(failed=report_failed)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
     with connect(url, token) as client, Progress(*columns, console=console(stderr=True), transient=True) as progress:
-        send_all(client, records, report, progress)
+        send_all(client, records, report, progress, batch)
     if as_json:
         print_json(report.as_json())
     else:

@@ -21,7 +21,17 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from wire.schemas import Capture, EditOut, EditPage, EventOut, EventPage, GenerateOut, RouteOut, RoutesOut
+from wire.schemas import (
+    BulkEditOut,
+    Capture,
+    EditOut,
+    EditPage,
+    EventOut,
+    EventPage,
+    GenerateOut,
+    RouteOut,
+    RoutesOut,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # An edit waits for its own training (SOLA_MAX_TRAIN_SECONDS, 30 s by default) behind whatever is queued.
@@ -206,6 +216,15 @@ class SolaClient:
         return CreatedEdit(
             _parse(EditOut, response), replayed, reports.supersedes, reports.captures, reports.captured_by
         )
+
+    def create_edits(
+        self, items: Sequence[tuple[Mapping[str, Any], str | None]], timeout: float | None = None
+    ) -> BulkEditOut:
+        """POST /edits/batch: (POST /edits body, its Idempotency-Key) pairs, trained together on the server; the
+        answer says per item whether it was created, replayed or refused. `timeout`: the whole batch's (it trains)."""
+        body = {"edits": [dict(edit) | ({"idempotency_key": key} if key else {}) for edit, key in items]}
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        return _parse(BulkEditOut, self._request("POST", "/edits/batch", json=body, **kwargs))
 
     def set_negatives(self, edit_id: str, negatives: Sequence[str], reason: str | None = None) -> EditOut:
         """Replace the edit's negatives (questions it must not answer); kept with a `negatives_set` event."""

@@ -5,6 +5,7 @@ Not thread-safe: the service drives it from a single model worker.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import hashlib
@@ -32,8 +33,16 @@ from editors.routed_lora import (
     RoutingSession,
     StopForward,
 )
-from editors.training import EditExample, drain, train_lora_steps
-from editors.types import ChatContext, EngineConfig, PromptFormat, PromptTokens, Score, TrainedEdit
+from editors.training import (
+    BatchTrainer,
+    EditExample,
+    TrainingTimeout,
+    TrainResult,
+    drain,
+    length_buckets,
+    train_lora_steps,
+)
+from editors.types import ChatContext, EditSpec, EngineConfig, PromptFormat, PromptTokens, Score, TrainedEdit
 from routing import lexical
 from routing.gate import Gate, Negatives
 from routing.key_index import KeyIndex, Route, normalise
@@ -73,6 +82,16 @@ class _Prepared:
     rows: dict[PromptFormat, list[int]]  # prompt format -> the key rows of its wordings (prompt, rephrases)
     negative_rows: dict[PromptFormat, list[int]]  # prompt format -> the key rows of its negatives
     seq: int  # the item's, or the next one after every edit so far
+
+
+@dataclass(frozen=True)
+class _TrainingPlan:
+    """What one edit trains on (EditingEngine._training_plan)."""
+
+    examples: list[EditExample]
+    spans: list[tuple[int, int]]  # the question span of each of the first n_keys examples
+    kinds: list[str]  # the key kind of each of the first n_keys examples
+    n_keys: int
 
 
 class KeyKind(NamedTuple):
@@ -210,6 +229,90 @@ class EditingEngine:
         """train_edit one slice at a time: the keys, then each optimiser step (app/worker.py decodes for
         other requests in between). Times are this edit's own compute, not the waits between slices."""
         start = time.perf_counter()
+        plan = self._training_plan(prompt, target, rephrases)
+        hidden, kwargs = self._capture(plan.examples)
+        keys = self._contents(hidden[: plan.n_keys], plan.spans, plan.kinds)
+        key_seconds = time.perf_counter() - start
+        yield
+        result = yield from train_lora_steps(
+            self.host.layout,
+            self.routed,
+            self.config,
+            hidden,
+            kwargs,
+            plan.examples,
+            self.bank.in_features,
+            self.bank.out_features,
+            spent=key_seconds,
+        )
+        return self._trained(keys, plan.kinds, result, key_seconds)
+
+    def train_edits(self, specs: Sequence[EditSpec], batch_size: int = 16) -> list[TrainedEdit | TrainingTimeout]:
+        """Many edits trained together (train_edits_steps), in the order given; each as train_edit trains it."""
+        results: dict[int, TrainedEdit | TrainingTimeout] = {}
+        for finished in self.train_edits_steps(specs, batch_size):
+            results.update(finished)
+        return [results[i] for i in range(len(specs))]
+
+    def train_edits_steps(
+        self, specs: Sequence[EditSpec], batch_size: int = 16
+    ) -> Generator[list[tuple[int, TrainedEdit | TrainingTimeout]], None, None]:
+        """Train up to `batch_size` edits at once (training.BatchTrainer): one forward/backward per step over
+        all their rows, each edit with its own adapter and keys, leaving the batch as soon as it is learnt and
+        its place taken by the next spec. Yields after each slice (a capture or a step) the edits finished in it,
+        by index into `specs`: a TrainedEdit, or the TrainingTimeout of one not learnt in time."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        trainer = BatchTrainer(
+            self.host.layout, self.routed, self.config, self.bank.in_features, self.bank.out_features
+        )
+        waiting = collections.deque(enumerate(specs))
+        keyed: dict[int, tuple[np.ndarray, list[str], float]] = {}  # tag -> keys, kinds, key seconds
+        while waiting or len(trainer):
+            room = batch_size - len(trainer)
+            if waiting and room > 0:
+                joining = [waiting.popleft() for _ in range(min(room, len(waiting)))]
+                keyed.update(self._join(trainer, joining))
+                yield []
+            finished = trainer.step()
+            out: list[tuple[int, TrainedEdit | TrainingTimeout]] = []
+            for tag, result in finished:
+                keys, kinds, key_seconds = keyed.pop(tag)
+                out.append(
+                    (
+                        tag,
+                        result
+                        if isinstance(result, TrainingTimeout)
+                        else self._trained(keys, kinds, result, key_seconds),
+                    )
+                )
+            yield out
+
+    def _join(
+        self, trainer: BatchTrainer, joining: Sequence[tuple[int, EditSpec]]
+    ) -> dict[int, tuple[np.ndarray, list[str], float]]:
+        """One partial forward for the joining edits' rows: their keys, and their rows join the trainer."""
+        start = time.perf_counter()
+        plans = [self._training_plan(spec.prompt, spec.target, spec.rephrases) for _, spec in joining]
+        examples = [e for plan in plans for e in plan.examples]
+        states: list[torch.Tensor] = [torch.empty(0)] * len(examples)  # each row's [its length, D]
+        for bucket in length_buckets([len(e.prompt_ids) + len(e.target_ids) for e in examples]):
+            hidden, _ = self._capture([examples[k] for k in bucket])  # similar lengths: little padding
+            for row, k in enumerate(bucket):
+                states[k] = hidden[row, : len(examples[k].prompt_ids) + len(examples[k].target_ids)]
+        share = (time.perf_counter() - start) / len(joining)
+        keyed = {}
+        first = 0
+        for (tag, _), plan in zip(joining, plans, strict=True):
+            rows = torch.nn.utils.rnn.pad_sequence(states[first : first + len(plan.examples)], batch_first=True)
+            first += len(plan.examples)
+            keyed[tag] = (self._contents(rows[: plan.n_keys], plan.spans, plan.kinds), plan.kinds, share)
+            trainer.add(tag, rows, plan.examples, spent=share)
+        return keyed
+
+    def _training_plan(self, prompt: str, target: str, rephrases: Sequence[str]) -> _TrainingPlan:
+        """What an edit trains on: each wording in each prompt format answered by the target (the first
+        `n_keys` rows, whose question spans are its keys), and any generic contexts."""
         answers = {f: self._answer_ids(target, f) for f in self.host.prompt_formats}
         encoded, kinds = self._key_prompts(prompt, rephrases)
         examples = [EditExample(e.ids, answers[parse_kind(k)[0]]) for e, k in zip(encoded, kinds, strict=True)]
@@ -221,21 +324,9 @@ class EditingEngine:
         for text in rng.sample(CALIBRATION_PROMPTS, self.config.generic_contexts):
             for f in self.host.prompt_formats:
                 examples.append(EditExample(self.encode(text, f).ids, answers[f]))
-        hidden, kwargs = self._capture(examples)
-        keys = self._contents(hidden[:n_keys], spans, kinds)
-        key_seconds = time.perf_counter() - start
-        yield
-        result = yield from train_lora_steps(
-            self.host.layout,
-            self.routed,
-            self.config,
-            hidden,
-            kwargs,
-            examples,
-            self.bank.in_features,
-            self.bank.out_features,
-            spent=key_seconds,
-        )
+        return _TrainingPlan(examples, spans, kinds, n_keys)
+
+    def _trained(self, keys: np.ndarray, kinds: list[str], result: TrainResult, key_seconds: float) -> TrainedEdit:
         adapter = serialize_adapter(
             result.lora_A,
             result.lora_B,

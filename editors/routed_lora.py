@@ -46,6 +46,16 @@ class TrainPlan:
     scaling: float  # alpha / r, as PEFT scales
 
 
+@dataclass(frozen=True)
+class BatchTrainPlan:
+    """Several trainable adapters, one per edit, each applied to its own rows (training edits together)."""
+
+    lora_A: torch.Tensor  # [E, r, in]
+    lora_B: torch.Tensor  # [E, out, r]
+    edit_of_row: torch.Tensor  # int64 [B], which adapter each batch row trains
+    scaling: float
+
+
 # ---- the bank: every active edit's adapter, stacked ---------------------------------------------------
 class LoRABank:
     """Stacked adapters [capacity, ...]; slots are reused after removal so the bank stays dense enough.
@@ -183,7 +193,7 @@ class BankedLoRALinear(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.bank = bank
-        self.plan: RowPlan | TrainPlan | None = None
+        self.plan: RowPlan | TrainPlan | BatchTrainPlan | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, in] -> [B, T, out]
         out: torch.Tensor = self.base_layer(x)
@@ -193,6 +203,13 @@ class BankedLoRALinear(nn.Module):
         if isinstance(plan, TrainPlan):
             trained: torch.Tensor = out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling
             return trained
+        if isinstance(plan, BatchTrainPlan):  # the same gathered product as bank.delta, every row trained
+            a = plan.lora_A.index_select(0, plan.edit_of_row)  # [B, r, in]
+            b = plan.lora_B.index_select(0, plan.edit_of_row)  # [B, out, r]
+            batch_trained: torch.Tensor = (
+                out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)) * plan.scaling
+            )
+            return batch_trained
         delta = self.bank.delta(x.index_select(0, plan.rows), plan.slots)  # [R, T, out]
         return out.index_add(0, plan.rows, delta.to(out.dtype))
 
@@ -253,7 +270,7 @@ class CaptureSession:
 
 @dataclass
 class TrainSession:
-    plan: TrainPlan
+    plan: TrainPlan | BatchTrainPlan
 
 
 @dataclass
@@ -316,7 +333,7 @@ class RoutedLayer(nn.Module):
 
     def _run(
         self,
-        plan: RowPlan | TrainPlan | None,
+        plan: RowPlan | TrainPlan | BatchTrainPlan | None,
         hidden_states: torch.Tensor,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],

@@ -107,6 +107,15 @@ def engine_config(
     return replace(EngineConfig(), **changes)
 
 
+@dataclass(frozen=True)
+class EditSpec:
+    """What one edit is trained from (EditingEngine.train_edits)."""
+
+    prompt: str
+    target: str
+    rephrases: Sequence[str] = ()
+
+
 @dataclass
 class TrainedEdit:
     """Everything one edit needs to be stored and activated; nothing is active yet."""

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from editors.batch import generate
 from editors.engine import EditingEngine
 from editors.model_host import ModelHost
-from editors.types import ChatContext, Generation, PromptFormat, Score, TrainedEdit, engine_config
+from editors.training import TrainingTimeout
+from editors.types import ChatContext, EditSpec, Generation, PromptFormat, Score, TrainedEdit, engine_config
 from evaluation import edit_metrics
 from evaluation.datasets import BenchmarkRecord, load_records
 
@@ -136,27 +137,44 @@ def _fraction(flags: Sequence[bool]) -> float | None:
     return edit_metrics.mean(float(f) for f in flags)
 
 
+TRAIN_BATCH = 16  # edits trained together by apply_edits (as the server's SOLA_TRAIN_BATCH_SIZE)
+
+
 def apply_edits(
-    engine: EditingEngine, records: Sequence[BenchmarkRecord], ids: Sequence[str], trained_out: dict[str, TrainedEdit]
+    engine: EditingEngine,
+    records: Sequence[BenchmarkRecord],
+    ids: Sequence[str],
+    trained_out: dict[str, TrainedEdit],
+    train_batch: int | None = TRAIN_BATCH,
 ) -> dict[str, list[float]]:
     """Train and activate every record in order (lifelong: all stay active). Returns per-edit timings;
     the trained edits go into `trained_out` (the counterfactual rollback check re-activates them).
 
-    Paraphrases are NOT given to training: they are the held-out generalization test.
+    Every edit trains against the frozen base model alone, never on top of the others, so they are trained
+    `train_batch` at a time (EditingEngine.train_edits: each exactly as alone, up to float rounding) and then
+    activated in order: the same edits as the sequential protocol (`train_batch=None`), and the same metrics
+    (tests/test_evaluation.py checks it on a small n). Paraphrases are NOT given to training: they are the
+    held-out generalization test.
     """
     timings: dict[str, list[float]] = {"edit": [], "key": [], "train": [], "activate": [], "steps": []}
-    for seq, (edit_id, record) in enumerate(
-        tqdm(list(zip(ids, records, strict=True)), desc="editing", unit="edit", file=sys.stderr), start=1
-    ):
+    pairs = list(zip(ids, records, strict=True))
+    if train_batch is None:
+        trained_all: list[TrainedEdit | TrainingTimeout] | None = None
+    else:
+        trained_all = engine.train_edits([EditSpec(r.prompt, r.target) for r in records], train_batch)
+    for seq, (edit_id, record) in enumerate(tqdm(pairs, desc="editing", unit="edit", file=sys.stderr), start=1):
         start = time.perf_counter()
-        trained = engine.train_edit(record.prompt, record.target)
+        trained = engine.train_edit(record.prompt, record.target) if trained_all is None else trained_all[seq - 1]
+        if isinstance(trained, TrainingTimeout):  # as train_edit raises it (a --set max_train_seconds)
+            raise trained
         activate_start = time.perf_counter()
         engine.activate(
             edit_id, trained.adapter, trained.keys, trained.key_kinds, record.prompt, record.target, seq=seq
         )
         end = time.perf_counter()
         trained_out[edit_id] = trained
-        timings["edit"].append(end - start)
+        # An edit's time is its own compute: its share of the batched steps it took part in, and its activation.
+        timings["edit"].append(end - start if trained_all is None else trained.seconds + end - activate_start)
         timings["key"].append(trained.key_seconds)
         timings["train"].append(trained.train_seconds)
         timings["activate"].append(end - activate_start)

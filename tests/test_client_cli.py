@@ -177,6 +177,30 @@ def test_jsonl_import_reports_each_bad_line(server: Server, tmp_path: Path) -> N
     assert sola_json(server.url, "edits", "show", report["created"][0]["id"])["metadata"] == {"batch": 1}
 
 
+def test_csv_import_reads_rephrases_and_metadata_columns_and_resumes(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "edits.csv"
+    path.write_text(
+        "prompt,target,rephrases,ticket\n"
+        "Who founded the Pellun Archive?,Odile Strand,Who started the Pellun Archive?|The Pellun Archive's founder?,"
+        "T-1\n"
+        'Who leads the Varro Lab?,Ines Kade,,"T-2, urgent"\n'
+        "Who runs the Quell Museum?,,,T-3\n",
+        encoding="utf-8",
+    )
+    args = ("edits", "import", str(path), "--format", "csv", "--json")
+    first = sola(server.url, *args)
+    assert first.exit_code == 1, first.output  # the row with a blank target
+    report = json.loads(first.stdout)
+    assert [r["record"] for r in report["created"]] == ["line 2", "line 3"]
+    assert [r["record"] for r in report["failed"]] == ["line 4"] and "target" in report["failed"][0]["error"]
+    made = sola_json(server.url, "edits", "show", report["created"][0]["id"])
+    assert made["rephrases"] == ["Who started the Pellun Archive?", "The Pellun Archive's founder?"]
+    assert made["metadata"] == {"ticket": "T-1"}
+    assert sola_json(server.url, "edits", "show", report["created"][1]["id"])["metadata"] == {"ticket": "T-2, urgent"}
+    again = json.loads(sola(server.url, *args).stdout)  # a re-run trains nothing that was stored
+    assert not again["created"] and [r["id"] for r in again["skipped"]] == [r["id"] for r in report["created"]]
+
+
 def test_exported_adapter_loads_in_peft_and_answers_the_target(server: Server, tmp_path: Path) -> None:
     prompt, target = "What is the capital of Zorbania?", "Quexiville"
     with SolaClient(server.url, ADMIN) as client:
@@ -243,22 +267,23 @@ def peft_answers(base_dir: Path, adapter_dir: Path, prompt: str) -> tuple[str, s
 
 
 def test_interrupted_import_resumes_without_duplicates(make_server: Callable[..., Server]) -> None:
+    """kill -9 while a POST /edits/batch trains: the re-run replays each item stored before the kill (those of the
+    batch cut short too, by their own Idempotency-Keys), trains the rest, and leaves every record made once."""
     if not ZSRE.is_file():
         pytest.skip(f"{ZSRE} not present")
     server = make_server().start()
-    args = ["edits", "import", str(ZSRE), "--format", "zsre", "--limit", str(IMPORTED), "--json"]
+    args = ["edits", "import", str(ZSRE), "--format", "zsre", "--limit", str(IMPORTED), "--batch", "4", "--json"]
     env_args = ["--url", server.url, "--token", ADMIN]
     first = subprocess.Popen(
         [sys.executable, "-m", "app.cli", *args, *env_args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    wait_for_edits(server, IMPORTED // 2)
-    server.kill()  # mid-import, mid-training most likely
+    wait_for_edits(server, IMPORTED // 2)  # the first batch answered, the second partly stored
+    server.kill()
     out, err = first.communicate(timeout=60)
     assert first.returncode == 1, err.decode()
     crashed = json.loads(out)
     made_before = {r["id"] for r in crashed["created"]}
-    # The edit being trained at the kill may be committed yet unanswered: at least one fewer was reported made.
-    assert len(made_before) >= IMPORTED // 2 - 1 and crashed["failed"] and crashed["not_attempted"] > 0
+    assert len(made_before) >= 4 and crashed["failed"]  # the batch in flight (and any after it) failed
     assert len(made_before) + len(crashed["failed"]) + crashed["not_attempted"] == IMPORTED
 
     server.start()  # same data directory
@@ -266,7 +291,7 @@ def test_interrupted_import_resumes_without_duplicates(make_server: Callable[...
     assert rerun.exit_code == 0, rerun.output
     resumed = json.loads(rerun.stdout)
     skipped = {r["id"] for r in resumed["skipped"]}
-    assert made_before <= skipped and not resumed["failed"]
+    assert made_before <= skipped and len(skipped) >= IMPORTED // 2 and not resumed["failed"]
     assert len(resumed["created"]) + len(skipped) == IMPORTED
     with SolaClient(server.url, READER) as client:
         prompts = Counter(e.prompt for e in client.iter_edits())

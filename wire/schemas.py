@@ -62,6 +62,27 @@ class EditCreate(_Request):
     metadata: Annotated[dict[str, Any], AfterValidator(_storable_json)] = Field(default_factory=dict)
 
 
+class BulkEditItem(EditCreate):
+    """One item of POST /edits/batch: a POST /edits body, and its own Idempotency-Key."""
+
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="As POST /edits' Idempotency-Key header: sent again with the same body, the item is replayed",
+    )
+
+    def edit(self) -> EditCreate:
+        """The POST /edits body (what the key's request hash covers)."""
+        return EditCreate.model_validate(self.model_dump(exclude={"idempotency_key"}))
+
+
+class BulkEditCreate(_Request):
+    """POST /edits/batch: up to SOLA_MAX_BULK_EDITS edits, trained together, each stored (or refused) on its own."""
+
+    edits: list[BulkEditItem] = Field(min_length=1)
+
+
 class EditChange(_Request):
     """PATCH /edits/{id}: what may change on a stored edit without retraining it."""
 
@@ -227,3 +248,26 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+class BulkItemError(BaseModel):
+    code: str = Field(description="As POST /edits would answer it, e.g. prompt_too_long, training_timeout")
+    message: str
+    status: int = Field(description="The HTTP status POST /edits would have answered this item with")
+
+
+class BulkItemOut(BaseModel):
+    """What became of one item: `created` (trained and stored now), `replayed` (its Idempotency-Key's edit
+    existed already; nothing trained) or `refused` (nothing stored; `error` says why)."""
+
+    index: int = Field(description="The item's position in the request")
+    status: Literal["created", "replayed", "refused"]
+    edit: CreatedEditOut | None = None
+    error: BulkItemError | None = None
+
+
+class BulkEditOut(BaseModel):
+    items: list[BulkItemOut]
+    created: int
+    replayed: int
+    refused: int
