@@ -153,3 +153,18 @@ def test_checkpoints_outside_the_run_are_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "checkpoints [10] outside 1..5" in result.output
     result = CliRunner().invoke(cli, [*args, "--checkpoints", "2,x"])
     assert result.exit_code == 2 and "edit counts separated by commas" in result.output
+
+
+def test_curves_plot_each_checkpointed_metric_on_a_log_axis(tmp_path: Path) -> None:
+    from evaluation.curves import curve, main
+
+    snapshots = [{"edits": e, "reliability": 1.0 - e / 1e4, "rss_mb": 900.0 + e, "locality": None} for e in (10, 100)]
+    results = {"format": "zsre", "prompt_format": "chat", "model": "m", "checkpoints": snapshots}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert curve(results, "reliability") == ([10, 100], [0.999, 0.99]) and curve(results, "locality") == ([], [])
+    main([str(path), "--out", str(tmp_path / "docs" / "curve.png")])
+    assert (tmp_path / "docs" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path.write_text(json.dumps({**results, "checkpoints": []}))
+    with pytest.raises(ValueError, match="no checkpoint measured"):
+        main([str(path), "--out", str(tmp_path / "none.png")])
