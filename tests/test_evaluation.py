@@ -114,7 +114,7 @@ TIMINGS = {
 }
 
 
-@pytest.mark.model
+@pytest.mark.slow  # two whole evals (each with its counterfactual engine): 18 min on the loaded 2-core machine
 def test_checkpointed_eval_ends_where_a_plain_run_does(tmp_path: Path) -> None:
     from editors.model_host import ModelHost
     from tests.server import MODEL_CACHE
