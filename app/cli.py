@@ -101,11 +101,27 @@ def evaluate(
     model: Model = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Rows per scoring batch.")] = 16,
     threads: Threads = None,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(
+            help="Also measure every metric after this many edits, e.g. 1000,3000,10000 (N defaults to the "
+            "largest); the table gets a column per checkpoint.",
+            show_default=False,
+        ),
+    ] = None,
+    holdout: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Take the neighbour probes from the file's last K records, never edited (for an N that "
+            "reaches the end of the file). 0: the records after the first N.",
+        ),
+    ] = 0,
 ) -> None:
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
     from evaluation import operator
     from evaluation.datasets import DatasetError
-    from evaluation.quality import markdown_table, run_eval
+    from evaluation.quality import checkpoint_marks, markdown_table, run_eval
 
     if not dataset.is_file():
         raise typer.BadParameter(f"no such file: {dataset}", param_hint="--dataset")
@@ -116,6 +132,8 @@ def evaluate(
         engine_config(layer, threshold, overrides or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--set") from exc
+    if checkpoints and format.value == "operator":
+        raise typer.BadParameter("checkpoints apply to the benchmark formats, not operator", param_hint="--checkpoints")
     if format.value == "operator":
         try:
             results = operator.run_operator_eval(
@@ -128,10 +146,21 @@ def evaluate(
         typer.echo(f"\nwrote {out}")
         return
     try:
+        marks = [int(c) for c in checkpoints.split(",") if c.strip()] if checkpoints else []
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"expected edit counts separated by commas: {exc}", param_hint="--checkpoints"
+        ) from exc
+    n = n or max(marks, default=1000)
+    try:
+        checkpoint_marks(marks, n)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}; raise --n or lower the checkpoints", param_hint="--checkpoints") from exc
+    try:
         results = run_eval(
             dataset,
             format.value,
-            n or 1000,
+            n,
             revoke_fraction=revoke_fraction,
             seed=seed,
             data_dir=data_dir,
@@ -143,6 +172,8 @@ def evaluate(
             model=model,
             batch_size=batch_size,
             threads=threads,
+            checkpoints=marks,
+            holdout=holdout,
         )
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)

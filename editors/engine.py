@@ -668,6 +668,19 @@ class EditingEngine:
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return [logits[row, : len(e.ids)].float().clone() for row, e in enumerate(encoded)]
 
+    @torch.no_grad()
+    def padded_prompt_logits(
+        self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, use_edits: bool = True
+    ) -> tuple[torch.Tensor, list[int]]:
+        """prompt_logits without copying each row out (bit-exact comparisons, evaluation/quality.py): the batch's
+        right-padded logits [B, T, V] as the model made them, and each row's prompt length."""
+        encoded = [self.encode(p, prompt_format) for p in prompts]
+        input_ids, attention_mask = self.pad([e.ids for e in encoded], left=False)
+        session = self.routing_session(prompts, encoded, prompt_format, left=False) if use_edits else None
+        with self.routed.session_scope(session):
+            logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        return logits, [len(e.ids) for e in encoded]
+
     def query_keys(
         self, prompts: Sequence[str], prompt_format: PromptFormat = PromptFormat.RAW, context: ChatContext | None = None
     ) -> np.ndarray:

@@ -7,7 +7,9 @@ their prompts get the unedited model's logits back bit for bit and that the othe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import random
 import resource
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,7 +29,7 @@ from editors.model_host import ModelHost
 from editors.training import TrainingTimeout
 from editors.types import ChatContext, EditSpec, Generation, PromptFormat, Score, TrainedEdit, engine_config
 from evaluation import edit_metrics
-from evaluation.datasets import BenchmarkRecord, load_records
+from evaluation.datasets import BenchmarkRecord, DatasetError, load_records
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,10 +49,30 @@ def batched(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def map_batched(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], size: int, desc: str) -> list[R]:
-    """Apply a batched engine call over `items`, with a progress bar."""
+class Phases:
+    """Wall seconds the eval spends per phase (summed over repeats, in first-seen order), for results.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def map_batched(
+    fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], size: int, desc: str, phases: Phases | None = None
+) -> list[R]:
+    """Apply a batched engine call over `items`, with a progress bar (timed as phase `desc`)."""
     out: list[R] = []
-    with tqdm(total=len(items), desc=desc, unit="row", file=sys.stderr, leave=False) as bar:
+    with (
+        phases(desc) if phases else contextlib.nullcontext(),
+        tqdm(total=len(items), desc=desc, unit="row", file=sys.stderr, leave=False) as bar,
+    ):
         for chunk in batched(items, size):
             out.extend(fn(chunk))
             bar.update(len(chunk))
@@ -60,13 +83,46 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def rss_mb() -> float:
+    """Resident memory now (Linux /proc; the peak where it is unavailable)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mb()
+    return pages * resource.getpagesize() / 2**20
+
+
+def checkpoint_marks(checkpoints: Sequence[int], n: int, edits: int | None = None) -> list[int]:
+    """The edit counts measured, ascending, the last one all `edits` (default n; fewer when the first n records
+    held unusable ones, which then count towards no mark)."""
+    bad = [c for c in checkpoints if not 1 <= c <= n]
+    if bad:
+        raise ValueError(f"checkpoints {bad} outside 1..{n} (the number of edits)")
+    edits = n if edits is None else edits
+    return sorted({min(c, edits) for c in checkpoints} | {edits})
+
+
 @dataclasses.dataclass
 class Measurer:
-    """Batched scoring / generation / logits on one engine in one prompt format."""
+    """Batched scoring / generation / logits on one engine in one prompt format.
+
+    The unedited model's answers do not depend on the edits, so they are computed once per batch of rows and
+    reused (locality, neighbours, rollback before and after revoking, every checkpoint). The key is the whole
+    batch, not the row: a row's bits may depend on what it is batched with, and the comparisons with the edited
+    model stay batch for batch as before.
+    """
 
     engine: EditingEngine
     prompt_format: PromptFormat
     batch_size: int = 16
+    phases: Phases = dataclasses.field(default_factory=Phases)
+    query_keys: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # routing keys (edit-independent)
+    unedited: dict[tuple[Any, ...], list[Any]] = dataclasses.field(default_factory=dict)
+
+    def _unedited(self, key: tuple[Any, ...], compute: Callable[[], list[R]]) -> list[R]:
+        if key not in self.unedited:
+            self.unedited[key] = compute()
+        return list(self.unedited[key])
 
     def score(
         self,
@@ -77,26 +133,32 @@ class Measurer:
         context: ChatContext | None = None,
     ) -> list[Score]:
         pairs = list(zip(prompts, targets, strict=True))
-        return map_batched(
-            lambda rows: self.engine.score(
-                [p for p, _ in rows], [t for _, t in rows], self.prompt_format, use_edits=use_edits, context=context
-            ),
-            pairs,
-            self.batch_size,
-            desc,
-        )
+
+        def run(rows: Sequence[tuple[str, str]]) -> list[Score]:
+            def compute() -> list[Score]:
+                return self.engine.score(
+                    [p for p, _ in rows], [t for _, t in rows], self.prompt_format, use_edits=use_edits, context=context
+                )
+
+            if use_edits:
+                return compute()
+            return self._unedited(("score", self.prompt_format, repr(context), tuple(rows)), compute)
+
+        return map_batched(run, pairs, self.batch_size, desc, self.phases)
 
     def greedy(
         self, prompts: Sequence[str], budget: int, use_edits: bool, desc: str, prompt_format: PromptFormat | None = None
     ) -> list[Generation]:
         """Greedy generations (token ids, route) of `budget` tokens at most (in this measurer's format by default)."""
         asked = prompt_format or self.prompt_format
-        return map_batched(
-            lambda rows: generate(self.engine, rows, budget, asked, use_edits=use_edits),
-            prompts,
-            self.batch_size,
-            desc,
-        )
+
+        def run(rows: Sequence[str]) -> list[Generation]:
+            def compute() -> list[Generation]:
+                return generate(self.engine, rows, budget, asked, use_edits=use_edits)
+
+            return compute() if use_edits else self._unedited(("greedy", asked, budget, tuple(rows)), compute)
+
+        return map_batched(run, prompts, self.batch_size, desc, self.phases)
 
     def exact(
         self, prompts: Sequence[str], targets: Sequence[str], target_lengths: Sequence[int], desc: str
@@ -109,18 +171,40 @@ class Measurer:
             gens = generate(self.engine, [p for p, _, _ in chunk], budget, self.prompt_format)
             return [edit_metrics.contains_target(g.text, t) for g, (_, t, _) in zip(gens, chunk, strict=True)]
 
-        return map_batched(run, rows, self.batch_size, desc)
+        return map_batched(run, rows, self.batch_size, desc, self.phases)
 
     def logits_equal_base(self, prompts: Sequence[str], desc: str) -> list[bool]:
-        """Per prompt: are the prompt logits with edits bit-identical to the unedited model's?"""
+        """Per prompt: are the prompt logits with edits bit-identical to the unedited model's? The unedited side
+        is kept as a digest of each row's logits bytes (BLAKE2b, 128 bits), computed once per batch."""
 
         def run(chunk: Sequence[str]) -> list[bool]:
-            edited = self.engine.prompt_logits(chunk, self.prompt_format, use_edits=True)
-            base = self.engine.prompt_logits(chunk, self.prompt_format, use_edits=False)
-            return [torch.equal(a, b) for a, b in zip(edited, base, strict=True)]
+            def base() -> list[bytes]:
+                return logits_digests(*self.engine.padded_prompt_logits(chunk, self.prompt_format, use_edits=False))
+
+            theirs = self._unedited(("logits", self.prompt_format, tuple(chunk)), base)
+            ours = logits_digests(*self.engine.padded_prompt_logits(chunk, self.prompt_format, use_edits=True))
+            return [a == b for a, b in zip(ours, theirs, strict=True)]
 
         # Prompt logits are [prompt_len, vocab] float32 per row: keep the batches small.
-        return map_batched(run, prompts, max(1, self.batch_size // 2), desc)
+        return map_batched(run, prompts, max(1, self.batch_size // 2), desc, self.phases)
+
+
+def logits_digests(logits: torch.Tensor, lengths: Sequence[int]) -> list[bytes]:
+    """Each row's real prompt logits (padding left out) as a digest of their exact bytes: equal digests mean
+    bit-identical logits (up to a 2^-128 collision), without keeping [len, vocab] floats per row."""
+    return [
+        hashlib.blake2b(logits[row, :n].contiguous().view(torch.uint8).cpu().numpy().tobytes(), digest_size=16).digest()
+        for row, n in enumerate(lengths)
+    ]
+
+
+def rows_equal(ours: tuple[torch.Tensor, list[int]], theirs: tuple[torch.Tensor, list[int]]) -> list[bool]:
+    """Per row of two padded prompt-logits batches of the same prompts: bit-identical over the real tokens?
+    Compared where the logits are (no copies)."""
+    (a, lengths), (b, other) = ours, theirs
+    if lengths != other:
+        raise ValueError(f"prompt lengths differ: {lengths} vs {other}")
+    return [torch.equal(a[row, :n], b[row, :n]) for row, n in enumerate(lengths)]
 
 
 def _mean_accuracy(scores: Sequence[Score]) -> float | None:
@@ -146,9 +230,12 @@ def apply_edits(
     ids: Sequence[str],
     trained_out: dict[str, TrainedEdit],
     train_batch: int | None = TRAIN_BATCH,
+    first_seq: int = 1,
 ) -> dict[str, list[float]]:
-    """Train and activate every record in order (lifelong: all stay active). Returns per-edit timings;
-    the trained edits go into `trained_out` (the counterfactual rollback check re-activates them).
+    """Train and activate every record in order (lifelong: all stay active), the first one as edit number
+    `first_seq` (checkpointed runs call this once per segment). Returns per-edit timings; the trained edits go
+    into `trained_out` (the counterfactual rollback check re-activates them). The one place the eval applies
+    its edits.
 
     Every edit trains against the frozen base model alone, never on top of the others, so they are trained
     `train_batch` at a time (EditingEngine.train_edits: each exactly as alone, up to float rounding) and then
@@ -162,9 +249,10 @@ def apply_edits(
         trained_all: list[TrainedEdit | TrainingTimeout] | None = None
     else:
         trained_all = engine.train_edits([EditSpec(r.prompt, r.target) for r in records], train_batch)
-    for seq, (edit_id, record) in enumerate(tqdm(pairs, desc="editing", unit="edit", file=sys.stderr), start=1):
+    for k, (edit_id, record) in enumerate(tqdm(pairs, desc="editing", unit="edit", file=sys.stderr)):
+        seq = first_seq + k
         start = time.perf_counter()
-        trained = engine.train_edit(record.prompt, record.target) if trained_all is None else trained_all[seq - 1]
+        trained = engine.train_edit(record.prompt, record.target) if trained_all is None else trained_all[k]
         if isinstance(trained, TrainingTimeout):  # as train_edit raises it (a --set max_train_seconds)
             raise trained
         activate_start = time.perf_counter()
@@ -256,6 +344,27 @@ NEIGHBOUR_BUDGET = 8  # greedy tokens compared for neighbours and counterfactual
 DEGENERATE_EXTRA_TOKENS = 8  # generation budget beyond the target, for degenerate_rate
 MAX_NEIGHBOURS = 500
 MAX_DEGENERATE_PROBES = 200
+
+
+MAX_ROUTING_PROBES = 100
+
+
+def routing_ms(m: Measurer, records: Sequence[BenchmarkRecord], neighbours: Sequence[BenchmarkRecord]) -> float | None:
+    """Median wall milliseconds of one request's routing decision (key index search + gate, one row at a time)
+    over paraphrases of edited records and neighbours; their query keys do not depend on the edits (cached)."""
+    probes = [r.rephrase for r in records if r.rephrase is not None][:MAX_ROUTING_PROBES]
+    probes += neighbour_prompts(neighbours)[:MAX_ROUTING_PROBES]
+    probes = probes or [r.prompt for r in records[:MAX_ROUTING_PROBES]]
+    missing = [p for p in dict.fromkeys(probes) if p not in m.query_keys]
+    for chunk in batched(missing, m.batch_size):
+        m.query_keys.update(zip(chunk, m.engine.query_keys(chunk, m.prompt_format), strict=True))
+    times = []
+    with m.phases("routing probes"):
+        for prompt in probes:
+            start = time.perf_counter()
+            m.engine.routed.search(m.query_keys[prompt][None], [prompt], m.prompt_format)
+            times.append(1000 * (time.perf_counter() - start))
+    return edit_metrics.median(times)
 
 
 def neighbour_prompts(neighbours: Sequence[BenchmarkRecord]) -> list[str]:
@@ -361,7 +470,7 @@ def rollback_counterfactual(
     kept = sorted(set(range(len(records))) - set(revoked))[:MAX_KEPT_PROBES]
     probes = [p for i in [*revoked, *kept] for p in (records[i].prompt, records[i].rephrase) if p is not None]
     probes += neighbour_prompts(neighbours)[:MAX_KEPT_PROBES]
-    other = Measurer(never_revoked, m.prompt_format, m.batch_size)
+    other = Measurer(never_revoked, m.prompt_format, m.batch_size, m.phases)
     same_tokens = [
         a.token_ids == b.token_ids and a.routed_edit_id == b.routed_edit_id
         for a, b in zip(
@@ -372,13 +481,17 @@ def rollback_counterfactual(
     ]
 
     def logits_equal(rows: Sequence[str]) -> list[bool]:
-        # Compared batch by batch: holding every probe's [len, vocab] logits for both engines took 12 GB at n=1000.
-        ours = m.engine.prompt_logits(rows, m.prompt_format)
-        theirs = never_revoked.prompt_logits(rows, m.prompt_format)
-        return [torch.equal(a, b) for a, b in zip(ours, theirs, strict=True)]
+        # Compared batch by batch where the logits are: holding every probe's [len, vocab] logits for both engines
+        # took 12 GB at n=1000, and copying each row out cost as much as comparing it.
+        ours = m.engine.padded_prompt_logits(rows, m.prompt_format)
+        return rows_equal(ours, never_revoked.padded_prompt_logits(rows, m.prompt_format))
 
-    same_logits = map_batched(logits_equal, probes, max(1, m.batch_size // 2), "counterfactual logits")
-    return _fraction([t and lg for t, lg in zip(same_tokens, same_logits, strict=True)])
+    # A probe whose greedy answer already differs has failed: its logits need no comparing.
+    agreeing = [p for p, same in zip(probes, same_tokens, strict=True) if same]
+    same_logits = iter(
+        map_batched(logits_equal, agreeing, max(1, m.batch_size // 2), "counterfactual logits", m.phases)
+    )
+    return _fraction([same and next(same_logits) for same in same_tokens])
 
 
 def run_eval(
@@ -398,6 +511,8 @@ def run_eval(
     host: ModelHost | None = None,
     threads: int | None = None,
     cache_dir: Path | None = None,
+    checkpoints: Sequence[int] = (),
+    holdout: int = 0,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
 
@@ -405,35 +520,79 @@ def run_eval(
     loaded model (it must not already carry an engine); the counterfactual engine loads its own copy of
     `model` from `cache_dir` (default: under `data_dir`). `threads` sets torch's intra-op threads (on a
     shared machine 1 avoids oversubscription). Raises evaluation.datasets.DatasetError on bad files.
+
+    `checkpoints`: edit counts (below n) after which every quality metric is measured too, on the edits made
+    so far, as the edits accumulate (one run gives the curve; results["checkpoints"] holds one entry per mark,
+    the last at n). Rollback is measured at the end only (revoking is not undone). The top-level metrics are
+    the final mark's, the same as a plain run's. Neighbours (never edited: same templates, other subjects)
+    are the records after the n edited ones, the same at every mark; `holdout` > 0 takes them from the
+    file's last `holdout` records instead (for an n that edits the whole file), which are then never edited.
     """
     if not 0.0 <= revoke_fraction <= 1.0:
         raise ValueError(f"revoke fraction {revoke_fraction} outside [0, 1]")
+    if holdout < 0:
+        raise ValueError(f"holdout {holdout} is negative")
     loaded = load_records(dataset, record_format, n)  # fail on a bad file before loading the model
     records = loaded.records
     for reason in loaded.skipped:
         print(f"skipped unusable {reason}", file=sys.stderr)
-    # Neighbours: the records after the first n (same templates, other subjects), never edited.
-    neighbours = load_records(dataset, record_format).records[len(records) + len(loaded.skipped) :][:MAX_NEIGHBOURS]
+    checkpoint_marks(checkpoints, n)  # a bad mark fails before the model loads
+    # Neighbours: unedited records of the same file (same templates, other subjects).
+    whole = load_records(dataset, record_format).records
+    neighbours_from: str | None
+    if holdout:
+        if len(whole) - holdout < len(records):
+            raise DatasetError(
+                f"{dataset}: holding back the last {holdout} records leaves {len(whole) - holdout} to edit, not {n}"
+            )
+        neighbours = whole[len(whole) - holdout :][:MAX_NEIGHBOURS]
+        neighbours_from = f"held back: the file's last {holdout} usable records, the first {len(neighbours)} of them"
+    else:
+        neighbours = whole[len(records) + len(loaded.skipped) :][:MAX_NEIGHBOURS]
+        neighbours_from = f"the {len(neighbours)} usable records after the first {n}" if neighbours else None
     prompt_format = prompt_format or NATURAL_FORMAT[record_format]
     config = engine_config(layer, threshold, overrides)  # a bad override fails before the model loads
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir)
-    engine = EditingEngine(host, config)
+    phases = Phases()
+    with phases("load model"):
+        host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir)
+        engine = EditingEngine(host, config)
     ids = [f"e{i:06d}" for i in range(len(records))]
 
     trained: dict[str, TrainedEdit] = {}
-    timings = apply_edits(engine, records, ids, trained)
-    m = Measurer(engine, prompt_format, batch_size)
-    quality = measure(m, records, ids, with_perplexity=record_format == "hallucination")
-    hard = hard_cases(m, records, neighbours)
+    timings: dict[str, list[float]] = {}
+    m = Measurer(engine, prompt_format, batch_size, phases)
+    snapshots: list[dict[str, Any]] = []
+    marks = checkpoint_marks(checkpoints, n, len(records))
+    for first, mark in zip([0, *marks], marks, strict=False):
+        with phases("editing"):
+            segment = apply_edits(engine, records[first:mark], ids[first:mark], trained, first_seq=first + 1)
+        for name, values in segment.items():
+            timings.setdefault(name, []).extend(values)
+        quality = measure(m, records[:mark], ids[:mark], with_perplexity=record_format == "hallucination")
+        hard = hard_cases(m, records[:mark], neighbours)
+        snapshots.append(
+            {
+                "edits": mark,
+                **quality,
+                **hard,
+                "edit_seconds_median": edit_metrics.median(segment["edit"]),  # of the edits since the last mark
+                "routing_ms_median": routing_ms(m, records[:mark], neighbours),
+                "keys": engine.num_keys(),
+                "rss_mb": rss_mb(),
+                "peak_rss_mb": peak_rss_mb(),
+                "eval_seconds": time.perf_counter() - started,
+            }
+        )
     after_rollback, revoked = rollback(m, records, ids, revoke_fraction, seed)
-    never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
-    for seq, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
-        if seq - 1 not in revoked:
-            t = trained[edit_id]
-            never_made.activate(edit_id, t.adapter, t.keys, t.key_kinds, record.prompt, record.target, seq=seq)
+    with phases("counterfactual engine"):
+        never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
+        for seq, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
+            if seq - 1 not in revoked:
+                t = trained[edit_id]
+                never_made.activate(edit_id, t.adapter, t.keys, t.key_kinds, record.prompt, record.target, seq=seq)
     counterfactual = rollback_counterfactual(m, never_made, records, revoked, neighbours)
 
     config = engine.config
@@ -450,6 +609,9 @@ def run_eval(
         "train_steps_median": edit_metrics.median(timings["steps"]),
         "peak_rss_mb": peak_rss_mb(),
         "eval_seconds": time.perf_counter() - started,
+        "phase_seconds": dict(phases.seconds),
+        "neighbours_from": neighbours_from,
+        "checkpoints": snapshots,
         "n": len(records),
         "n_skipped": len(loaded.skipped),
         "model": host.name,
@@ -506,18 +668,38 @@ PLAIN_ROWS = [
 ]
 
 
+CHECKPOINT_ROWS = [
+    ("routing_ms_median", "Routing ms per request, median", "{:.3f}"),
+    ("rss_mb", "Resident memory (MB)", "{:.0f}"),
+]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
+    """One value column, or with checkpoints one column per number of edits (rollback: the last only; edit
+    seconds there: of the edits since the previous checkpoint)."""
     head = (
         f"{results['format']} · n={results['n']} · {results['model']} · layer {results['layer']} · "
         f"threshold {results['threshold']} · {results['prompt_format']} prompts"
     )
-    lines = [head, "", "| metric | value |", "| --- | ---: |"]
-    for key, label in TABLE_ROWS:
-        if key in results:
-            value = results[key]
-            lines.append(f"| {label} | {'n/a' if value is None else f'{100 * value:.1f}%'} |")
-    for key, label, fmt in PLAIN_ROWS:
-        if key in results:
-            value = results[key]
-            lines.append(f"| {label} | {'n/a' if value is None else fmt.format(value)} |")
+    snapshots = results.get("checkpoints") or []
+    if len(snapshots) > 1:
+        columns = [{**results, **s} if s is snapshots[-1] else s for s in snapshots]
+        titles = [f"{s['edits']:,} edits" for s in snapshots]
+    else:
+        columns, titles = [{**(snapshots[0] if snapshots else {}), **results}], ["value"]
+    lines = [head, "", f"| metric | {' | '.join(titles)} |", f"| --- |{' ---: |' * len(titles)}"]
+    rows = [(key, label, None) for key, label in TABLE_ROWS] + PLAIN_ROWS + CHECKPOINT_ROWS
+    for key, label, fmt in rows:
+        if not any(key in c for c in columns):
+            continue
+        cells = []
+        for c in columns:
+            value = c.get(key, "")  # blank: not measured at this checkpoint
+            if value is None:
+                cells.append("n/a")
+            elif isinstance(value, str):
+                cells.append(value)
+            else:
+                cells.append(f"{100 * value:.1f}%" if fmt is None else fmt.format(value))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)

@@ -96,3 +96,77 @@ def test_eval_three_zsre_edits_end_to_end(tmp_path: Path) -> None:
     assert saved["generalization_in_context"] is not None
     assert saved["reliability"] > 0.5
     assert not math.isnan(saved["locality"])
+
+
+# Measured per run; they differ between two runs of the same edits.
+TIMINGS = {
+    "edit_seconds_median",
+    "edit_seconds_p90",
+    "key_seconds_median",
+    "train_seconds_median",
+    "activate_seconds_median",
+    "peak_rss_mb",
+    "rss_mb",
+    "eval_seconds",
+    "phase_seconds",
+    "routing_ms_median",
+    "checkpoints",
+}
+
+
+@pytest.mark.slow  # two whole evals (each with its counterfactual engine): 18 min on the loaded 2-core machine
+def test_checkpointed_eval_ends_where_a_plain_run_does(tmp_path: Path) -> None:
+    from editors.model_host import ModelHost
+    from tests.server import MODEL_CACHE
+
+    path = tmp_path / "zsre_first5.json"  # 3 edits, 2 neighbour records: every probe, few rows
+    path.write_text(json.dumps(json.loads((FIXTURES / "zsre_first20.json").read_text())[:5]))
+
+    def run(checkpoints: list[int]) -> dict:
+        host = ModelHost.load(None, tmp_path, cache_dir=MODEL_CACHE)  # an engine stays on its host: one each
+        return run_eval(
+            path, "zsre", 3, data_dir=tmp_path, out=None, host=host, cache_dir=MODEL_CACHE, checkpoints=checkpoints
+        )
+
+    plain, marked = run([]), run([1])
+    assert [c["edits"] for c in marked["checkpoints"]] == [1, 3]
+    assert [c["edits"] for c in plain["checkpoints"]] == [3]
+    assert {k: v for k, v in marked.items() if k not in TIMINGS} == {k: v for k, v in plain.items() if k not in TIMINGS}
+    final = {k: v for k, v in marked["checkpoints"][-1].items() if k not in TIMINGS}
+    assert final == {k: v for k, v in plain["checkpoints"][0].items() if k not in TIMINGS}
+    assert final["reliability"] == plain["reliability"] and final["keys"] > marked["checkpoints"][0]["keys"]
+    # Every mark measures the quality metrics on the edits made so far, and its cost.
+    for snapshot in marked["checkpoints"]:
+        for key in ("reliability", "locality", "rephrase_routed_rate", "wrong_edit_rate", "neighbour_routed_rate"):
+            assert 0.0 <= snapshot[key] <= 1.0, key
+        assert snapshot["routing_ms_median"] > 0 and snapshot["rss_mb"] > 100
+    assert marked["checkpoints"][0]["n_neighbour_prompts"] == plain["n_neighbour_prompts"] == 2 * 2
+    assert marked["phase_seconds"]["editing"] > 0 and "counterfactual logits" in marked["phase_seconds"]
+
+
+def test_checkpoints_outside_the_run_are_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    path = FIXTURES / "zsre_first20.json"
+    args = ["eval", "--dataset", str(path), "--format", "zsre", "--data-dir", str(tmp_path)]
+    result = CliRunner().invoke(cli, [*args, "--n", "5", "--checkpoints", "2,10"])
+    assert result.exit_code == 2 and "checkpoints [10] outside 1..5" in result.output
+    result = CliRunner().invoke(cli, [*args, "--checkpoints", "2,x"])
+    assert result.exit_code == 2 and "edit counts separated by commas" in result.output
+
+
+def test_curves_plot_each_checkpointed_metric_on_a_log_axis(tmp_path: Path) -> None:
+    from evaluation.curves import curve, main
+
+    snapshots = [{"edits": e, "reliability": 1.0 - e / 1e4, "rss_mb": 900.0 + e, "locality": None} for e in (10, 100)]
+    results = {"format": "zsre", "prompt_format": "chat", "model": "m", "checkpoints": snapshots}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert curve(results, "reliability") == ([10, 100], [0.999, 0.99]) and curve(results, "locality") == ([], [])
+    main([str(path), "--out", str(tmp_path / "docs" / "curve.png")])
+    assert (tmp_path / "docs" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    path.write_text(json.dumps({**results, "checkpoints": []}))
+    with pytest.raises(ValueError, match="no checkpoint measured"):
+        main([str(path), "--out", str(tmp_path / "none.png")])
