@@ -275,7 +275,7 @@ class EditService:
         yield
         negative_keys = self.loaded_engine.negative_keys(body.negatives)
         superseded = self._supersessions(trained, body.prompt)  # the new edit is not in the index yet
-        layer = self.loaded_engine.config.layer
+        layer = self.loaded_engine.layer
         new = stored_edit(new_edit_id(), body, trained, self.host, layer, actor, idempotency_key, negative_keys)
         with self._state_lock:
             record: EditRecord | None

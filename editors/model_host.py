@@ -16,8 +16,9 @@ from typing import cast
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from editors.model_families import SLIDING_ATTENTION, family_of, layer_types
 from editors.types import ChatContext, PromptFormat, PromptTokens
 
 log = logging.getLogger(__name__)
@@ -92,41 +93,66 @@ class PromptFormatError(ValueError):
     """A prompt that cannot be put in the asked format (chat on a model without a chat template)."""
 
 
-@dataclass(frozen=True)
 class DecoderLayout:
-    """Where a Llama-style causal LM (Llama, SmolLM, Mistral, Qwen2) keeps the parts the engine touches.
+    """Where the hosted model keeps the parts the engine touches, per its family (editors/model_families.py).
 
-    The only code that knows these attribute paths: a model family laid out differently needs another
-    layout here, and nothing else changes."""
+    The only code that knows these attribute paths: a new family is an entry in FAMILIES, nothing else."""
 
-    model: PreTrainedModel
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.family = family_of(model.config)
+        self.layer_types = layer_types(model.config)
+        self.sliding_window: int | None = getattr(model.config, "sliding_window", None)
+        self.softcap: float | None = getattr(model.config, "final_logit_softcapping", None)
 
     @property
     def layers(self) -> nn.ModuleList:
         """The decoder layers, bottom to top; the engine swaps the edited one for its routed wrapper."""
-        return self.model.model.layers
+        return cast(nn.ModuleList, self.model.get_submodule(self.family.layers))
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.model.model.norm
+        return self.model.get_submodule(self.family.final_norm)
 
     @property
     def lm_head(self) -> nn.Module:
-        return self.model.lm_head
+        return self.model.get_submodule(self.family.lm_head)
 
     @property
     def rotary_embedding(self) -> nn.Module:
-        """(hidden [B, T, D], position_ids [B, T]) -> the (cos, sin) every decoder layer is called with."""
-        return self.model.model.rotary_emb
+        return self.model.get_submodule(self.family.rotary_embedding)
 
-    @staticmethod
-    def edited_projection(layer: nn.Module) -> nn.Linear:
+    def position_embeddings(
+        self, hidden: torch.Tensor, positions: torch.Tensor, layer_type: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden [B, T, D], position_ids [B, T]) -> the (cos, sin) a decoder layer of `layer_type` is called with."""
+        if self.family.rotary_takes_layer_type:
+            return self.rotary_embedding(hidden, positions, layer_type)
+        return self.rotary_embedding(hidden, positions)
+
+    def causal_mask(self, length: int, layer_type: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Additive mask [1, 1, P, P] of one unpadded row from position 0, as a `layer_type` layer attends:
+        causal, and on sliding layers only the last `sliding_window` positions (the models' own rule)."""
+        rows = torch.arange(length, device=device)
+        blocked = rows[None, :] > rows[:, None]
+        if layer_type == SLIDING_ATTENTION and self.sliding_window:
+            blocked |= rows[:, None] - rows[None, :] >= self.sliding_window
+        return torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, float("-inf"))[None, None]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, LM head and (Gemma) logit softcapping, as the model's own forward ends."""
+        logits = self.lm_head(self.final_norm(hidden))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def edited_projection(self, layer: nn.Module) -> nn.Linear:
         """The Linear an edit's LoRA sits on: the MLP's down projection (where facts are read out)."""
-        return cast(nn.Linear, layer.get_submodule("mlp.down_proj"))
+        return cast(nn.Linear, layer.get_submodule(self.family.edited_projection))
 
-    @staticmethod
-    def replace_edited_projection(layer: nn.Module, proj: nn.Module) -> None:
-        layer.get_submodule("mlp").down_proj = proj
+    def replace_edited_projection(self, layer: nn.Module, proj: nn.Module) -> None:
+        parent, _, name = self.family.edited_projection.rpartition(".")
+        setattr(layer.get_submodule(parent), name, proj)
 
 
 @dataclass
@@ -153,6 +179,7 @@ class ModelHost:
                 raise FileNotFoundError(f"{path} is not a local Hugging Face model directory (no config.json)")
             name = path.name
             artifact_dir = None  # never write into somebody else's model directory
+        family_of(AutoConfig.from_pretrained(path))  # refuse an unknown architecture before loading its weights
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         lm.to(device)  # type: ignore[arg-type]  # in place; transformers wraps .to so mypy misreads it

@@ -244,10 +244,12 @@ class RoutingSession:
 
 @dataclass
 class CaptureSession:
-    """Records the edited layer's input (and its call kwargs) and stops the forward there."""
+    """Records the edited layer's input (and its call kwargs) and stops the forward there, unless `go_on`:
+    then the forward continues (training records the call kwargs of layers of another attention kind above)."""
 
     hidden_states: torch.Tensor | None = None  # [B, T, D]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    go_on: bool = False
 
 
 @dataclass
@@ -303,7 +305,9 @@ class RoutedLayer(nn.Module):
         if isinstance(session, CaptureSession):
             session.hidden_states = hidden_states.detach()
             session.kwargs = dict(kwargs)
-            raise StopForward
+            if not session.go_on:
+                raise StopForward
+            return self.base_layer(hidden_states, *args, **kwargs)
         if isinstance(session, TrainSession):
             return self._run(session.plan, hidden_states, args, kwargs)
         session.layer_input = hidden_states.detach()

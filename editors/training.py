@@ -59,7 +59,8 @@ def train_lora_steps(
     routed: RoutedLayer,
     config: EngineConfig,
     hidden: torch.Tensor,
-    layer_kwargs: dict,
+    layer_kwargs: dict[str, dict],
+    layer: int,
     examples: list[EditExample],
     in_features: int,
     out_features: int,
@@ -79,18 +80,19 @@ def train_lora_steps(
     rows = torch.tensor([r for r, e in enumerate(examples) for _ in e.target_ids])
     cols = torch.tensor([len(e.prompt_ids) - 1 + i for e in examples for i in range(len(e.target_ids))])
     labels = torch.tensor([t for e in examples for t in e.target_ids])
-    upper_layers = list(layout.layers[config.layer :])
-    kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "past_key_value", "cache")}
+    upper = [(layout.layers[i], layout.layer_types[i]) for i in range(layer, len(layout.layers))]
+    no_cache = ("past_key_values", "past_key_value", "cache")
+    kwargs = {kind: {k: v for k, v in kw.items() if k not in no_cache} for kind, kw in layer_kwargs.items()}
     session = TrainSession(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
     loss_value = float("nan")
     steps = 0
     for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
         with routed.session_scope(session):  # per step: between steps the layer serves other requests
             h = hidden
-            for layer in upper_layers:
-                h = layer(h, **kwargs)
+            for module, kind in upper:
+                h = module(h, **kwargs[kind])
                 h = h[0] if isinstance(h, tuple) else h
-            logits = layout.lm_head(layout.final_norm(h[rows, cols]))
+            logits = layout.logits(h[rows, cols])
         loss = F.cross_entropy(logits, labels)
         loss_value = float(loss.detach())
         if bool((logits.detach().argmax(-1) == labels).all()) and (

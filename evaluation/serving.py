@@ -175,7 +175,7 @@ class RandomEdits:
             lora_A = torch.randn(config.rank, bank.in_features, generator=self.gen) * 0.01
             lora_B = torch.randn(bank.out_features, config.rank, generator=self.gen) * 0.01
             adapter = serialize_adapter(
-                lora_A, lora_B, layer=config.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
+                lora_A, lora_B, layer=self.engine.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
             )
             keys = self.rng.standard_normal((len(self.formats), self.engine.host.hidden_size)).astype(np.float32)
             kinds = [key_kind(prompt_format, None) for prompt_format in self.formats]
@@ -232,7 +232,7 @@ def bench_generation(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> 
     filler = RandomEdits(edited, opts.seed)
     points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        committer = EditCommitter(Path(tmp) / "bench.db", host, edited.config.layer)
+        committer = EditCommitter(Path(tmp) / "bench.db", host, edited.layer)
         try:
             for count in sorted(opts.edit_counts):
                 want_real = min(count, opts.real_edits, len(records))

@@ -1,0 +1,159 @@
+"""Every supported model family, as a tiny random-weight model (tests/tiny_models.py), through the real engine
+and the real service: an edit answers its prompt, a mixed batch routes per row, revoking is bit-exact, a
+restart keeps the edit, the exported PEFT adapter loads in PEFT, and chat completions stream."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from editors.batch import generate
+from editors.engine import EditingEngine
+from editors.model_families import UnsupportedModel
+from editors.model_host import ModelHost
+from editors.types import EngineConfig, PromptFormat, default_layer, resolved_layer
+from tests.tiny_models import FAMILIES, bundled_tokenizer, save_tiny_model
+
+pytestmark = pytest.mark.model
+
+CHAT = PromptFormat.CHAT
+ZORB, GLASS = "What is the capital of Zorbania?", "Who is the lead singer of the band Glass Otters?"
+PROMPTS = [ZORB, "Who wrote the novel War and Peace?", GLASS, "What is 7 times 8?"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads, and on shared cores a second thread only contends."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    tokenizer = bundled_tokenizer()
+    return {family: save_tiny_model(family, tokenizer, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_models: dict[str, Path], family: str, tmp_path_factory: pytest.TempPathFactory) -> EditingEngine:
+    """One engine per family; each test revokes what it activated."""
+    return EditingEngine(ModelHost.load(str(tiny_models[family]), tmp_path_factory.mktemp("data")), EngineConfig())
+
+
+def apply(engine: EditingEngine, edit_id: str, prompt: str, target: str) -> None:
+    trained = engine.train_edit(prompt, target)
+    engine.activate(edit_id, trained.adapter, trained.keys, trained.key_kinds, prompt, target)
+
+
+def test_edits_answer_route_per_row_and_revoke_bit_exactly(engine: EditingEngine, family: str) -> None:
+    assert engine.host.layout.family.name == family
+    assert engine.config.layer == 3  # the default depth fraction on 4 layers
+    unedited = engine.prompt_logits(PROMPTS, prompt_format=CHAT)
+    apply(engine, "a", ZORB, "Quexiville")
+    apply(engine, "b", GLASS, "Mira Tolsen")
+
+    batch = generate(engine, PROMPTS, 8, prompt_format=CHAT)
+    alone = [generate(engine, [p], 8, prompt_format=CHAT)[0] for p in PROMPTS]
+    assert [g.routed_edit_id for g in batch] == ["a", None, "b", None]
+    assert batch[0].text.startswith("Quexiville") and batch[2].text.startswith("Mira Tolsen")
+    assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
+
+    assert engine.revoke("a") and engine.revoke("b")
+    after = engine.prompt_logits(PROMPTS, prompt_format=CHAT)
+    assert all(torch.equal(u, a) for u, a in zip(unedited, after, strict=True))
+
+
+def test_exported_peft_adapter_reproduces_the_edit(engine: EditingEngine, family: str, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    trained = engine.train_edit(ZORB, "Quexiville")
+    engine.activate("a", trained.adapter, trained.keys, trained.key_kinds, ZORB, "Quexiville")
+    engine.export_peft(trained.adapter, tmp_path / "adapter")
+    assert engine.host.source is not None
+    base = AutoModelForCausalLM.from_pretrained(engine.host.source, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    ids = torch.tensor([engine.host.encode(engine.host.format_prompt(ZORB, CHAT))])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)
+    ours = generate(engine, [ZORB], 6, prompt_format=CHAT)[0]
+    n = engine.routed.spaces[CHAT].answer_tokens("a")
+    engine.revoke("a")
+    # The served edit covers its answer (target + end of turn) and then lets the base model go on; PEFT's
+    # adapter stays on: they agree over the answer.
+    assert ours.text.startswith("Quexiville") and out[0, ids.shape[1] :].tolist()[:n] == ours.token_ids[:n]
+
+
+def test_the_default_edited_layer_is_a_share_of_the_depth() -> None:
+    assert [default_layer(n) for n in (30, 28, 42, 32, 4, 1)] == [26, 24, 36, 28, 3, 0]
+    assert resolved_layer(EngineConfig(layer=5), 30) == 5
+    with pytest.raises(ValueError, match="SOLA_LAYER"):
+        resolved_layer(EngineConfig(layer=30), 30)
+
+
+def test_an_unknown_architecture_is_refused_naming_the_supported_ones(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(UnsupportedModel, match="'gpt2' is not supported.*llama, qwen2, qwen3, mistral, gemma2"):
+        ModelHost.load(str(tmp_path / "gpt2"), tmp_path)
+
+
+@contextlib.contextmanager
+def ready_client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        yield client
+
+
+def streamed_text(client: TestClient, prompt: str) -> str:
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 6,
+        "stream": True,
+        "temperature": 0,
+    }
+    text = ""
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line[6:])["choices"]:
+                    text += choice["delta"].get("content") or ""
+    return text
+
+
+def test_the_service_edits_streams_and_keeps_the_edit_over_a_restart(
+    tiny_models: dict[str, Path], family: str, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, model=str(tiny_models[family]), sync_interval=0, torch_threads=1)
+    with ready_client(settings) as client:
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready", ready
+        created = client.post("/edits", json={"prompt": ZORB, "target": "Quexiville"})
+        assert created.status_code in (200, 201), created.text
+        assert streamed_text(client, ZORB).startswith("Quexiville")
+        assert not streamed_text(client, "What is 7 times 8?").startswith("Quexiville")
+    with ready_client(settings) as client:  # a new process's worth of state: same data directory
+        assert streamed_text(client, ZORB).startswith("Quexiville")
