@@ -246,8 +246,10 @@ async def merged(streams: Sequence[AsyncIterator[RowEvent]]) -> AsyncIterator[tu
 # ---- endpoints ------------------------------------------------------------------------------------------
 @router.get("/models", response_model=ModelList, responses=documented(401))
 async def models(_: Reader, svc: Service) -> ModelList:
-    name = svc.loaded_host.name if svc.host is not None else svc.settings.model or "SmolLM2-135M-Instruct"
-    return ModelList(data=[ModelCard(id=name, created=STARTED)])
+    if svc.host is not None:
+        host = svc.loaded_host
+        return ModelList(data=[ModelCard(id=host.name, created=STARTED, sola_model=host.info)])
+    return ModelList(data=[ModelCard(id=svc.settings.model or "SmolLM2-135M-Instruct", created=STARTED)])
 
 
 @router.post(

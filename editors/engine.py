@@ -162,7 +162,7 @@ class EditingEngine:
         states = torch.cat([hidden[row, p.span[0] : p.span[1]] for row, p in enumerate(prompts)]).float()
         if cached is not None:
             partial = cached.with_suffix(".partial.npy")
-            np.save(partial, states.numpy())
+            np.save(partial, states.cpu().numpy())
             partial.replace(cached)  # atomic: concurrent starts never read half a file
         return ContentEncoder.fit(states)
 
@@ -266,7 +266,7 @@ class EditingEngine:
             rows = [i for i, k in enumerate(kinds) if parse_kind(k)[0] == prompt_format]
             if rows:
                 encoder = key_space.encoder
-                out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).numpy()
+                out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).cpu().numpy()
         return out
 
     def _key_prompts(self, prompt: str, rephrases: Sequence[str]) -> tuple[list[PromptTokens], list[str]]:

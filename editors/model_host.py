@@ -48,6 +48,34 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N`; None: cuda when there is one, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA device (SOLA_DEVICE=cpu runs on the CPU)")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """float32, bfloat16 or float16; None: float32 on the CPU (its fast path), bfloat16 on CUDA."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter's name, dtype, shape and bytes: binds edits to these exact weights."""
     digest = hashlib.sha256()
@@ -87,6 +115,11 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def fingerprint_file(dtype: torch.dtype) -> str:
+    """Where the bundled cache keeps its weights' fingerprint in `dtype` (float32: the original name)."""
+    return FINGERPRINT_FILE if dtype == torch.float32 else f"sola-fingerprint-{dtype_name(dtype)}.txt"
 
 
 class PromptFormatError(ValueError):
@@ -167,8 +200,18 @@ class ModelHost:
     _common_words: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None) -> ModelHost:
-        """`model=None` loads the bundled default; otherwise a local Hugging Face model directory."""
+    def load(
+        cls,
+        model: str | None,
+        data_dir: Path,
+        device: str | None = "cpu",
+        cache_dir: Path | None = None,
+        dtype: str | None = None,
+    ) -> ModelHost:
+        """`model=None` loads the bundled default; otherwise a local Hugging Face model directory. `device`
+        and `dtype` as resolve_device / resolve_dtype take them (defaults: cpu, and float32 there)."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
         if model is None:
             path = cache_bundled_model(Path(cache_dir or Path(data_dir) / "models"))
             name = DEFAULT_MODEL_NAME
@@ -181,20 +224,28 @@ class ModelHost:
             artifact_dir = None  # never write into somebody else's model directory
         family_of(AutoConfig.from_pretrained(path))  # refuse an unknown architecture before loading its weights
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        lm.to(device)  # type: ignore[arg-type]  # in place; transformers wraps .to so mypy misreads it
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        lm.to(torch_device)  # type: ignore[arg-type]  # in place; transformers wraps .to so mypy misreads it
         lm.eval()
         lm.requires_grad_(False)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        fp_file = path / FINGERPRINT_FILE
-        fingerprint = fp_file.read_text().strip() if fp_file.is_file() else weights_fingerprint(lm)
+        # The fingerprint is of the weights as served, so it names their dtype: edits are bound to one
+        # (model, dtype) and an adapter trained in float32 is refused by a bfloat16 server (README: dtype).
+        # The device is not in it: the same bytes on another device are the same model.
+        fp_file = path / fingerprint_file(torch_dtype)
+        if fp_file.is_file():
+            fingerprint = fp_file.read_text().strip()
+        else:
+            fingerprint = weights_fingerprint(lm)
+            if artifact_dir is not None:  # only beside our own cache
+                fp_file.write_text(fingerprint)
         return cls(
             model=lm,
             tokenizer=tokenizer,
             name=name,
             fingerprint=fingerprint,
-            device=torch.device(device),
+            device=torch_device,
             artifact_dir=artifact_dir,
             source=path.resolve(),
         )
@@ -202,6 +253,24 @@ class ModelHost:
     @functools.cached_property
     def layout(self) -> DecoderLayout:
         return DecoderLayout(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @functools.cached_property
+    def info(self) -> dict[str, str | int]:
+        """What the model is and holds in memory: logged at start, reported by /readyz and /v1/models."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return {
+            "name": self.name,
+            "family": self.layout.family.name,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": dtype_name(self.dtype),
+            "device": str(self.device),
+            "resident_bytes": sum(t.numel() * t.element_size() for t in tensors),
+            "layers": len(self.layout.layers),
+        }
 
     @property
     def max_context(self) -> int:

@@ -191,9 +191,11 @@ class BankedLoRALinear(nn.Module):
         if plan is None:
             return out
         if isinstance(plan, TrainPlan):
-            return out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling
-        delta = self.bank.delta(x.index_select(0, plan.rows), plan.slots)  # [R, T, out]
-        return out.index_add(0, plan.rows, delta.to(out.dtype))
+            # The trainable adapter is float32 whatever the model's dtype (no-op casts on a float32 model).
+            return out + ((x.to(plan.lora_A.dtype) @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling).to(out.dtype)
+        rows, slots = plan.rows.to(x.device), plan.slots.to(x.device)  # plans are built on the CPU
+        delta = self.bank.delta(x.index_select(0, rows), slots)  # [R, T, out]
+        return out.index_add(0, rows, delta.to(out.dtype))
 
 
 # ---- sessions: what one forward pass through the routed layer is for ---------------------------------

@@ -81,11 +81,12 @@ class ModelRunner:
         session: Session | None,
     ) -> torch.Tensor:
         """One cached forward of tokens [B, T] under `session` -> the last position's logits [B, V]."""
+        device = self.host.device  # the batch's bookkeeping is on the CPU; no-op moves there
         with self._engine.routed.session_scope(session):
             out = self.host.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,

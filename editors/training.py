@@ -74,12 +74,16 @@ def train_lora_steps(
     far, plus its steps; not the time others used between them) passes that budget without convergence:
     checked after each step, so the overrun is at most one step."""
     resumed = time.perf_counter()
-    lora_A, lora_B = _init_lora(config.rank, in_features, out_features, config.seed)
+    # Trainable weights and Adam's state in float32 whatever the model's dtype, on the model's device.
+    lora_A, lora_B = (
+        w.detach().to(hidden.device).requires_grad_()
+        for w in _init_lora(config.rank, in_features, out_features, config.seed)
+    )
     optimizer = torch.optim.Adam([lora_A, lora_B], lr=config.learning_rate)
     # Logit at position t predicts token t+1: gather only target positions, so lm_head runs on few rows.
     rows = torch.tensor([r for r, e in enumerate(examples) for _ in e.target_ids])
     cols = torch.tensor([len(e.prompt_ids) - 1 + i for e in examples for i in range(len(e.target_ids))])
-    labels = torch.tensor([t for e in examples for t in e.target_ids])
+    labels = torch.tensor([t for e in examples for t in e.target_ids], device=hidden.device)
     upper = [(layout.layers[i], layout.layer_types[i]) for i in range(layer, len(layout.layers))]
     no_cache = ("past_key_values", "past_key_value", "cache")
     kwargs = {kind: {k: v for k, v in kw.items() if k not in no_cache} for kind, kw in layer_kwargs.items()}
@@ -93,7 +97,7 @@ def train_lora_steps(
                 h = module(h, **kwargs[kind])
                 h = h[0] if isinstance(h, tuple) else h
             logits = layout.logits(h[rows, cols])
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits.float(), labels)
         loss_value = float(loss.detach())
         if bool((logits.detach().argmax(-1) == labels).all()) and (
             config.target_loss is None or loss_value < config.target_loss
@@ -108,7 +112,7 @@ def train_lora_steps(
         yield
         resumed = time.perf_counter()
     spent += time.perf_counter() - resumed
-    return TrainResult(lora_A.detach().clone(), lora_B.detach().clone(), steps, loss_value, spent)
+    return TrainResult(lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone(), steps, loss_value, spent)
 
 
 def drain(steps: Generator[None, None, R]) -> R:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from editors.batch import generate
-from editors.engine import EditingEngine
+from editors.engine import AdapterMismatch, EditingEngine
 from editors.model_families import UnsupportedModel
 from editors.model_host import ModelHost
 from editors.types import EngineConfig, PromptFormat, default_layer, resolved_layer
@@ -46,15 +46,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {family: save_tiny_model(family, tokenizer, root / family) for family in FAMILIES}
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def family(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Every family in float32, and the most served ones again in bfloat16 (on the CPU here).
+CASES = [(f, "float32") for f in FAMILIES] + [("llama", "bfloat16"), ("qwen2", "bfloat16"), ("qwen3", "bfloat16")]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{d}" for f, d in CASES])
+def case(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_models: dict[str, Path], family: str, tmp_path_factory: pytest.TempPathFactory) -> EditingEngine:
-    """One engine per family; each test revokes what it activated."""
-    return EditingEngine(ModelHost.load(str(tiny_models[family]), tmp_path_factory.mktemp("data")), EngineConfig())
+def engine(
+    tiny_models: dict[str, Path], case: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> EditingEngine:
+    """One engine per family and dtype; each test revokes what it activated."""
+    family, dtype = case
+    host = ModelHost.load(str(tiny_models[family]), tmp_path_factory.mktemp("data"), dtype=dtype)
+    return EditingEngine(host, EngineConfig())
 
 
 def apply(engine: EditingEngine, edit_id: str, prompt: str, target: str) -> None:
@@ -62,8 +70,9 @@ def apply(engine: EditingEngine, edit_id: str, prompt: str, target: str) -> None
     engine.activate(edit_id, trained.adapter, trained.keys, trained.key_kinds, prompt, target)
 
 
-def test_edits_answer_route_per_row_and_revoke_bit_exactly(engine: EditingEngine, family: str) -> None:
-    assert engine.host.layout.family.name == family
+def test_edits_answer_route_per_row_and_revoke_bit_exactly(engine: EditingEngine, case: tuple[str, str]) -> None:
+    family, dtype = case
+    assert engine.host.layout.family.name == family and engine.host.dtype == getattr(torch, dtype)
     assert engine.config.layer == 3  # the default depth fraction on 4 layers
     unedited = engine.prompt_logits(PROMPTS, prompt_format=CHAT)
     apply(engine, "a", ZORB, "Quexiville")
@@ -73,14 +82,16 @@ def test_edits_answer_route_per_row_and_revoke_bit_exactly(engine: EditingEngine
     alone = [generate(engine, [p], 8, prompt_format=CHAT)[0] for p in PROMPTS]
     assert [g.routed_edit_id for g in batch] == ["a", None, "b", None]
     assert batch[0].text.startswith("Quexiville") and batch[2].text.startswith("Mira Tolsen")
-    assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
+    assert [g.routed_edit_id for g in alone] == ["a", None, "b", None]
+    if dtype == "float32":  # in bfloat16, padding a row into a batch moves its rounding: greedy text may drift
+        assert [g.token_ids for g in batch] == [g.token_ids for g in alone]
 
     assert engine.revoke("a") and engine.revoke("b")
     after = engine.prompt_logits(PROMPTS, prompt_format=CHAT)
     assert all(torch.equal(u, a) for u, a in zip(unedited, after, strict=True))
 
 
-def test_exported_peft_adapter_reproduces_the_edit(engine: EditingEngine, family: str, tmp_path: Path) -> None:
+def test_exported_peft_adapter_reproduces_the_edit(engine: EditingEngine, tmp_path: Path) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -88,7 +99,7 @@ def test_exported_peft_adapter_reproduces_the_edit(engine: EditingEngine, family
     engine.activate("a", trained.adapter, trained.keys, trained.key_kinds, ZORB, "Quexiville")
     engine.export_peft(trained.adapter, tmp_path / "adapter")
     assert engine.host.source is not None
-    base = AutoModelForCausalLM.from_pretrained(engine.host.source, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(engine.host.source, dtype=engine.host.dtype)
     model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     ids = torch.tensor([engine.host.encode(engine.host.format_prompt(ZORB, CHAT))])
     with torch.no_grad():
@@ -99,6 +110,31 @@ def test_exported_peft_adapter_reproduces_the_edit(engine: EditingEngine, family
     # The served edit covers its answer (target + end of turn) and then lets the base model go on; PEFT's
     # adapter stays on: they agree over the answer.
     assert ours.text.startswith("Quexiville") and out[0, ids.shape[1] :].tolist()[:n] == ours.token_ids[:n]
+
+
+def test_an_adapter_is_bound_to_the_dtype_it_was_trained_in(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """The fingerprint is of the weights as served: the same checkpoint in bfloat16 is another base model."""
+    f32 = ModelHost.load(str(tiny_models["llama"]), tmp_path)
+    b16 = EditingEngine(ModelHost.load(str(tiny_models["llama"]), tmp_path, dtype="bfloat16"), EngineConfig())
+    assert f32.fingerprint != b16.host.fingerprint
+    trained = EditingEngine(f32, EngineConfig()).train_edit(ZORB, "Quexiville")
+    with pytest.raises(AdapterMismatch, match="another base model"):
+        b16.activate("a", trained.adapter, trained.keys, trained.key_kinds, ZORB, "Quexiville")
+    again = ModelHost.load(str(tiny_models["llama"]), tmp_path, dtype="bfloat16")
+    assert again.fingerprint == b16.host.fingerprint  # and the same dtype again is the same model
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bfloat16_on_cuda_edits_and_revokes_bit_exactly(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    host = ModelHost.load(str(tiny_models["llama"]), tmp_path, device="cuda")
+    assert host.dtype == torch.bfloat16 and host.device.type == "cuda"  # CUDA's default dtype
+    engine = EditingEngine(host, EngineConfig())
+    unedited = engine.prompt_logits(PROMPTS, prompt_format=CHAT)
+    apply(engine, "a", ZORB, "Quexiville")
+    assert generate(engine, [ZORB], 8, prompt_format=CHAT)[0].text.startswith("Quexiville")
+    assert engine.revoke("a")
+    after = engine.prompt_logits(PROMPTS, prompt_format=CHAT)
+    assert all(torch.equal(u, a) for u, a in zip(unedited, after, strict=True))
 
 
 def test_the_default_edited_layer_is_a_share_of_the_depth() -> None:
@@ -145,12 +181,15 @@ def streamed_text(client: TestClient, prompt: str) -> str:
 
 
 def test_the_service_edits_streams_and_keeps_the_edit_over_a_restart(
-    tiny_models: dict[str, Path], family: str, tmp_path: Path
+    tiny_models: dict[str, Path], case: tuple[str, str], tmp_path: Path
 ) -> None:
-    settings = Settings(data_dir=tmp_path, model=str(tiny_models[family]), sync_interval=0, torch_threads=1)
+    family, dtype = case
+    model = str(tiny_models[family])
+    settings = Settings(data_dir=tmp_path, model=model, dtype=dtype, sync_interval=0, torch_threads=1)
     with ready_client(settings) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready", ready
+        assert (ready["model_info"]["family"], ready["model_info"]["dtype"]) == (family, dtype)
         created = client.post("/edits", json={"prompt": ZORB, "target": "Quexiville"})
         assert created.status_code in (200, 201), created.text
         assert streamed_text(client, ZORB).startswith("Quexiville")
