@@ -34,7 +34,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./var")
     database_url: str | None = None  # default: SQLite file under data_dir
-    model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory
+    # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory or a single .gguf file
+    model: str | None = None
     model_cache_dir: Path | None = None  # default: data_dir/models (tests share one across servers)
     # cpu, cuda or cuda:N (None: cuda when torch sees one); float32, bfloat16 or float16 (None: float32 on
     # the CPU, bfloat16 on CUDA). Edits are bound to the dtype (editors/model_host.py, the fingerprint).

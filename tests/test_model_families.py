@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from app.settings import Settings
 from editors.batch import generate
 from editors.engine import AdapterMismatch, EditingEngine
 from editors.model_families import UnsupportedModel
-from editors.model_host import ModelHost
+from editors.model_host import ModelHost, bundled_gguf_path
 from editors.types import EngineConfig, PromptFormat, default_layer, resolved_layer
 from tests.tiny_models import FAMILIES, bundled_tokenizer, save_tiny_model
 
@@ -196,3 +197,23 @@ def test_the_service_edits_streams_and_keeps_the_edit_over_a_restart(
         assert not streamed_text(client, "What is 7 times 8?").startswith("Quexiville")
     with ready_client(settings) as client:  # a new process's worth of state: same data directory
         assert streamed_text(client, ZORB).startswith("Quexiville")
+
+
+def test_a_missing_gguf_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-such.gguf: no such GGUF file"):
+        ModelHost.load(str(tmp_path / "no-such.gguf"), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_gguf_file_is_dequantized_once_and_served(tmp_path: Path) -> None:
+    """SOLA_MODEL=<file>.gguf: converted into the model cache like the bundled one, then loaded from there."""
+    gguf = tmp_path / "My-SmolLM.gguf"
+    shutil.copyfile(bundled_gguf_path(), gguf)
+    host = ModelHost.load(str(gguf), tmp_path, cache_dir=tmp_path / "models")
+    assert host.name == "My-SmolLM" and host.info["family"] == "llama" and host.info["layers"] == 30
+    assert host.artifact_dir is not None and (host.artifact_dir / "model.safetensors").is_file()
+    written = (host.artifact_dir / "model.safetensors").stat().st_mtime_ns
+    again = ModelHost.load(str(gguf), tmp_path, cache_dir=tmp_path / "models")
+    assert again.fingerprint == host.fingerprint  # loaded from the cache, not converted again:
+    assert (host.artifact_dir / "model.safetensors").stat().st_mtime_ns == written
+    assert EditingEngine(again, EngineConfig()).layer == 26
