@@ -190,7 +190,12 @@ def test_the_service_edits_streams_and_keeps_the_edit_over_a_restart(
     with ready_client(settings) as client:
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready", ready
-        assert (ready["model_info"]["family"], ready["model_info"]["dtype"]) == (family, dtype)
+        info = ready["model_info"]
+        assert (info["family"], info["dtype"], info["device"], info["edited_layer"]) == (family, dtype, "cpu", 3)
+        card = client.get("/v1/models").json()["data"][0]
+        assert card["sola_model"] == {k: v for k, v in info.items() if k != "edited_layer"}
+        width = 4 if dtype == "float32" else 2
+        assert info["resident_bytes"] >= info["parameters"] * width > 0
         created = client.post("/edits", json={"prompt": ZORB, "target": "Quexiville"})
         assert created.status_code in (200, 201), created.text
         assert streamed_text(client, ZORB).startswith("Quexiville")
