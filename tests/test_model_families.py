@@ -21,6 +21,8 @@ from editors.batch import generate
 from editors.engine import AdapterMismatch, EditingEngine
 from editors.model_families import UnsupportedModel
 from editors.model_host import ModelHost, bundled_gguf_path
+from editors.runner import ModelRunner
+from editors.training import EditExample
 from editors.types import EngineConfig, PromptFormat, default_layer, resolved_layer
 from tests.tiny_models import FAMILIES, bundled_tokenizer, save_tiny_model
 
@@ -111,6 +113,35 @@ def test_exported_peft_adapter_reproduces_the_edit(engine: EditingEngine, tmp_pa
     # The served edit covers its answer (target + end of turn) and then lets the base model go on; PEFT's
     # adapter stays on: they agree over the answer.
     assert ours.text.startswith("Quexiville") and out[0, ids.shape[1] :].tolist()[:n] == ours.token_ids[:n]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_layers_above_run_by_hand_give_the_models_own_logits(
+    tiny_models: dict[str, Path], family: str, tmp_path: Path
+) -> None:
+    """Training and the batch's cache rebuild call the layers above the edited one by hand. Edited layer 1 of 4
+    puts layers of both attention kinds above it (Gemma 2 / 3: sliding and global, two rotary embeddings in
+    Gemma 3), and the prompts run past the 16-token window; by hand must equal the model's own forward."""
+    engine = EditingEngine(ModelHost.load(str(tiny_models[family]), tmp_path), EngineConfig(layer=1))
+    layout = engine.host.layout
+    encoded = [engine.encode(p, CHAT) for p in (ZORB, GLASS)]
+    hidden, per_kind = engine._capture([EditExample(e.ids, []) for e in encoded])  # right-padded, as training
+    input_ids, mask = engine.pad([e.ids for e in encoded], left=False)
+    with torch.no_grad():
+        own = engine.host.model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+        h = hidden
+        for index in range(1, len(layout.layers)):
+            kwargs = {k: v for k, v in per_kind[layout.layer_types[index]].items() if k != "cache"}
+            out = layout.layers[index](h, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        by_hand = layout.logits(h)
+    assert len(per_kind) == len(set(layout.layer_types[1:]))
+    for row, e in enumerate(encoded):
+        torch.testing.assert_close(by_hand[row, : len(e.ids)], own[row, : len(e.ids)], rtol=0, atol=1e-5)
+    # The batch's cache rebuild (editors/runner.py: one unpadded row from position 0, its own masks) too.
+    n = len(encoded[0].ids)
+    _, last = ModelRunner(engine).upper(hidden[:1, :n], None)
+    torch.testing.assert_close(last, own[0, n - 1].float(), rtol=0, atol=1e-5)
 
 
 def test_an_adapter_is_bound_to_the_dtype_it_was_trained_in(tiny_models: dict[str, Path], tmp_path: Path) -> None:
