@@ -266,8 +266,9 @@ class ModelHost:
             fingerprint = fp_file.read_text().strip()
         else:
             fingerprint = weights_fingerprint(lm)
-            if artifact_dir is not None:  # only beside our own cache
-                fp_file.write_text(fingerprint)
+            if artifact_dir is not None:  # only beside our own cache, and not if it is read-only
+                with contextlib.suppress(OSError):
+                    fp_file.write_text(fingerprint)
         return cls(
             model=lm,
             tokenizer=tokenizer,
