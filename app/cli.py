@@ -20,11 +20,15 @@ cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelon
 # the loaders' formats, and the operator facts (evaluation/operator.py), as CLI choices (built from FORMATS,
 # which mypy cannot enumerate)
 Format = StrEnum("Format", {name: name for name in (*FORMATS, "operator")})  # type: ignore[misc]
+DtypeName = StrEnum("DtypeName", {name: name for name in ("float32", "bfloat16", "float16")})  # type: ignore[misc]
 
 # Options that `eval` and `bench` share.
 DataDir = Annotated[Path, typer.Option(help="Data directory (model cache under DIR/models).")]
-Model = Annotated[str | None, typer.Option(help="Local Hugging Face model directory (default: bundled).")]
+Model = Annotated[str | None, typer.Option(help="Local Hugging Face model directory or .gguf file (default: bundled).")]
 Threads = Annotated[int | None, typer.Option(min=1, help="torch intra-op threads.")]
+Dtype = Annotated[
+    DtypeName | None, typer.Option(help="Model dtype (default: float32 on the CPU; edits are bound to it).")
+]
 
 
 def _print_version(value: bool) -> None:
@@ -117,6 +121,7 @@ def evaluate(
             "reaches the end of the file). 0: the records after the first N.",
         ),
     ] = 0,
+    dtype: Dtype = None,
 ) -> None:
     """Lifelong editing benchmark: N sequential edits, then Rel/Gen/Loc, exact match, routing and rollback."""
     from evaluation import operator
@@ -174,6 +179,7 @@ def evaluate(
             threads=threads,
             checkpoints=marks,
             holdout=holdout,
+            dtype=dtype.value if dtype else None,
         )
     except DatasetError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -194,6 +200,7 @@ def bench(
     repeats: Annotated[int | None, typer.Option(min=1, help="Timed repetitions per latency point.")] = None,
     http: Annotated[bool, typer.Option("--http/--no-http", help="Run the HTTP load test.")] = True,
     threads: Threads = None,
+    dtype: Dtype = None,
     quick: Annotated[bool, typer.Option(help="Small smoke run of every section (a few minutes).")] = False,
     seed: Annotated[int | None, typer.Option(help="Seed: synthetic edits, soak requests, crash kill times.")] = None,
     soak_seconds: Annotated[
@@ -255,6 +262,7 @@ def bench(
         http=http,
         threads=threads,
         seed=seed,
+        dtype=dtype.value if dtype else None,
     )
     if not opts.dataset.is_file():
         raise typer.BadParameter(f"no such file: {opts.dataset}", param_hint="--dataset")

@@ -394,8 +394,10 @@ async def answer(reply: ChatReply | CompletionReply, asks: Sequence[Ask], reques
 # ---- endpoints ------------------------------------------------------------------------------------------
 @router.get("/models", response_model=ModelList, responses=documented(401))
 async def models(_: Reader, svc: Service) -> ModelList:
-    name = svc.loaded_host.name if svc.host is not None else svc.settings.model or "SmolLM2-135M-Instruct"
-    return ModelList(data=[ModelCard(id=name, created=STARTED)])
+    if svc.host is not None:
+        host = svc.loaded_host
+        return ModelList(data=[ModelCard(id=host.name, created=STARTED, sola_model=host.info)])
+    return ModelList(data=[ModelCard(id=svc.settings.model or "SmolLM2-135M-Instruct", created=STARTED)])
 
 
 ANSWERED = {**documented(400, 401, 403, 415, 503), 200: {"description": "A completion, or its SSE chunks with stream"}}

@@ -250,6 +250,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "sola"
+    # What is served (SoLA's additions): family, parameters, dtype, device, resident_bytes, layers.
+    sola_model: dict[str, str | int] | None = None
 
 
 class ModelList(BaseModel):

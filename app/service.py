@@ -153,7 +153,19 @@ class EditService:
         with self._timed_phase(
             "loading the base model (the first start also converts the bundled weights, ~30 s)", "model", timings
         ):
-            host = ModelHost.load(s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir)
+            host = ModelHost.load(
+                s.model, s.data_dir, device=s.device, cache_dir=s.resolved_model_cache_dir, dtype=s.dtype
+            )
+        info = host.info
+        log.info(
+            "model %s (%s): %.1f M parameters in %s on %s, %.1f MiB resident",
+            info["name"],
+            info["family"],
+            int(info["parameters"]) / 1e6,
+            info["dtype"],
+            info["device"],
+            int(info["resident_bytes"]) / 2**20,
+        )
         with self._timed_phase("building the routing encoders", "encoders", timings):
             engine = EditingEngine(host, engine_config(**s.engine_knobs()))
             self.worker.attach(ContinuousBatch(engine, s.prefill_tokens))
@@ -311,7 +323,7 @@ class EditService:
         edits = self._ready_edits()
         negative_keys = self.loaded_engine.negative_keys(body.negatives)
         superseded = self._supersessions(trained, body.prompt)  # the new edit is not in the index yet
-        layer = self.loaded_engine.config.layer
+        layer = self.loaded_engine.layer
         new = stored_edit(new_edit_id(), body, trained, self.host, layer, actor, idempotency_key, negative_keys)
         with self._state_lock:
             try:
@@ -660,6 +672,9 @@ class EditService:
                 "missing": sorted(set(counts) - engine_ids)[:50],
                 "unexpected": sorted(engine_ids - set(counts))[:50],
             }
+        if self.host is not None:
+            layer = {"edited_layer": self.loaded_engine.layer} if self.engine is not None else {}
+            detail["model_info"] = {**self.host.info, **layer}
         if refused:
             detail["refused"] = [{"edit_id": k, "reason": v} for k, v in sorted(refused.items())]
         ok = self.state == "ready" and counts is not None and index_ok

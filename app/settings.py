@@ -34,9 +34,13 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./var")
     database_url: str | None = None  # default: SQLite file under data_dir
-    model: str | None = None  # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory
+    # None: the bundled SmolLM2-135M-Instruct; else a local HF model directory or a single .gguf file
+    model: str | None = None
     model_cache_dir: Path | None = None  # default: data_dir/models (tests share one across servers)
-    device: str = "cpu"
+    # cpu, cuda or cuda:N (None: cuda when torch sees one); float32, bfloat16 or float16 (None: float32 on
+    # the CPU, bfloat16 on CUDA). Edits are bound to the dtype (editors/model_host.py, the fingerprint).
+    device: str | None = Field(None, pattern=r"^(cpu|cuda(:\d+)?)$")
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
     # Intra-op CPU threads for torch; None: half the cores (default_torch_threads).
     torch_threads: int | None = Field(None, ge=1)
     # Editing method knobs; None keeps editors.types.EngineConfig's measured defaults.

@@ -13,7 +13,9 @@ from editors.types import engine_config
 
 def main() -> None:
     settings = Settings()
-    host = ModelHost.load(settings.model, settings.data_dir, settings.device, settings.resolved_model_cache_dir)
+    host = ModelHost.load(
+        settings.model, settings.data_dir, settings.device, settings.resolved_model_cache_dir, dtype=settings.dtype
+    )
     EditingEngine(host, engine_config(**settings.engine_knobs()))
     print(f"prepared {host.name} ({host.fingerprint[:12]}) in {settings.resolved_model_cache_dir}")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from editors.adapter_io import Adapter, adapter_sha256, deserialize_adapter, export_peft, serialize_adapter
 from editors.calibration import CALIBRATION_PROMPTS
@@ -42,7 +44,16 @@ from editors.training import (
     length_buckets,
     train_lora_steps,
 )
-from editors.types import ChatContext, EditSpec, EngineConfig, PromptFormat, PromptTokens, Score, TrainedEdit
+from editors.types import (
+    ChatContext,
+    EditSpec,
+    EngineConfig,
+    PromptFormat,
+    PromptTokens,
+    Score,
+    TrainedEdit,
+    resolved_layer,
+)
 from routing import lexical
 from routing.gate import Gate, Negatives
 from routing.key_index import KeyIndex, Route, normalise
@@ -137,12 +148,12 @@ def parse_kind(kind: str) -> KeyKind:
 class EditingEngine:
     def __init__(self, host: ModelHost, config: EngineConfig | None = None, index_kind: str = "auto"):
         self.host = host
-        self.config = config or EngineConfig()
         layout = host.layout
         layers = layout.layers
-        if not 0 <= self.config.layer < len(layers):
-            raise ValueError(f"edited layer {self.config.layer} out of range 0..{len(layers) - 1}")
-        original = layers[self.config.layer]
+        config = config or EngineConfig()
+        self.layer = resolved_layer(config, len(layers))
+        self.config = dataclasses.replace(config, layer=self.layer)  # what reports and adapters say it is
+        original = layers[self.layer]
         if isinstance(original, RoutedLayer):
             raise ValueError("this model already hosts an engine; load a fresh ModelHost per engine")
         down = layout.edited_projection(original)
@@ -155,7 +166,7 @@ class EditingEngine:
         proj = BankedLoRALinear(down, self.bank)
         layout.replace_edited_projection(original, proj)
         self.routed = RoutedLayer(original, proj, {}, self.config.search_k, self.config.tie_margin)
-        layers[self.config.layer] = self.routed
+        layers[self.layer] = self.routed
         for prompt_format in host.prompt_formats:
             index = KeyIndex(host.hidden_size, kind=index_kind)
             encoder = self._content_encoder(prompt_format)
@@ -170,7 +181,7 @@ class EditingEngine:
         Deterministic for a given model, layer and prompt set, so it is cached beside the bundled weights.
         """
         tag = hashlib.sha256("\n".join(CALIBRATION_PROMPTS).encode()).hexdigest()[:12]
-        name = f"sola-background-{self.host.fingerprint[:12]}-L{self.config.layer}-{prompt_format}-{tag}.npy"
+        name = f"sola-background-{self.host.fingerprint[:12]}-L{self.layer}-{prompt_format}-{tag}.npy"
         cached = self.host.artifact_dir / name if self.host.artifact_dir else None
         if cached is not None and cached.is_file():
             return ContentEncoder.fit(torch.from_numpy(np.load(cached)))
@@ -179,7 +190,7 @@ class EditingEngine:
         states = torch.cat([hidden[row, p.span[0] : p.span[1]] for row, p in enumerate(prompts)]).float()
         if cached is not None:
             partial = cached.with_suffix(".partial.npy")
-            np.save(partial, states.numpy())
+            np.save(partial, states.cpu().numpy())
             partial.replace(cached)  # atomic: concurrent starts never read half a file
         return ContentEncoder.fit(states)
 
@@ -240,6 +251,7 @@ class EditingEngine:
             self.config,
             hidden,
             kwargs,
+            self.layer,
             plan.examples,
             self.bank.in_features,
             self.bank.out_features,
@@ -264,7 +276,7 @@ class EditingEngine:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         trainer = BatchTrainer(
-            self.host.layout, self.routed, self.config, self.bank.in_features, self.bank.out_features
+            self.host.layout, self.routed, self.config, self.layer, self.bank.in_features, self.bank.out_features
         )
         waiting = collections.deque(enumerate(specs))
         keyed: dict[int, tuple[np.ndarray, list[str], float]] = {}  # tag -> keys, kinds, key seconds
@@ -331,7 +343,7 @@ class EditingEngine:
             result.lora_A,
             result.lora_B,
             dtype=self.stored_dtype,
-            layer=self.config.layer,
+            layer=self.layer,
             alpha=self.config.alpha,
             fingerprint=self.host.fingerprint,
         )
@@ -354,7 +366,7 @@ class EditingEngine:
             rows = [i for i, k in enumerate(kinds) if parse_kind(k)[0] == prompt_format]
             if rows:
                 encoder = key_space.encoder
-                out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).numpy()
+                out[rows] = encoder.encode([hidden[i, spans[i][0] : spans[i][1]] for i in rows]).cpu().numpy()
         return out
 
     def _key_prompts(self, prompt: str, rephrases: Sequence[str]) -> tuple[list[PromptTokens], list[str]]:
@@ -391,15 +403,37 @@ class EditingEngine:
         hidden, _ = self._capture([EditExample(e.ids, []) for e in encoded])
         return self._contents(hidden, [e.span for e in encoded], kinds), kinds
 
-    def _capture(self, examples: Sequence[EditExample]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """One partial forward (layers below the edited one) over the right-padded training batch."""
+    def _capture(self, examples: Sequence[EditExample]) -> tuple[torch.Tensor, dict[str, dict[str, Any]]]:
+        """One partial forward (layers below the edited one) over the right-padded training batch: the edited
+        layer's input, and the call kwargs (mask, rotary) of each attention kind from the edited layer up."""
         seqs = [e.prompt_ids + e.target_ids for e in examples]
         input_ids, attention_mask = self.pad(seqs, left=False)
         session = CaptureSession()
-        with self.routed.session_scope(session), torch.no_grad(), contextlib.suppress(StopForward):
-            self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        layout, edited = self.host.layout, self.layer
+        kinds = layout.layer_types
+        per_type: dict[str, dict[str, Any]] = {}
+        # Layers of another attention kind above (Gemma's sliding / global alternation) are called with their
+        # own mask and rotary: recorded from the model's own forward, which then stops at the last one needed.
+        others = {kinds[i]: i for i in reversed(range(edited + 1, len(kinds))) if kinds[i] != kinds[edited]}
+        hooks = []
+        for kind, index in others.items():
+
+            def record(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], kind: str = kind) -> None:
+                per_type[kind] = dict(kwargs)
+                if len(per_type) == len(others):
+                    raise StopForward
+
+            hooks.append(layout.layers[index].register_forward_pre_hook(record, with_kwargs=True))
+        session.go_on = bool(others)
+        try:
+            with self.routed.session_scope(session), torch.no_grad(), contextlib.suppress(StopForward):
+                self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
         assert session.hidden_states is not None
-        return session.hidden_states, session.kwargs
+        per_type[kinds[edited]] = session.kwargs
+        return session.hidden_states, per_type
 
     def activate(
         self,

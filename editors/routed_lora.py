@@ -201,17 +201,20 @@ class BankedLoRALinear(nn.Module):
         if plan is None:
             return out
         if isinstance(plan, TrainPlan):
-            trained: torch.Tensor = out + (x @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling
+            # The trainable adapter is float32 whatever the model's dtype (no-op casts on a float32 model).
+            trained: torch.Tensor = out + ((x.to(plan.lora_A.dtype) @ plan.lora_A.T @ plan.lora_B.T) * plan.scaling).to(
+                out.dtype
+            )
             return trained
         if isinstance(plan, BatchTrainPlan):  # the same gathered product as bank.delta, every row trained
-            a = plan.lora_A.index_select(0, plan.edit_of_row)  # [B, r, in]
-            b = plan.lora_B.index_select(0, plan.edit_of_row)  # [B, out, r]
-            batch_trained: torch.Tensor = (
-                out + torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2)) * plan.scaling
-            )
+            a = plan.lora_A.index_select(0, plan.edit_of_row.to(x.device))  # [B, r, in]
+            b = plan.lora_B.index_select(0, plan.edit_of_row.to(x.device))  # [B, out, r]
+            delta_rows = torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))  # [B, T, out]
+            batch_trained: torch.Tensor = out + (delta_rows * plan.scaling).to(out.dtype)
             return batch_trained
-        delta = self.bank.delta(x.index_select(0, plan.rows), plan.slots)  # [R, T, out]
-        return out.index_add(0, plan.rows, delta.to(out.dtype))
+        rows, slots = plan.rows.to(x.device), plan.slots.to(x.device)  # plans are built on the CPU
+        delta = self.bank.delta(x.index_select(0, rows), slots)  # [R, T, out]
+        return out.index_add(0, rows, delta.to(out.dtype))
 
 
 # ---- sessions: what one forward pass through the routed layer is for ---------------------------------
@@ -262,10 +265,12 @@ class RoutingSession:
 
 @dataclass
 class CaptureSession:
-    """Records the edited layer's input (and its call kwargs) and stops the forward there."""
+    """Records the edited layer's input (and its call kwargs) and stops the forward there, unless `go_on`:
+    then the forward continues (training records the call kwargs of layers of another attention kind above)."""
 
     hidden_states: torch.Tensor | None = None  # [B, T, D]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    go_on: bool = False
 
 
 @dataclass
@@ -321,7 +326,9 @@ class RoutedLayer(nn.Module):
         if isinstance(session, CaptureSession):
             session.hidden_states = hidden_states.detach()
             session.kwargs = dict(kwargs)
-            raise StopForward
+            if not session.go_on:
+                raise StopForward
+            return self.base_layer(hidden_states, *args, **kwargs)
         if isinstance(session, TrainSession):
             return self._run(session.plan, hidden_states, args, kwargs)
         session.layer_input = hidden_states.detach()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import DynamicCache
@@ -51,7 +51,7 @@ class ModelRunner:
     def __init__(self, engine: EditingEngine) -> None:
         self._engine = engine
         self.host = engine.host
-        self.edited_layer = engine.config.layer
+        self.edited_layer = engine.layer
 
     # ---- what rows need to know -------------------------------------------------------------------------
     def encode(self, prompt: str, prompt_format: PromptFormat, context: ChatContext | None) -> PromptTokens:
@@ -81,11 +81,12 @@ class ModelRunner:
         session: Session | None,
     ) -> torch.Tensor:
         """One cached forward of tokens [B, T] under `session` -> the last position's logits [B, V]."""
+        device = self.host.device  # the batch's bookkeeping is on the CPU; no-op moves there
         with self._engine.routed.session_scope(session):
             out = self.host.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
@@ -102,7 +103,7 @@ class ModelRunner:
         input_ids, mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         session = engine.routing_session(prompts, encoded, prompt_format, left=True) if use_edits else None
-        cache = DynamicCache(config=self.host.model.config)
+        cache = DynamicCache()
         logits = self._forward(input_ids, mask, positions, cache, session)
         routes = (session.routes if session is not None else None) or [Route(None, None)] * len(encoded)
         layer_input = session.layer_input if session is not None else None
@@ -115,7 +116,7 @@ class ModelRunner:
         input_ids = torch.tensor([list(ids)], device=device)  # [1, n]
         mask = torch.ones(1, done + len(ids), dtype=torch.long, device=device)
         positions = torch.arange(done, done + len(ids), device=device)[None]
-        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache(config=self.host.model.config)
+        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
         session = DecodeSession(None)  # records the edited layer's input, adds nothing
         logits = self._forward(input_ids, mask, positions, cache, session)
         assert session.layer_input is not None
@@ -135,24 +136,23 @@ class ModelRunner:
         layout = self.host.layout
         length = layer_input.shape[1]
         positions = torch.arange(length, device=layer_input.device)[None]  # [1, P]
-        causal = torch.full((length, length), float("-inf"), dtype=layer_input.dtype, device=layer_input.device)
-        kwargs = {
-            "attention_mask": causal.triu(1)[None, None],  # [1, 1, P, P]
-            "position_ids": positions,
-            "position_embeddings": layout.rotary_embedding(layer_input, positions),
-            "cache": DynamicCache(config=self.host.model.config),
-            "use_cache": True,
-        }
+        cache = DynamicCache()
+        per_type: dict[str, dict[str, Any]] = {}  # each attention kind's mask and rotary, computed once
+        for kind in set(layout.layer_types[self.edited_layer :]):
+            per_type[kind] = {
+                "attention_mask": layout.causal_mask(length, kind, layer_input.dtype, layer_input.device),
+                "position_embeddings": layout.position_embeddings(layer_input, positions, kind),
+            }
         plan = None if slot is None else RowPlan(torch.tensor([0]), torch.tensor([slot]))
         session = DecodeSession(plan) if plan is not None else None
         h = layer_input
         with engine.routed.session_scope(session):
-            for layer in layout.layers[self.edited_layer :]:
-                h = layer(h, **kwargs)
+            for index in range(self.edited_layer, len(layout.layers)):
+                kwargs = per_type[layout.layer_types[index]]
+                h = layout.layers[index](h, position_ids=positions, cache=cache, use_cache=True, **kwargs)
                 h = h[0] if isinstance(h, tuple) else h
-        logits = layout.lm_head(layout.final_norm(h[:, -1:]))[0, -1].float()
-        layers = kwargs["cache"].layers[self.edited_layer :]
-        return [(layer.keys, layer.values) for layer in layers], logits
+        logits = layout.logits(h[:, -1:])[0, -1].float()
+        return _cached(cache, self.edited_layer), logits
 
     @torch.no_grad()
     def decode(
@@ -166,10 +166,10 @@ class ModelRunner:
         return logits, _cached(cache), session.layer_input
 
 
-def _cached(cache: DynamicCache) -> KV:
-    """Each layer's (keys, values) [B, H, T, Dh] after a forward."""
+def _cached(cache: DynamicCache, start: int = 0) -> KV:
+    """Each layer's (keys, values) [B, H, T, Dh] after a forward, from layer `start` up."""
     out = []
-    for layer in cache.layers:
+    for layer in cache.layers[start:]:
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
         assert isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor), "a full-attention decoder"
         out.append((keys, values))

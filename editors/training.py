@@ -59,7 +59,8 @@ def train_lora_steps(
     routed: RoutedLayer,
     config: EngineConfig,
     hidden: torch.Tensor,
-    layer_kwargs: dict[str, Any],
+    layer_kwargs: dict[str, dict[str, Any]],
+    layer: int,
     examples: list[EditExample],
     in_features: int,
     out_features: int,
@@ -73,25 +74,30 @@ def train_lora_steps(
     far, plus its steps; not the time others used between them) passes that budget without convergence:
     checked after each step, so the overrun is at most one step."""
     resumed = time.perf_counter()
-    lora_A, lora_B = _init_lora(config.rank, in_features, out_features, config.seed)
+    # Trainable weights and Adam's state in float32 whatever the model's dtype, on the model's device.
+    lora_A, lora_B = (
+        w.detach().to(hidden.device).requires_grad_()
+        for w in _init_lora(config.rank, in_features, out_features, config.seed)
+    )
     optimizer = torch.optim.Adam([lora_A, lora_B], lr=config.learning_rate)
     # Logit at position t predicts token t+1: gather only target positions, so lm_head runs on few rows.
     rows = torch.tensor([r for r, e in enumerate(examples) for _ in e.target_ids])
     cols = torch.tensor([len(e.prompt_ids) - 1 + i for e in examples for i in range(len(e.target_ids))])
-    labels = torch.tensor([t for e in examples for t in e.target_ids])
-    upper_layers = list(layout.layers[config.layer :])
-    kwargs = {k: v for k, v in layer_kwargs.items() if k not in ("past_key_values", "past_key_value", "cache")}
+    labels = torch.tensor([t for e in examples for t in e.target_ids], device=hidden.device)
+    upper = [(layout.layers[i], layout.layer_types[i]) for i in range(layer, len(layout.layers))]
+    no_cache = ("past_key_values", "past_key_value", "cache")
+    kwargs = {kind: {k: v for k, v in kw.items() if k not in no_cache} for kind, kw in layer_kwargs.items()}
     session = TrainSession(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
     loss_value = float("nan")
     steps = 0
     for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
         with routed.session_scope(session):  # per step: between steps the layer serves other requests
             h = hidden
-            for layer in upper_layers:
-                h = layer(h, **kwargs)
+            for module, kind in upper:
+                h = module(h, **kwargs[kind])
                 h = h[0] if isinstance(h, tuple) else h
-            logits = layout.lm_head(layout.final_norm(h[rows, cols]))
-        loss = F.cross_entropy(logits, labels)
+            logits = layout.logits(h[rows, cols])
+        loss = F.cross_entropy(logits.float(), labels)
         loss_value = float(loss.detach())
         if bool((logits.detach().argmax(-1) == labels).all()) and (
             config.target_loss is None or loss_value < config.target_loss
@@ -106,7 +112,7 @@ def train_lora_steps(
         yield
         resumed = time.perf_counter()
     spent += time.perf_counter() - resumed
-    return TrainResult(lora_A.detach().clone(), lora_B.detach().clone(), steps, loss_value, spent)
+    return TrainResult(lora_A.detach().cpu().clone(), lora_B.detach().cpu().clone(), steps, loss_value, spent)
 
 
 def drain(steps: Generator[None, None, R]) -> R:
@@ -137,7 +143,7 @@ class _Group:
     """Rows of similar length trained in one padded forward (BatchTrainer)."""
 
     hidden: torch.Tensor  # [n, T, D]
-    kwargs: dict[str, Any]
+    kwargs: dict[str, dict[str, Any]]  # per attention kind (DecoderLayout.layer_types)
     edit_of_row: torch.Tensor  # int64 [n]: which member's adapter each row trains
     where: tuple[torch.Tensor, torch.Tensor]  # (row, column) of each target token's prediction
     labels: list[int]
@@ -167,9 +173,15 @@ class BatchTrainer:
     stopping rule; an edit leaves the batch as soon as it is learnt, and others may join at any step."""
 
     def __init__(
-        self, layout: DecoderLayout, routed: RoutedLayer, config: EngineConfig, in_features: int, out_features: int
+        self,
+        layout: DecoderLayout,
+        routed: RoutedLayer,
+        config: EngineConfig,
+        layer: int,
+        in_features: int,
+        out_features: int,
     ) -> None:
-        self.layout, self.routed, self.config = layout, routed, config
+        self.layout, self.routed, self.config, self.layer = layout, routed, config, layer
         self.in_features, self.out_features = in_features, out_features
         self.members: list[_Member] = []
         self._groups: list[_Group] = []
@@ -181,7 +193,11 @@ class BatchTrainer:
 
     def add(self, tag: int, hidden: torch.Tensor, examples: list[EditExample], spent: float = 0.0) -> None:
         """A new edit joins at the next step: hidden [n, T, D] is the edited layer's input for its examples."""
-        lora_A, lora_B = _init_lora(self.config.rank, self.in_features, self.out_features, self.config.seed)
+        # float32 whatever the model's dtype, on the model's device, as train_lora_steps keeps them
+        lora_A, lora_B = (
+            w.detach().to(hidden.device).requires_grad_()
+            for w in _init_lora(self.config.rank, self.in_features, self.out_features, self.config.seed)
+        )
         optimizer = torch.optim.Adam([lora_A, lora_B], lr=self.config.learning_rate)
         self.members.append(_Member(tag, hidden, examples, spent, lora_A, lora_B, optimizer))
         self._stale = True
@@ -213,11 +229,15 @@ class BatchTrainer:
         )
         device = hidden.device
         positions = torch.arange(width, device=device)[None]  # [1, T]
-        causal = torch.full((width, width), float("-inf"), dtype=hidden.dtype, device=device).triu(1)
+        # Each attention kind's mask (causal; sliding layers: their window) and rotary, as the model's own forward
+        # calls its layers; causal, so a row's real tokens never see its padding.
         kwargs = {
-            "attention_mask": causal[None, None],  # [1, 1, T, T]: a row's real tokens never see its padding
-            "position_ids": positions,
-            "position_embeddings": self.layout.rotary_embedding(hidden, positions),
+            kind: {
+                "attention_mask": self.layout.causal_mask(width, kind, hidden.dtype, device),
+                "position_ids": positions,
+                "position_embeddings": self.layout.position_embeddings(hidden, positions, kind),
+            }
+            for kind in set(self.layout.layer_types[self.layer :])
         }
         at_row, at_col, labels, edit_of_label = [], [], [], []
         for k, ((i, _), e) in enumerate(zip(rows, examples, strict=True)):
@@ -248,11 +268,11 @@ class BatchTrainer:
         for group in self._groups:
             with self.routed.session_scope(TrainSession(BatchTrainPlan(lora_A, lora_B, group.edit_of_row, scaling))):
                 h = group.hidden
-                for layer in self.layout.layers[self.config.layer :]:
-                    h = layer(h, **group.kwargs)
+                for index in range(self.layer, len(self.layout.layers)):
+                    h = self.layout.layers[index](h, **group.kwargs[self.layout.layer_types[index]])
                     h = h[0] if isinstance(h, tuple) else h
                 outputs.append(h[group.where])
-        logits = self.layout.lm_head(self.layout.final_norm(torch.cat(outputs)))
+        logits = self.layout.logits(torch.cat(outputs))
         labels, edit_of_label = self._labels, self._edit_of_label
         per_token = F.cross_entropy(logits.float(), labels, reduction="none")
         count = torch.zeros(len(members), device=per_token.device).index_add_(
@@ -286,7 +306,7 @@ class BatchTrainer:
                 m.optimizer.zero_grad(set_to_none=True)
             if learnt[i] or m.steps >= self.config.max_steps:
                 result = TrainResult(
-                    m.lora_A.detach().clone(), m.lora_B.detach().clone(), m.steps, loss_values[i], m.spent
+                    m.lora_A.detach().cpu().clone(), m.lora_B.detach().cpu().clone(), m.steps, loss_values[i], m.spent
                 )
                 finished.append((m.tag, result))
             else:

@@ -43,7 +43,9 @@ class PromptTokens:
 class EngineConfig:
     """Knobs of the editing method. Defaults were chosen by measurement (see studies/README.md)."""
 
-    layer: int = 26  # the edited layer: keys are the residual stream entering it, LoRA sits in its MLP
+    # The edited layer: keys are the residual stream entering it, LoRA sits in its MLP. None: the same share
+    # of the depth as layer 26 of SmolLM2-135M's 30 (measured there, studies/README.md): see default_layer.
+    layer: int | None = None
     # Routing score = content cosine x (share of the key's subject words in the query)^2, one threshold for
     # chat and raw prompts alike; routing/relation.py's check decides after it (studies/content_router/README.md).
     threshold: float = 0.40
@@ -62,6 +64,22 @@ class EngineConfig:
     # dtype the bank stores active adapters in ("float16", "bfloat16"; None: the model's). The bank is most of
     # an active edit's memory; the delta is still computed in the model's dtype (studies/bank_precision/README.md).
     bank_dtype: str | None = "float16"
+
+
+DEFAULT_LAYER_FRACTION = 26 / 30
+
+
+def default_layer(n_layers: int) -> int:
+    """The edited layer of a model `n_layers` deep when none is set: 26 of 30, 24 of 28, 36 of 42."""
+    return min(n_layers - 1, round(DEFAULT_LAYER_FRACTION * n_layers))
+
+
+def resolved_layer(config: EngineConfig, n_layers: int) -> int:
+    """The layer `config` edits in a model `n_layers` deep: its own, else default_layer. ValueError if outside."""
+    layer = default_layer(n_layers) if config.layer is None else config.layer
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"edited layer {layer} out of range 0..{n_layers - 1} (SOLA_LAYER)")
+    return layer
 
 
 def parse_overrides(assignments: Sequence[str]) -> dict[str, Any]:

@@ -513,6 +513,7 @@ def run_eval(
     cache_dir: Path | None = None,
     checkpoints: Sequence[int] = (),
     holdout: int = 0,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Run the whole evaluation; returns the results (also written to `out` as JSON when given).
 
@@ -557,7 +558,7 @@ def run_eval(
     started = time.perf_counter()
     phases = Phases()
     with phases("load model"):
-        host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir)
+        host = host or ModelHost.load(model, data_dir, cache_dir=cache_dir, dtype=dtype)
         engine = EditingEngine(host, config)
     ids = [f"e{i:06d}" for i in range(len(records))]
 
@@ -588,7 +589,7 @@ def run_eval(
         )
     after_rollback, revoked = rollback(m, records, ids, revoke_fraction, seed)
     with phases("counterfactual engine"):
-        never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir), engine.config)
+        never_made = EditingEngine(ModelHost.load(model, data_dir, cache_dir=cache_dir, dtype=dtype), engine.config)
         for seq, (edit_id, record) in enumerate(zip(ids, records, strict=True), start=1):
             if seq - 1 not in revoked:
                 t = trained[edit_id]
@@ -615,6 +616,7 @@ def run_eval(
         "n": len(records),
         "n_skipped": len(loaded.skipped),
         "model": host.name,
+        "dtype": str(host.info["dtype"]),
         "layer": config.layer,
         "threshold": config.threshold,
         "prompt_format": prompt_format,

@@ -126,7 +126,7 @@ def quiet_server(
 ) -> ServerProcess:
     """A keyless server logging warnings only (no access log): the benchmarks', the soak's and the crash run's."""
     settings = {"SOLA_API_KEYS": "", "SOLA_ACCESS_LOG": "false", "SOLA_LOG_LEVEL": "warning"}
-    if model:
+    if model:  # a directory or a .gguf file
         settings["SOLA_MODEL"] = str(Path(model).resolve())
     if threads:
         settings["SOLA_TORCH_THREADS"] = str(threads)

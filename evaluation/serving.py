@@ -47,6 +47,7 @@ class BenchOptions:
     out_dir: Path = Path("bench-out")
     data_dir: Path = Path("var")
     model: str | None = None
+    dtype: str | None = None  # float32, bfloat16, float16 (None: float32 on the CPU)
     dataset: Path = DEFAULT_DATASET  # ZsRE-format records: real edits and their prompts
     edit_counts: Sequence[int] = (0, 100, 1_000, 10_000)
     real_edits: int = 1_000  # trained edits; active edits beyond this are random keys + random adapters
@@ -175,7 +176,7 @@ class RandomEdits:
             lora_A = torch.randn(config.rank, bank.in_features, generator=self.gen) * 0.01
             lora_B = torch.randn(bank.out_features, config.rank, generator=self.gen) * 0.01
             adapter = serialize_adapter(
-                lora_A, lora_B, layer=config.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
+                lora_A, lora_B, layer=self.engine.layer, alpha=config.alpha, fingerprint=self.engine.host.fingerprint
             )
             keys = self.rng.standard_normal((len(self.formats), self.engine.host.hidden_size)).astype(np.float32)
             kinds = [key_kind(prompt_format, None) for prompt_format in self.formats]
@@ -224,15 +225,17 @@ def latency_point(
 
 def bench_generation(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> tuple[dict[str, Any], EditTimings]:
     """Latency at each active-edit count (ascending): real edits first, random filler beyond the cap."""
-    host = ModelHost.load(opts.model, opts.data_dir)
-    base_host = ModelHost.load(opts.model, opts.data_dir)  # a second copy of the weights: the unedited engine
+    host = ModelHost.load(opts.model, opts.data_dir, dtype=opts.dtype)
+    base_host = ModelHost.load(
+        opts.model, opts.data_dir, dtype=opts.dtype
+    )  # a second copy of the weights: the unedited engine
     edited, unedited = EditingEngine(host, EngineConfig()), EditingEngine(base_host, EngineConfig())
     timings = EditTimings()
     real: list[RealEdit] = []
     filler = RandomEdits(edited, opts.seed)
     points: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        committer = EditCommitter(Path(tmp) / "bench.db", host, edited.config.layer)
+        committer = EditCommitter(Path(tmp) / "bench.db", host, edited.layer)
         try:
             for count in sorted(opts.edit_counts):
                 want_real = min(count, opts.real_edits, len(records))
@@ -249,6 +252,7 @@ def bench_generation(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> 
         "max_new_tokens": opts.max_new_tokens,
         "prompt_format": opts.prompt_format,
         "model": host.name,
+        "dtype": str(host.info["dtype"]),
         "hidden_size": host.hidden_size,
         "layer": edited.config.layer,
     }
@@ -368,7 +372,8 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 def bench_server(opts: BenchOptions, data_dir: Path, **env: str) -> ServerProcess:
     """A keyless, quiet server for the benchmarks, with the bench's model and thread settings."""
-    return quiet_server(data_dir, Path(opts.data_dir) / "models", opts.model, opts.threads, **env)
+    dtype = {"SOLA_DTYPE": opts.dtype} if opts.dtype else {}
+    return quiet_server(data_dir, Path(opts.data_dir) / "models", opts.model, opts.threads, **{**dtype, **env})
 
 
 @dataclass

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from editors.adapter_io import serialize_adapter
 from editors.model_host import ModelHost
-from editors.types import EngineConfig
+from editors.types import EngineConfig, resolved_layer
 from routing.key_index import normalise
 from storage.db import make_db_engine
 from storage.migrate import upgrade
@@ -36,7 +36,8 @@ def fill_synthetic_edits(
     """n synthetic active edits, each with its `created` event, inserted in bulk."""
     host = ModelHost.load(None, cache.parent, cache_dir=cache)
     config = EngineConfig()
-    down = host.layout.edited_projection(host.layout.layers[config.layer])
+    layer = resolved_layer(config, len(host.layout.layers))
+    down = host.layout.edited_projection(host.layout.layers[layer])
     dim = host.hidden_size
     rng = np.random.default_rng(seed)
     topics = normalise(rng.standard_normal((2_000, dim)))
@@ -55,7 +56,7 @@ def fill_synthetic_edits(
                 serialize_adapter(
                     torch.from_numpy(rng.standard_normal((config.rank, down.in_features), dtype=np.float32) * 0.01),
                     torch.from_numpy(rng.standard_normal((down.out_features, config.rank), dtype=np.float32) * 0.01),
-                    layer=config.layer,
+                    layer=layer,
                     alpha=config.alpha,
                     fingerprint=host.fingerprint,
                     dtype=stored_dtype,  # as the default engine (float16 bank) stores what it trains

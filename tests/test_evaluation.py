@@ -42,8 +42,9 @@ def test_set_overrides_any_engine_knob_typed_as_its_field() -> None:
         engine_config(None, None, ["treshold=0.3"])
     with pytest.raises(ValueError, match="max_steps takes a value of type int"):
         engine_config(None, None, ["max_steps=lots"])
-    with pytest.raises(ValueError, match="layer cannot be none"):
-        engine_config(None, None, ["layer=none"])
+    with pytest.raises(ValueError, match="rank cannot be none"):
+        engine_config(None, None, ["rank=none"])
+    assert engine_config(None, None, ["layer=none"]).layer is None  # the default share of the depth
 
 
 def test_bad_file_fails_before_the_model_loads(tmp_path: Path) -> None:
@@ -84,7 +85,7 @@ def test_eval_three_zsre_edits_end_to_end(tmp_path: Path) -> None:
     assert (
         saved["n"] == 3 and saved["n_revoked"] == 1 and saved["format"] == "zsre" and saved["prompt_format"] == "chat"
     )
-    assert saved["model"] == "SmolLM2-135M-Instruct" and saved["layer"] == EngineConfig().layer
+    assert saved["model"] == "SmolLM2-135M-Instruct" and saved["layer"] == 26
     assert 0 < saved["edit_seconds_median"] <= saved["edit_seconds_p90"]
     assert saved["peak_rss_mb"] > 100
     # What the engine guarantees by design, whatever the tuning: exact rollback and untouched locality prompts.
