@@ -12,14 +12,14 @@ import typer
 
 from client import cli as client_cli
 from editors.types import PromptFormat, engine_config
-from evaluation.datasets import FORMATS
+from evaluation.datasets import DATASET_FORMATS
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="SoLA lifelong model-editing service.")
 
 
-# the loaders' formats, and the operator facts (evaluation/operator.py), as CLI choices (built from FORMATS,
+# the loaders' formats, and the operator facts (evaluation/operator.py), as CLI choices (built from DATASET_FORMATS,
 # which mypy cannot enumerate)
-Format = StrEnum("Format", {name: name for name in (*FORMATS, "operator")})  # type: ignore[misc]
+Format = StrEnum("Format", {name: name for name in (*DATASET_FORMATS, "operator")})  # type: ignore[misc]
 DtypeName = StrEnum("DtypeName", {name: name for name in ("float32", "bfloat16", "float16")})  # type: ignore[misc]
 
 # Options that `eval` and `bench` share.

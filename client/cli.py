@@ -41,7 +41,7 @@ from client.http import (
     edit_request,
     extract_adapter,
 )
-from evaluation.datasets import FORMATS, DatasetError, load_records
+from evaluation.datasets import DATASET_FORMATS, DatasetError, load_records
 from wire.kinds import EventKind
 from wire.schemas import EditCreate, EditOut, EventOut, GenerateOut
 
@@ -85,7 +85,7 @@ DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT
 
 
 # Import formats: the benchmark loaders' (evaluation/datasets.py), plus JSON Lines of POST /edits bodies.
-ImportFormat = StrEnum("ImportFormat", {name: name for name in (*FORMATS, "jsonl", "csv")})  # type: ignore[misc]
+ImportFormat = StrEnum("ImportFormat", {name: name for name in (*DATASET_FORMATS, "jsonl", "csv")})  # type: ignore[misc]
 
 
 # ---- plumbing ------------------------------------------------------------------------------------------------

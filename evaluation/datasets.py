@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMATS = ("zsre", "counterfact", "knowedit", "hallucination")
+DATASET_FORMATS = ("zsre", "counterfact", "knowedit", "hallucination")
 
 
 # A sentence boundary: a newline, or . ! ? then whitespace (a closing quote or bracket may come between).
@@ -185,7 +185,7 @@ def parse_records(raw: Any, fmt: str, n: int | None = None) -> Loaded:
     first `n` records can give fewer than `n` edits (the literature's "first N records" protocol).
     """
     if fmt not in PARSERS:
-        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(DATASET_FORMATS)}")
     if not isinstance(raw, list):
         raise DatasetError(f"expected a JSON list of records, got {type(raw).__name__}")
     loaded = Loaded([], [])
