@@ -46,8 +46,8 @@ class ActiveEdits:
                 f"trained on base model {edit.base_model} ({edit.base_fingerprint[:12]}), "
                 f"this server runs {host.name} ({host.fingerprint[:12]})"
             )
-        if edit.layer != self.engine.config.layer:
-            return f"trained for layer {edit.layer}, the engine edits layer {self.engine.config.layer}"
+        if edit.layer != self.engine.layer:
+            return f"trained for layer {edit.layer}, the engine edits layer {self.engine.layer}"
         if not payload.keys or any(k.dim != host.hidden_size for k in payload.keys):
             return f"routing keys missing or not of width {host.hidden_size}"
         return None

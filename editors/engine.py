@@ -517,10 +517,10 @@ class EditingEngine:
             raise AdapterMismatch(f"edit {item.edit_id}: the adapter cannot be read ({exc})") from exc
         if parsed.fingerprint != self.host.fingerprint:
             raise AdapterMismatch(f"edit {item.edit_id} was trained on another base model ({parsed.fingerprint[:12]})")
-        if parsed.layer != self.config.layer or parsed.rank != self.config.rank:
+        if parsed.layer != self.layer or parsed.rank != self.config.rank:
             raise AdapterMismatch(
                 f"edit {item.edit_id} targets layer {parsed.layer} rank {parsed.rank}; "
-                f"engine is layer {self.config.layer} rank {self.config.rank}"
+                f"engine is layer {self.layer} rank {self.config.rank}"
             )
         keys, key_kinds = item.keys, list(item.key_kinds)
         if len(key_kinds) != len(keys):

@@ -282,7 +282,7 @@ def run_operator_eval(
         "n": len(facts),
         "n_probes": {k: sum(p.kind == k for p in probes) for k in PROBE_KINDS},
         "model": host.name,
-        "layer": engine.config.layer,
+        "layer": engine.layer,
         "threshold": engine.config.threshold,
         "prompt_format": PromptFormat.CHAT,
         "dataset": str(dataset),

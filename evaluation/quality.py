@@ -617,7 +617,7 @@ def run_eval(
         "n_skipped": len(loaded.skipped),
         "model": host.name,
         "dtype": str(host.info["dtype"]),
-        "layer": config.layer,
+        "layer": engine.layer,
         "threshold": config.threshold,
         "prompt_format": prompt_format,
         "dataset": str(dataset),

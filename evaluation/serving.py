@@ -254,7 +254,7 @@ def bench_generation(opts: BenchOptions, records: Sequence[BenchmarkRecord]) -> 
         "model": host.name,
         "dtype": str(host.info["dtype"]),
         "hidden_size": host.hidden_size,
-        "layer": edited.config.layer,
+        "layer": edited.layer,
     }
     return summary, timings
 

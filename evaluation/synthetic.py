@@ -77,7 +77,7 @@ def fill_synthetic_edits(
                         "created_by": "scale-bench",
                         "base_model": host.name,
                         "base_fingerprint": host.fingerprint,
-                        "layer": config.layer,
+                        "layer": layer,
                         "train_steps": 5,
                         "train_loss": 0.01,
                         "train_seconds": 0.8,

@@ -37,7 +37,7 @@ def main() -> None:
     engine.revoke("z")
     after = engine.prompt_logits(UNRELATED, prompt_format=CHAT)
     adapter = deserialize_adapter(trained.adapter)
-    print("fingerprint", host.fingerprint[:16], "layer", engine.config.layer, "steps", trained.steps)
+    print("fingerprint", host.fingerprint[:16], "layer", engine.layer, "steps", trained.steps)
     print("loss", trained.loss, "lora", digest([adapter.lora_A.tobytes(), adapter.lora_B.tobytes()]))
     print("keys", digest([trained.keys.tobytes()]))
     print("answers", [(g.text, g.routed_edit_id) for g in answers])

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.server import Server
+
+# pytest-xdist's workers set COLUMNS=80; the client CLI's tests expect what a pipe gets, as in a serial run
+# (client/cli.py: one line per table row unless COLUMNS says otherwise).
+os.environ.pop("COLUMNS", None)
 
 
 @pytest.fixture
