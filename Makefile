@@ -34,7 +34,7 @@ test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # The tests that load no model (settings, auth, errors, storage, routing, datasets, scheduling, deploy files):
-# about a minute, where `make test` takes about 22 minutes on 2 cores.
+# about a minute, where `make test` takes about 14 minutes on 2 cores.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not model" $(PYTEST_ARGS)
 
