@@ -28,11 +28,11 @@ from editors.content import ContentEncoder
 from editors.model_host import ModelHost
 from editors.routed_lora import (
     BankedLoRALinear,
-    CaptureSession,
+    CapturePass,
     KeySpace,
     LoRABank,
     RoutedLayer,
-    RoutingSession,
+    RoutingPass,
     StopForward,
 )
 from editors.training import (
@@ -408,7 +408,7 @@ class EditingEngine:
         layer's input, and the call kwargs (mask, rotary) of each attention kind from the edited layer up."""
         seqs = [e.prompt_ids + e.target_ids for e in examples]
         input_ids, attention_mask = self.pad(seqs, left=False)
-        session = CaptureSession()
+        forward_pass = CapturePass()
         layout, edited = self.host.layout, self.layer
         kinds = layout.layer_types
         per_type: dict[str, dict[str, Any]] = {}
@@ -424,16 +424,16 @@ class EditingEngine:
                     raise StopForward
 
             hooks.append(layout.layers[index].register_forward_pre_hook(record, with_kwargs=True))
-        session.go_on = bool(others)
+        forward_pass.go_on = bool(others)
         try:
-            with self.routed.session_scope(session), torch.no_grad(), contextlib.suppress(StopForward):
+            with self.routed.pass_scope(forward_pass), torch.no_grad(), contextlib.suppress(StopForward):
                 self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         finally:
             for hook in hooks:
                 hook.remove()
-        assert session.hidden_states is not None
-        per_type[kinds[edited]] = session.kwargs
-        return session.hidden_states, per_type
+        assert forward_pass.hidden_states is not None
+        per_type[kinds[edited]] = forward_pass.kwargs
+        return forward_pass.hidden_states, per_type
 
     def activate(
         self,
@@ -641,16 +641,16 @@ class EditingEngine:
             mask[row, cols] = 1
         return ids.to(self.host.device), mask.to(self.host.device)
 
-    def routing_session(
+    def routing_pass(
         self, prompts: Sequence[str], encoded: Sequence[PromptTokens], prompt_format: PromptFormat, left: bool
-    ) -> RoutingSession:
+    ) -> RoutingPass:
         """Each row's question span (in padded coordinates) and words, for the edited layer to route on."""
         width = max(len(e.ids) for e in encoded)
         spans = []
         for e in encoded:
             shift = width - len(e.ids) if left else 0
             spans.append((e.span[0] + shift, e.span[1] + shift))
-        return RoutingSession(prompt_format, spans, list(prompts))
+        return RoutingPass(prompt_format, spans, list(prompts))
 
     @torch.no_grad()
     def score(
@@ -666,15 +666,15 @@ class EditingEngine:
         target_ids = [self._target_ids(t, prompt_format) for t in targets]
         seqs = [e.ids + t for e, t in zip(encoded, target_ids, strict=True)]
         input_ids, attention_mask = self.pad(seqs, left=False)
-        session = self.routing_session(prompts, encoded, prompt_format, left=False) if use_edits else None
-        with self.routed.session_scope(session):
+        forward_pass = self.routing_pass(prompts, encoded, prompt_format, left=False) if use_edits else None
+        with self.routed.pass_scope(forward_pass):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         scores = []
         for row, (e, t) in enumerate(zip(encoded, target_ids, strict=True)):
             n = len(e.ids)
             span = logits[row, n - 1 : n - 1 + len(t)].float()
             logprobs = torch.log_softmax(span, dim=-1)
-            route = session.routes[row] if session and session.routes else None
+            route = forward_pass.routes[row] if forward_pass and forward_pass.routes else None
             fired = route if route is not None and route.edit_id is not None else None
             scores.append(
                 Score(
@@ -697,8 +697,8 @@ class EditingEngine:
     ) -> list[torch.Tensor]:
         encoded = [self.encode(p, prompt_format, context) for p in prompts]
         input_ids, attention_mask = self.pad([e.ids for e in encoded], left=False)
-        session = self.routing_session(prompts, encoded, prompt_format, left=False) if use_edits else None
-        with self.routed.session_scope(session):
+        forward_pass = self.routing_pass(prompts, encoded, prompt_format, left=False) if use_edits else None
+        with self.routed.pass_scope(forward_pass):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return [logits[row, : len(e.ids)].float().clone() for row, e in enumerate(encoded)]
 
@@ -710,8 +710,8 @@ class EditingEngine:
         right-padded logits [B, T, V] as the model made them, and each row's prompt length."""
         encoded = [self.encode(p, prompt_format) for p in prompts]
         input_ids, attention_mask = self.pad([e.ids for e in encoded], left=False)
-        session = self.routing_session(prompts, encoded, prompt_format, left=False) if use_edits else None
-        with self.routed.session_scope(session):
+        forward_pass = self.routing_pass(prompts, encoded, prompt_format, left=False) if use_edits else None
+        with self.routed.pass_scope(forward_pass):
             logits = self.host.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         return logits, [len(e.ids) for e in encoded]
 

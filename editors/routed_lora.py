@@ -1,8 +1,8 @@
-"""The routed-LoRA mechanism, bottom-up: plans -> bank -> banked Linear -> sessions -> routed layer.
+"""The routed-LoRA mechanism, bottom-up: plans -> bank -> banked Linear -> passes -> routed layer.
 
 Every active edit's LoRA is stacked in one bank. The edited decoder layer decides, per batch row and from
 the row's own question, which edit (if any) answers it; the edited projection inside it then adds exactly
-that edit's delta to exactly those rows. Edits apply only inside a session: outside one the layer is the
+that edit's delta to exactly those rows. Edits apply only inside a forward pass: outside one the layer is the
 untouched base layer, which is what makes "use_edits=False" and exact rollback bit-identical.
 
 Shapes: B batch rows, T tokens, D hidden width (the layer's input), R rows routed to an edit,
@@ -217,9 +217,9 @@ class BankedLoRALinear(nn.Module):
         return out.index_add(0, rows, delta.to(out.dtype))
 
 
-# ---- sessions: what one forward pass through the routed layer is for ---------------------------------
+# ---- passes: what one forward pass through the routed layer is for ---------------------------------
 class StopForward(Exception):
-    """Raised by a capture session once the edited layer's input is seen: the layers above are not needed."""
+    """Raised by a capture pass once the edited layer's input is seen: the layers above are not needed."""
 
 
 @dataclass
@@ -251,9 +251,9 @@ class KeySpace:
 
 
 @dataclass
-class RoutingSession:
+class RoutingPass:
     """A forward over whole questions (a prefill, scoring): each row routed by its own question, the routed
-    rows run with their edit's delta. Decode steps after a prefill run under a DecodeSession."""
+    rows run with their edit's delta. Decode steps after a prefill run under a DecodePass."""
 
     prompt_format: PromptFormat  # the batch's prompts are all in this format
     spans: list[tuple[int, int]]  # per row, [start, end) of its question's tokens in the padded batch
@@ -264,7 +264,7 @@ class RoutingSession:
 
 
 @dataclass
-class CaptureSession:
+class CapturePass:
     """Records the edited layer's input (and its call kwargs) and stops the forward there, unless `go_on`:
     then the forward continues (training records the call kwargs of layers of another attention kind above)."""
 
@@ -274,12 +274,12 @@ class CaptureSession:
 
 
 @dataclass
-class TrainSession:
+class TrainPass:
     plan: TrainPlan | BatchTrainPlan
 
 
 @dataclass
-class DecodeSession:
+class DecodePass:
     """One decode step of a continuously batched run (editors/batch.py): the caller already knows which
     rows are still producing their edit's answer, and with which slot."""
 
@@ -287,7 +287,7 @@ class DecodeSession:
     layer_input: torch.Tensor | None = None  # [B, 1, D] the edited layer's input at this step
 
 
-Session = RoutingSession | CaptureSession | TrainSession | DecodeSession
+ForwardPass = RoutingPass | CapturePass | TrainPass | DecodePass
 
 
 # ---- the routed layer: the edited decoder layer ------------------------------------------------------
@@ -308,35 +308,35 @@ class RoutedLayer(nn.Module):
         self.spaces = spaces
         self.search_k = search_k
         self.tie_margin = tie_margin
-        self.session: Session | None = None
+        self.forward_pass: ForwardPass | None = None
 
     @contextlib.contextmanager
-    def session_scope(self, session: Session | None) -> Iterator[None]:
-        """Every forward pass inside the block runs under `session` (None: the base layer alone)."""
-        self.session = session
+    def pass_scope(self, forward_pass: ForwardPass | None) -> Iterator[None]:
+        """Every forward pass inside the block runs under `forward_pass` (None: the base layer alone)."""
+        self.forward_pass = forward_pass
         try:
             yield
         finally:
-            self.session = None
+            self.forward_pass = None
 
     def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> object:  # [B, T, D]
-        session = self.session
-        if session is None:
+        forward_pass = self.forward_pass
+        if forward_pass is None:
             return self.base_layer(hidden_states, *args, **kwargs)
-        if isinstance(session, CaptureSession):
-            session.hidden_states = hidden_states.detach()
-            session.kwargs = dict(kwargs)
-            if not session.go_on:
+        if isinstance(forward_pass, CapturePass):
+            forward_pass.hidden_states = hidden_states.detach()
+            forward_pass.kwargs = dict(kwargs)
+            if not forward_pass.go_on:
                 raise StopForward
             return self.base_layer(hidden_states, *args, **kwargs)
-        if isinstance(session, TrainSession):
-            return self._run(session.plan, hidden_states, args, kwargs)
-        session.layer_input = hidden_states.detach()
-        if isinstance(session, DecodeSession):
-            return self._run(session.plan, hidden_states, args, kwargs)
-        if session.routes is None:
-            session.routes, session.plan = self.route(hidden_states, session)
-        return self._run(session.plan, hidden_states, args, kwargs)
+        if isinstance(forward_pass, TrainPass):
+            return self._run(forward_pass.plan, hidden_states, args, kwargs)
+        forward_pass.layer_input = hidden_states.detach()
+        if isinstance(forward_pass, DecodePass):
+            return self._run(forward_pass.plan, hidden_states, args, kwargs)
+        if forward_pass.routes is None:
+            forward_pass.routes, forward_pass.plan = self.route(hidden_states, forward_pass)
+        return self._run(forward_pass.plan, hidden_states, args, kwargs)
 
     def _run(
         self,
@@ -372,12 +372,12 @@ class RoutedLayer(nn.Module):
             for row, (question, candidates) in enumerate(zip(questions, ranked, strict=True))
         ]
 
-    def route(self, hidden_states: torch.Tensor, session: RoutingSession) -> tuple[list[Route], RowPlan | None]:
+    def route(self, hidden_states: torch.Tensor, forward_pass: RoutingPass) -> tuple[list[Route], RowPlan | None]:
         """hidden_states [B, T, D] at prefill -> each row's route and the bank plan for routed rows."""
-        key_space = self.spaces[session.prompt_format]
-        spans = [hidden_states[row, start:end].detach() for row, (start, end) in enumerate(session.spans)]
+        key_space = self.spaces[forward_pass.prompt_format]
+        spans = [hidden_states[row, start:end].detach() for row, (start, end) in enumerate(forward_pass.spans)]
         contents = key_space.encoder.encode(spans)  # [B, D]
-        routes = self.search(contents.cpu().numpy(), session.questions, session.prompt_format)
+        routes = self.search(contents.cpu().numpy(), forward_pass.questions, forward_pass.prompt_format)
         routed = [(row, self.proj.bank.slot(r.edit_id)) for row, r in enumerate(routes) if r.edit_id is not None]
         if not routed:
             return routes, None

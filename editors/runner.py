@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import DynamicCache
 
-from editors.routed_lora import DecodeSession, RowPlan, Session
+from editors.routed_lora import DecodePass, ForwardPass, RowPlan
 from editors.types import ChatContext, PromptFormat, PromptTokens
 from routing.key_index import Route
 
@@ -78,11 +78,11 @@ class ModelRunner:
         mask: torch.Tensor,
         positions: torch.Tensor,
         cache: DynamicCache,
-        session: Session | None,
+        forward_pass: ForwardPass | None,
     ) -> torch.Tensor:
-        """One cached forward of tokens [B, T] under `session` -> the last position's logits [B, V]."""
+        """One cached forward of tokens [B, T] under `forward_pass` -> the last position's logits [B, V]."""
         device = self.host.device  # the batch's bookkeeping is on the CPU; no-op moves there
-        with self._engine.routed.session_scope(session):
+        with self._engine.routed.pass_scope(forward_pass):
             out = self.host.model(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
@@ -102,11 +102,11 @@ class ModelRunner:
         engine = self._engine
         input_ids, mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        session = engine.routing_session(prompts, encoded, prompt_format, left=True) if use_edits else None
+        forward_pass = engine.routing_pass(prompts, encoded, prompt_format, left=True) if use_edits else None
         cache = DynamicCache()
-        logits = self._forward(input_ids, mask, positions, cache, session)
-        routes = (session.routes if session is not None else None) or [Route(None, None)] * len(encoded)
-        layer_input = session.layer_input if session is not None else None
+        logits = self._forward(input_ids, mask, positions, cache, forward_pass)
+        routes = (forward_pass.routes if forward_pass is not None else None) or [Route(None, None)] * len(encoded)
+        layer_input = forward_pass.layer_input if forward_pass is not None else None
         return Prefill(logits, _cached(cache), mask, positions[:, -1] + 1, routes, layer_input)
 
     @torch.no_grad()
@@ -117,10 +117,10 @@ class ModelRunner:
         mask = torch.ones(1, done + len(ids), dtype=torch.long, device=device)
         positions = torch.arange(done, done + len(ids), device=device)[None]
         cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
-        session = DecodeSession(None)  # records the edited layer's input, adds nothing
-        logits = self._forward(input_ids, mask, positions, cache, session)
-        assert session.layer_input is not None
-        return Chunk(logits[0], _cached(cache), session.layer_input[0])
+        forward_pass = DecodePass(None)  # records the edited layer's input, adds nothing
+        logits = self._forward(input_ids, mask, positions, cache, forward_pass)
+        assert forward_pass.layer_input is not None
+        return Chunk(logits[0], _cached(cache), forward_pass.layer_input[0])
 
     def route(self, span_states: torch.Tensor, question: str, prompt_format: PromptFormat) -> Route:
         """The route of one whole prompt from its question's edited-layer states [T, D] (a chunked prompt)."""
@@ -144,9 +144,9 @@ class ModelRunner:
                 "position_embeddings": layout.position_embeddings(layer_input, positions, kind),
             }
         plan = None if slot is None else RowPlan(torch.tensor([0]), torch.tensor([slot]))
-        session = DecodeSession(plan) if plan is not None else None
+        forward_pass = DecodePass(plan) if plan is not None else None
         h = layer_input
-        with engine.routed.session_scope(session):
+        with engine.routed.pass_scope(forward_pass):
             for index in range(self.edited_layer, len(layout.layers)):
                 kwargs = per_type[layout.layer_types[index]]
                 h = layout.layers[index](h, position_ids=positions, cache=cache, use_cache=True, **kwargs)
@@ -161,9 +161,9 @@ class ModelRunner:
         """One token per running row: last [B, 1] in -> (logits [B, V], the grown cache, the edited layer's
         input [B, 1, D] or None). `plan`: the rows still producing their edit's answer, and their slots."""
         cache = DynamicCache(ddp_cache_data=kv)
-        session = DecodeSession(plan)
-        logits = self._forward(last, mask, next_position[:, None], cache, session)
-        return logits, _cached(cache), session.layer_input
+        forward_pass = DecodePass(plan)
+        logits = self._forward(last, mask, next_position[:, None], cache, forward_pass)
+        return logits, _cached(cache), forward_pass.layer_input
 
 
 def _cached(cache: DynamicCache, start: int = 0) -> KV:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from editors.model_host import DecoderLayout
-from editors.routed_lora import BatchTrainPlan, RoutedLayer, TrainPlan, TrainSession
+from editors.routed_lora import BatchTrainPlan, RoutedLayer, TrainPass, TrainPlan
 from editors.types import EngineConfig
 
 
@@ -87,11 +87,11 @@ def train_lora_steps(
     upper = [(layout.layers[i], layout.layer_types[i]) for i in range(layer, len(layout.layers))]
     no_cache = ("past_key_values", "past_key_value", "cache")
     kwargs = {kind: {k: v for k, v in kw.items() if k not in no_cache} for kind, kw in layer_kwargs.items()}
-    session = TrainSession(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
+    forward_pass = TrainPass(TrainPlan(lora_A, lora_B, config.alpha / config.rank))
     loss_value = float("nan")
     steps = 0
     for steps in range(1, config.max_steps + 1):  # noqa: B007 - steps is reported
-        with routed.session_scope(session):  # per step: between steps the layer serves other requests
+        with routed.pass_scope(forward_pass):  # per step: between steps the layer serves other requests
             h = hidden
             for module, kind in upper:
                 h = module(h, **kwargs[kind])
@@ -266,7 +266,7 @@ class BatchTrainer:
         scaling = self.config.alpha / self.config.rank
         outputs = []
         for group in self._groups:
-            with self.routed.session_scope(TrainSession(BatchTrainPlan(lora_A, lora_B, group.edit_of_row, scaling))):
+            with self.routed.pass_scope(TrainPass(BatchTrainPlan(lora_A, lora_B, group.edit_of_row, scaling))):
                 h = group.hidden
                 for index in range(self.layer, len(self.layout.layers)):
                     h = self.layout.layers[index](h, **group.kwargs[self.layout.layer_types[index]])
