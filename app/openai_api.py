@@ -259,33 +259,33 @@ class Reply:
 
 @dataclass(frozen=True)
 class ChatReply(Reply):
-    def _chunk(self, choice: ChatChunkChoice, **extra: SolaEdit | Usage | None) -> ChatCompletionChunk:
+    def _chunk(self, choices: list[ChatChunkChoice], **extra: SolaEdit | Usage | None) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=self.id,
             object="chat.completion.chunk",
             created=self.created,
             model=self.model,
-            choices=[choice],
+            choices=choices,
             **{**self._sent(), **extra},
         )
 
     def opening(self, index: int, edit: SolaEdit | None) -> ChatCompletionChunk:
         delta = ChatDelta(role="assistant", content="")
-        return self._chunk(ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=None), sola_edit=edit)
+        return self._chunk(
+            [ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=None)], sola_edit=edit
+        )
 
     def text(self, index: int, text: str) -> ChatCompletionChunk:
         delta = ChatDelta(content=text)
-        return self._chunk(ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=None))
+        return self._chunk([ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=None)])
 
     def last(self, index: int, end: RowEvent) -> ChatCompletionChunk:
         logprobs = chat_logprobs(self.svc, end) if self.logprobs else None  # whole, with the last chunk
         reason = end.finish_reason or "stop"
-        return self._chunk(ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason, logprobs=logprobs))
+        return self._chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason, logprobs=logprobs)])
 
     def usage_only(self, total: Usage) -> ChatCompletionChunk:
-        return ChatCompletionChunk(
-            id=self.id, object="chat.completion.chunk", created=self.created, model=self.model, choices=[], usage=total
-        )
+        return self._chunk([], usage=total)
 
     def whole(self, results: Sequence[tuple[str, RowEvent]], edits: Sequence[SolaEdit | None]) -> ChatCompletion:
         (text, end), edit = results[0], edits[0]
@@ -303,32 +303,30 @@ class ChatReply(Reply):
 
 @dataclass(frozen=True)
 class CompletionReply(Reply):
-    def _chunk(self, choice: CompletionChunkChoice, **extra: SolaEdit | Usage | None) -> CompletionChunk:
+    def _chunk(self, choices: list[CompletionChunkChoice], **extra: SolaEdit | Usage | None) -> CompletionChunk:
         return CompletionChunk(
             id=self.id,
             object="text_completion",
             created=self.created,
             model=self.model,
-            choices=[choice],
+            choices=choices,
             **{**self._sent(), **extra},
         )
 
     def opening(self, index: int, edit: SolaEdit | None) -> CompletionChunk:
         choice = CompletionChunkChoice(index=index, text="", finish_reason=None, logprobs=None)
-        return self._chunk(choice, sola_edit=edit)
+        return self._chunk([choice], sola_edit=edit)
 
     def text(self, index: int, text: str) -> CompletionChunk:
-        return self._chunk(CompletionChunkChoice(index=index, text=text, finish_reason=None, logprobs=None))
+        return self._chunk([CompletionChunkChoice(index=index, text=text, finish_reason=None, logprobs=None)])
 
     def last(self, index: int, end: RowEvent) -> CompletionChunk:
         logprobs = completion_logprobs(self.svc, end) if self.logprobs else None
         reason = end.finish_reason or "stop"
-        return self._chunk(CompletionChunkChoice(index=index, text="", finish_reason=reason, logprobs=logprobs))
+        return self._chunk([CompletionChunkChoice(index=index, text="", finish_reason=reason, logprobs=logprobs)])
 
     def usage_only(self, total: Usage) -> CompletionChunk:
-        return CompletionChunk(
-            id=self.id, object="text_completion", created=self.created, model=self.model, choices=[], usage=total
-        )
+        return self._chunk([], usage=total)
 
     def whole(self, results: Sequence[tuple[str, RowEvent]], edits: Sequence[SolaEdit | None]) -> Completion:
         choices = [

@@ -218,14 +218,22 @@ class ChatChunkChoice(BaseModel):
     logprobs: ChatLogprobs | None
 
 
-class ChatCompletionChunk(BaseModel):
+class _Chunk(BaseModel):
+    """What every streamed chunk carries around its choices (subclasses narrow `object` and `choices`; fields
+    keep this order on the wire)."""
+
     id: str
-    object: Literal["chat.completion.chunk"]
+    object: str
     created: int
     model: str
-    choices: list[ChatChunkChoice]
+    choices: list[ChatChunkChoice] | list[CompletionChunkChoice]
     usage: Usage | None = None
     sola_edit: SolaEdit | None = None
+
+
+class ChatCompletionChunk(_Chunk):
+    object: Literal["chat.completion.chunk"]
+    choices: list[ChatChunkChoice]
 
 
 class CompletionChunkChoice(BaseModel):
@@ -235,14 +243,9 @@ class CompletionChunkChoice(BaseModel):
     logprobs: CompletionLogprobs | None
 
 
-class CompletionChunk(BaseModel):
-    id: str
+class CompletionChunk(_Chunk):
     object: Literal["text_completion"]
-    created: int
-    model: str
     choices: list[CompletionChunkChoice]
-    usage: Usage | None = None
-    sola_edit: SolaEdit | None = None
 
 
 class ModelCard(BaseModel):
