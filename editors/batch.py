@@ -269,7 +269,7 @@ class ContinuousBatch:
             if self._answer_ends_in_word(state):
                 # The edit's answer is whole: "Tomasz Nowak" is not the start of "Nowakowski", "$49" not of "$499".
                 logits = logits.masked_fill(self._word_continuing[: logits.shape[0]], -math.inf)
-            return pick(logits, sampling, state.rng, sampling.top_logprobs if sampling.logprobs else 0)
+            return pick(logits, sampling, state.rng, sampling.logprobs, sampling.top_logprobs)
         except Exception as exc:
             return exc
 
@@ -324,7 +324,7 @@ class ContinuousBatch:
             self._finish(state, "stop")
             return True
         state.tokens.append(chosen.token)
-        if sampling.logprobs:
+        if chosen.logprob is not None:
             state.logprobs.append(TokenLogprob(chosen.token, chosen.logprob, chosen.top))
         state.detok.add(chosen.token)
         stop_at = state.detok.stop_at()

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 
+from editors.kv_cache import GrowingCache
 from editors.routed_lora import DecodePass, ForwardPass, RowPlan
 from editors.types import ChatContext, PromptFormat, PromptTokens
 from routing.key_index import Route
@@ -77,7 +77,7 @@ class ModelRunner:
         input_ids: torch.Tensor,
         mask: torch.Tensor,
         positions: torch.Tensor,
-        cache: DynamicCache,
+        cache: GrowingCache,
         forward_pass: ForwardPass | None,
     ) -> torch.Tensor:
         """One cached forward of tokens [B, T] under `forward_pass` -> the last position's logits [B, V]."""
@@ -103,7 +103,7 @@ class ModelRunner:
         input_ids, mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         forward_pass = engine.routing_pass(prompts, encoded, prompt_format, left=True) if use_edits else None
-        cache = DynamicCache()
+        cache = GrowingCache()
         logits = self._forward(input_ids, mask, positions, cache, forward_pass)
         routes = (forward_pass.routes if forward_pass is not None else None) or [Route(None, None)] * len(encoded)
         layer_input = forward_pass.layer_input if forward_pass is not None else None
@@ -116,7 +116,7 @@ class ModelRunner:
         input_ids = torch.tensor([list(ids)], device=device)  # [1, n]
         mask = torch.ones(1, done + len(ids), dtype=torch.long, device=device)
         positions = torch.arange(done, done + len(ids), device=device)[None]
-        cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+        cache = GrowingCache(kv)
         forward_pass = DecodePass(None)  # records the edited layer's input, adds nothing
         logits = self._forward(input_ids, mask, positions, cache, forward_pass)
         assert forward_pass.layer_input is not None
@@ -136,7 +136,7 @@ class ModelRunner:
         layout = self.host.layout
         length = layer_input.shape[1]
         positions = torch.arange(length, device=layer_input.device)[None]  # [1, P]
-        cache = DynamicCache()
+        cache = GrowingCache()
         per_type: dict[str, dict[str, Any]] = {}  # each attention kind's mask and rotary, computed once
         for kind in set(layout.layer_types[self.edited_layer :]):
             per_type[kind] = {
@@ -160,13 +160,13 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, KV, torch.Tensor | None]:
         """One token per running row: last [B, 1] in -> (logits [B, V], the grown cache, the edited layer's
         input [B, 1, D] or None). `plan`: the rows still producing their edit's answer, and their slots."""
-        cache = DynamicCache(ddp_cache_data=kv)
+        cache = GrowingCache(kv)
         forward_pass = DecodePass(plan)
         logits = self._forward(last, mask, next_position[:, None], cache, forward_pass)
         return logits, _cached(cache), forward_pass.layer_input
 
 
-def _cached(cache: DynamicCache, start: int = 0) -> KV:
+def _cached(cache: GrowingCache, start: int = 0) -> KV:
     """Each layer's (keys, values) [B, H, T, Dh] after a forward, from layer `start` up."""
     out = []
     for layer in cache.layers[start:]:
