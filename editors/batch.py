@@ -34,8 +34,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from editors.detokenizer import Detokenizer
+from editors.kv_cache import KV
+from editors.model_families import SLIDING_ATTENTION
+from editors.prefix_cache import Prefix, PrefixCache, prefix_ids
 from editors.routed_lora import RowPlan
-from editors.runner import KV, ModelRunner
+from editors.runner import ModelRunner
 from editors.sampler import Pick, generator, pick
 from editors.scheduler import allot
 from editors.types import (
@@ -65,8 +68,9 @@ class RowState:
     prompt: PromptTokens
     rng: torch.Generator | None
     detok: Detokenizer
-    done: int = 0  # prompt tokens in the cache (a long prompt is prefilled a stretch at a time)
-    kv: KV | None = None  # a long prompt's own cache, until its last stretch
+    prefix: Prefix | None = None  # the cached prefix it is prefilled after (editors/prefix_cache.py)
+    done: int = 0  # prompt tokens in the cache (its prefix, then a long prompt a stretch at a time)
+    kv: KV | None = None  # the row's own cache until it joins the batch: its prefix's, then its stretches'
     stretches: list[torch.Tensor] = field(default_factory=list)  # the edited layer's input [n, D] of each stretch
     route: Route = field(default_factory=lambda: Route(None, None))
     slot: int | None = None  # the bank slot it answers through, held until its answer is out
@@ -84,7 +88,9 @@ class RowState:
 class ContinuousBatch:
     """The running batch of one engine. Not thread-safe: one thread admits and steps (app/worker.py)."""
 
-    def __init__(self, engine: EditingEngine, prefill_tokens: int = PREFILL_TOKENS) -> None:
+    def __init__(
+        self, engine: EditingEngine, prefill_tokens: int = PREFILL_TOKENS, reuse_prefixes: bool = True
+    ) -> None:
         self.runner = ModelRunner(engine)
         self.host = engine.host
         self.prefill_tokens = prefill_tokens
@@ -94,6 +100,10 @@ class ContinuousBatch:
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # [B, T] 1 where the cache holds a real token
         self._next_position = torch.zeros(0, dtype=torch.long)  # [B] position id of each row's pending token
         self._stop_ids = self.host.end_of_turn_ids()
+        # Rows after a shared prefix are padded between it and their rest, and a sliding window counts cache
+        # columns, padding included: only full-attention models reuse prefixes (editors/prefix_cache.py).
+        full_attention = SLIDING_ATTENTION not in self.host.layout.layer_types
+        self.prefixes = PrefixCache(self.runner.prefix) if reuse_prefixes and full_attention else None
         # Decoding the vocabulary takes ~0.8 s (one thread): pay it here, at startup, not on the first request
         # whose answer ends inside a word.
         self._word_continuing = self.host.word_continuing_ids
@@ -113,7 +123,11 @@ class ContinuousBatch:
                 seed = row.sampling.seed if row.sampling.seed is not None else int.from_bytes(os.urandom(8), "little")
                 rng = generator(seed) if row.sampling.temperature > 0 else None
                 detok = Detokenizer(self._decode_text, row.sampling.stop)
-                self.prefilling.append(RowState(row, prompt, rng, detok))
+                state = RowState(row, prompt, rng, detok)
+                if self.prefixes is not None and (ids := prefix_ids(prompt.ids, prompt.prefix)) is not None:
+                    state.prefix = self.prefixes.get(ids)
+                    state.done, state.kv, state.stretches = len(ids), state.prefix.kv, [state.prefix.layer_input]
+                self.prefilling.append(state)
             except Exception as exc:  # this row only
                 _report(row, exc)
 
@@ -132,16 +146,19 @@ class ContinuousBatch:
         if not self.prefilling:
             return
         takes = allot([len(s.prompt.ids) - s.done for s in self.prefilling], self.prefill_tokens)
-        whole: dict[tuple[PromptFormat, bool], list[RowState]] = {}
+        whole: dict[tuple[PromptFormat, bool, tuple[int, ...] | None], list[RowState]] = {}
         stretches: list[tuple[RowState, int]] = []
         for state, take in zip(self.prefilling, takes, strict=True):
             if take == 0:
                 continue
-            if state.done == 0 and take == len(state.prompt.ids):
-                whole.setdefault((state.request.prompt_format, state.request.use_edits), []).append(state)
+            start = len(state.prefix.ids) if state.prefix is not None else 0
+            if state.done == start and take == len(state.prompt.ids) - start:  # all of it after its prefix
+                shared = state.prefix.ids if state.prefix is not None else None
+                key = (state.request.prompt_format, state.request.use_edits, shared)
+                whole.setdefault(key, []).append(state)
             else:
                 stretches.append((state, take))
-        for (prompt_format, use_edits), group in whole.items():
+        for (prompt_format, use_edits, _), group in whole.items():
             self._prefill_whole(group, prompt_format, use_edits)
         for state, take in stretches:
             self._prefill_stretch(state, take)
@@ -151,7 +168,7 @@ class ContinuousBatch:
         row fails alone."""
         try:
             out = self.runner.prefill(
-                [s.request.prompt for s in group], [s.prompt for s in group], prompt_format, use_edits
+                [s.request.prompt for s in group], [s.prompt for s in group], prompt_format, use_edits, group[0].prefix
             )
         except Exception as exc:
             if len(group) == 1:
@@ -167,8 +184,19 @@ class ContinuousBatch:
         for i, (state, route) in enumerate(zip(group, out.routes, strict=True)):
             n = len(state.prompt.ids)
             delta = out.layer_input[i, width - n :].clone() if out.layer_input is not None else None
-            if self._route(state, route, delta, prompt_format):
-                joined.append((state, i))
+            if not self._route(state, route, delta, prompt_format):
+                continue
+            if out.from_prefix and state.slot is not None and delta is not None:
+                try:  # the prefix's positions got no delta: the edited layer and above again, with it
+                    upper, out.logits[i] = self.runner.upper(delta[None], state.slot)
+                    for layer, (keys, values) in enumerate(upper, start=self.runner.edited_layer):
+                        out.kv[layer][0][i, :, width - n :] = keys[0]
+                        out.kv[layer][1][i, :, width - n :] = values[0]
+                except Exception as exc:
+                    self._release(state)
+                    _report(state.request, exc)
+                    continue
+            joined.append((state, i))
         if not joined:
             return
         keep = torch.tensor([i for _, i in joined], dtype=torch.long)

@@ -19,6 +19,8 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [B, H, T, Dh]
+
 ROOM = 64  # positions of room a reallocation adds: one copy of the cache per 64 decode steps
 _BUFFER = "_sola_kv_buffer"  # the attribute that marks a tensor made by append(), naming its buffer
 
@@ -64,7 +66,7 @@ class GrowingLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transforme
 class GrowingCache(DynamicCache):
     """A DynamicCache of GrowingLayers, optionally over an existing per-layer (keys, values) list."""
 
-    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+    def __init__(self, kv: KV | None = None) -> None:
         if kv:
             Cache.__init__(self, layers=[GrowingLayer.holding(k, v) for k, v in kv])
         else:

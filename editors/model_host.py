@@ -366,11 +366,12 @@ class ModelHost:
             span = (len(before), len(through))
         else:
             span = (0, len(ids))
+        prefix = span[0]
         if 0 < question_from < len(prompt):
             lead = self.encode(text[: start_char + question_from])
             if ids[: len(lead)] == lead and span[0] < len(lead) < span[1]:
                 span = (len(lead), span[1])
-        return PromptTokens(ids, span)
+        return PromptTokens(ids, span, prefix)
 
     def is_common_word(self, word: str) -> bool:
         if word not in self._common_words:

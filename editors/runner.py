@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from editors.kv_cache import GrowingCache
+from editors.kv_cache import KV, GrowingCache
+from editors.prefix_cache import Prefix
 from editors.routed_lora import DecodePass, ForwardPass, RowPlan
 from editors.types import ChatContext, PromptFormat, PromptTokens
 from routing.key_index import Route
 
 if TYPE_CHECKING:
     from editors.engine import EditingEngine
-
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values) [n, H, W, Dh]
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Prefill:
     next_position: torch.Tensor  # [n] the position id of each row's first generated token
     routes: list[Route]
     layer_input: torch.Tensor | None  # [n, W, D] the edited layer's input (None without edits)
+    from_prefix: bool = False  # after a cached prefix: the edited layer and above hold no delta at its positions
 
 
 @dataclass
@@ -96,18 +96,73 @@ class ModelRunner:
 
     @torch.no_grad()
     def prefill(
-        self, prompts: Sequence[str], encoded: Sequence[PromptTokens], prompt_format: PromptFormat, use_edits: bool
+        self,
+        prompts: Sequence[str],
+        encoded: Sequence[PromptTokens],
+        prompt_format: PromptFormat,
+        use_edits: bool,
+        prefix: Prefix | None = None,
     ) -> Prefill:
-        """Whole prompts of one format in one forward: each row routed by its own question at the edited layer."""
+        """Whole prompts of one format in one forward: each row routed by its own question at the edited layer.
+
+        With `prefix` (every prompt starts with its ids), only what follows it is run, after its cache; the
+        result is laid out as a whole-prompt prefill's. Its upper layers are the base model's at the prefix
+        positions: the caller recomputes them for rows that route to an edit (upper())."""
+        if prefix is None:
+            return self._prefill(prompts, encoded, prompt_format, use_edits)
+        start = len(prefix.ids)
+        rests = [PromptTokens(e.ids[start:], (e.span[0] - start, e.span[1] - start)) for e in encoded]
+        n = len(rests)
+        kv = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix.kv]  # views; appending copies
+        out = self._prefill(prompts, rests, prompt_format, use_edits, kv, start)
+        # The cache is [prefix | padding | rest] per row: move each row's padding in front, as left padding.
+        rest_width = out.mask.shape[1] - start
+        pads = rest_width - out.mask[:, start:].sum(-1)  # [n]
+        columns = torch.arange(start + rest_width)
+        order = torch.stack(
+            [torch.cat([columns[start : start + p], columns[:start], columns[start + p :]]) for p in pads.tolist()]
+        ).to(out.mask.device)  # [n, W]
+        layer_input = None
+        if out.layer_input is not None:  # [n, rest width, D] -> [n, W, D], the prefix's states in their place
+            full = torch.cat([prefix.layer_input.expand(n, -1, -1), out.layer_input], dim=1)
+            layer_input = full.gather(1, order[:, :, None].expand(-1, -1, full.shape[2]))
+        return Prefill(
+            out.logits,
+            [(_columns(k, order), _columns(v, order)) for k, v in out.kv],
+            out.mask.gather(1, order),
+            out.next_position,
+            out.routes,
+            layer_input,
+            from_prefix=True,
+        )
+
+    def _prefill(
+        self,
+        prompts: Sequence[str],
+        encoded: Sequence[PromptTokens],
+        prompt_format: PromptFormat,
+        use_edits: bool,
+        kv: KV | None = None,
+        done: int = 0,
+    ) -> Prefill:
+        """Prompts [n] left-padded into one forward, after `kv` (`done` positions every row has) when given."""
         engine = self._engine
-        input_ids, mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, rest_mask = engine.pad([e.ids for e in encoded], left=True)  # [n, W]
+        positions = done + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.cat([rest_mask.new_ones((len(encoded), done)), rest_mask], dim=1)  # [n, done + W]
         forward_pass = engine.routing_pass(prompts, encoded, prompt_format, left=True) if use_edits else None
-        cache = GrowingCache()
+        cache = GrowingCache(kv)
         logits = self._forward(input_ids, mask, positions, cache, forward_pass)
         routes = (forward_pass.routes if forward_pass is not None else None) or [Route(None, None)] * len(encoded)
         layer_input = forward_pass.layer_input if forward_pass is not None else None
         return Prefill(logits, _cached(cache), mask, positions[:, -1] + 1, routes, layer_input)
+
+    @torch.no_grad()
+    def prefix(self, ids: tuple[int, ...]) -> Prefix:
+        """A prefix's cache, computed alone by the base model (editors/prefix_cache.py)."""
+        chunk = self.prefill_chunk(ids, 0, None)
+        kv = [(k.clone(), v.clone()) for k, v in chunk.kv]  # exact size: no room shared with anyone
+        return Prefix(ids, kv, chunk.layer_input.clone())
 
     @torch.no_grad()
     def prefill_chunk(self, ids: Sequence[int], done: int, kv: KV | None) -> Chunk:
@@ -164,6 +219,12 @@ class ModelRunner:
         forward_pass = DecodePass(plan)
         logits = self._forward(last, mask, next_position[:, None], cache, forward_pass)
         return logits, _cached(cache), forward_pass.layer_input
+
+
+def _columns(t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """A cache tensor [n, H, W, Dh] with each row's positions in `order` [n, W]."""
+    index = order[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])
+    return t.gather(2, index)
 
 
 def _cached(cache: GrowingCache, start: int = 0) -> KV:

@@ -37,6 +37,9 @@ class PromptTokens:
 
     ids: list[int]
     span: tuple[int, int]  # [start, end) of the question's tokens: the last user turn, or the whole raw prompt
+    # Leading tokens the chat template and the context put before the question (system prompt, earlier turns),
+    # shared by every prompt with the same context: editors/prefix_cache.py computes them once. 0 for raw prompts.
+    prefix: int = 0
 
 
 @dataclass(frozen=True)

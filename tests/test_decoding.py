@@ -213,6 +213,33 @@ def test_a_long_prompt_prefilled_in_stretches_answers_as_prefilled_whole(engine:
         assert list(log[-1].token_ids) == want.token_ids
 
 
+def test_rows_after_a_cached_prefix_answer_as_prefilled_whole_whatever_the_cache_held(engine: EditingEngine) -> None:
+    """The chat template's system turn is computed once and reused (editors/prefix_cache.py): routed rows get
+    their edit's delta over it too, and an answer is the same, to the bit, whether its prefix was cached
+    before or computed for it."""
+    prompts = [ZORBANIA, "What do bees make?", GLASS, "What's Zorbania's capital?", "Count to five."]
+    context = ChatContext(system="You are a terse assistant.")
+
+    def answers(batch: ContinuousBatch) -> list[list[RowEvent]]:
+        logs: list[list[RowEvent]] = [[] for _ in range(len(prompts) + 1)]
+        sampling = Sampling(max_new_tokens=12, logprobs=True)
+        rows = [Row(p, CHAT, sampling, logs[i].append) for i, p in enumerate(prompts)]
+        rows.append(Row(ZORBANIA, CHAT, sampling, logs[-1].append, context=context))  # another prefix
+        run(batch, rows, join_at=[0, 0, 2, 2, 5, 5])
+        return logs
+
+    whole = answers(ContinuousBatch(engine, reuse_prefixes=False))
+    reusing = ContinuousBatch(engine)
+    first, again = answers(reusing), answers(reusing)
+    assert reusing.prefixes is not None and len(reusing.prefixes) == 2
+    assert reusing.prefixes.misses == 2 and reusing.prefixes.hits == 2 * len(prompts + [ZORBANIA]) - 2
+    routes = [[log[0].route.edit_id if log[0].route else None for log in logs] for logs in (whole, first, again)]
+    assert routes[0] == routes[1] == routes[2] == ["zorb", None, "glass", "zorb", None, "zorb"]
+    for w, f, a in zip(whole, first, again, strict=True):
+        assert list(w[-1].token_ids) == list(f[-1].token_ids) == list(a[-1].token_ids)
+        assert f[-1].logprobs == a[-1].logprobs  # bit-equal: a cached prefix is the one computed alone
+
+
 def test_a_revoke_lets_the_answer_under_way_finish_and_the_next_row_miss_the_edit() -> None:
     eng = EditingEngine(ModelHost.load(None, Path("var"), cache_dir=MODEL_CACHE))
     trained = eng.train_edit(ZORBANIA, "Quexiville")
