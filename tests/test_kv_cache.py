@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from editors.kv_cache import ROOM, GrowingCache, append
+from editors.kv_cache import ROOM, GrowingCache, GrowingLayer, append
 from editors.sampler import pick
 from editors.types import Sampling
 
@@ -42,7 +42,8 @@ def test_a_copy_has_no_room_so_it_never_shares_one() -> None:
 def test_a_cache_wraps_kept_tensors_without_copying_and_grows_them() -> None:
     keys, values = _kv(2, 6, 0), _kv(2, 6, 1)
     cache = GrowingCache([(keys, values)])
-    assert cache.layers[0].keys is keys and cache.get_seq_length() == 6
+    layer = cache.layers[0]
+    assert isinstance(layer, GrowingLayer) and layer.keys is keys and cache.get_seq_length() == 6
     new_keys, new_values = cache.update(_kv(2, 1, 2), _kv(2, 1, 3), 0)
     assert new_keys.shape == (2, 3, 7, 8) and torch.equal(new_values[:, :, :6], values)
 
