@@ -78,13 +78,16 @@ class Gate:
         words: frozenset[str],
         candidate: Candidate,
         views: dict[frozenset[str], relation.QueryView] | None = None,
+        asked_names: frozenset[str] | None = None,
     ) -> str | None:
-        """Why this candidate may not answer the query (checks 1-4 of the module doc), or None. `views`: the
-        relation check's reading of this query, shared across its candidates."""
+        """Why this candidate may not answer the query (checks 1-4 of the module doc), or None. `views` and
+        `asked_names` (the names of the question's own sentence): this query's readings, shared across its
+        candidates."""
         if candidate.coverage < 1.0:
             return "subject"
-        asked = question[lexical.question_start(question, self.is_common) :]
-        if not lexical.names(asked, self.is_common) <= self.words.get(candidate.edit_id, frozenset()):
+        if asked_names is None:
+            asked_names = self.asked_names(question)
+        if not asked_names <= self.words.get(candidate.edit_id, frozenset()):
             return "name"
         if not relation.same_question(question, self._relation_view(candidate.edit_id), self.is_common, views):
             return "relation"
@@ -92,6 +95,10 @@ class Gate:
         if negatives is not None and negatives.score(query, words) >= candidate.score:
             return "negative"
         return None
+
+    def asked_names(self, question: str) -> frozenset[str]:
+        """The name-like words of the question's own sentence (lexical.question_start)."""
+        return lexical.names(question[lexical.question_start(question, self.is_common) :], self.is_common)
 
     def _relation_view(self, edit_id: str) -> tuple[relation.Wording, ...]:
         view = self._relations.get(edit_id)
@@ -116,10 +123,14 @@ class Gate:
         fired: Candidate | None = None
         vetoed: list[str] = []
         views: dict[frozenset[str], relation.QueryView] = {}
+        asked_names: frozenset[str] | None = None
         for candidate in ranked:
             if candidate.score < threshold:
                 break
-            if self.refusal(query, question, words, candidate, views) is None and (verify is None or verify(candidate)):
+            if asked_names is None and candidate.coverage >= 1.0:
+                asked_names = self.asked_names(question)
+            refused = self.refusal(query, question, words, candidate, views, asked_names)
+            if refused is None and (verify is None or verify(candidate)):
                 fired = candidate
                 break
             vetoed.append(candidate.edit_id)

@@ -82,8 +82,15 @@ def relation_words(text: str, subject: frozenset[str]) -> frozenset[str]:
         f = w.casefold()
         if f in FUNCTION_WORDS or f in subject or (f.endswith("'s") and f[:-2] in subject):
             continue
-        out.add(_STEM.stemWord(f))
+        out.add(_stem(f))
     return frozenset(out)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stem(word: str) -> str:
+    """Snowball's stem, remembered: a query's words are stemmed against each candidate's relation (route_cost.py:
+    stemming was most of the gate's time)."""
+    return str(_STEM.stemWord(word))
 
 
 def answer_type(text: str) -> str | None:
