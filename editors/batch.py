@@ -189,9 +189,7 @@ class ContinuousBatch:
             if out.from_prefix and state.slot is not None and delta is not None:
                 try:  # the prefix's positions got no delta: the edited layer and above again, with it
                     upper, out.logits[i] = self.runner.upper(delta[None], state.slot)
-                    for layer, (keys, values) in enumerate(upper, start=self.runner.edited_layer):
-                        out.kv[layer][0][i, :, width - n :] = keys[0]
-                        out.kv[layer][1][i, :, width - n :] = values[0]
+                    self._splice(out.kv, i, upper)
                 except Exception as exc:
                     self._release(state)
                     _report(state.request, exc)
@@ -321,12 +319,17 @@ class ContinuousBatch:
             if state.delta_inputs:
                 layer_input = torch.cat([x.reshape(-1, x.shape[-1]) for x in state.delta_inputs])[None]  # [1, P, D]
                 state.delta_inputs = []
-                length = layer_input.shape[1]
                 upper, _ = self.runner.upper(layer_input, None)
-                for layer, (keys, values) in enumerate(upper, start=self.runner.edited_layer):
-                    self._kv[layer][0][i, :, -length:] = keys[0]
-                    self._kv[layer][1][i, :, -length:] = values[0]
+                self._splice(self._kv, i, upper)
             self._release(state)
+
+    def _splice(self, kv: KV, row: int, upper: KV) -> None:
+        """Put one row's recomputed edited layer and above (upper(): [1, H, P, Dh] per layer) over the last P
+        columns of that row in `kv`, where its P positions sit (left padding)."""
+        for layer, (keys, values) in enumerate(upper, start=self.runner.edited_layer):
+            length = keys.shape[2]
+            kv[layer][0][row, :, -length:] = keys[0]
+            kv[layer][1][row, :, -length:] = values[0]
 
     def _advance(self, rows: list[RowState], picks: list[Pick | Exception]) -> None:
         """Append each row's new token, stream its new text, and retire the rows that finished or failed."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from evaluation.server_process import ServerProcess
+from evaluation.server_process import quiet_server
 
 QUESTIONS = [
     "Name a colour.",
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ServerProcess(Path(tmp), args.model_cache, SOLA_API_KEYS="", SOLA_TORCH_THREADS="1") as server,
+        quiet_server(Path(tmp), args.model_cache, model=None, threads=1) as server,
     ):
         timed(server.url, QUESTIONS[:2], 8, concurrent=True)  # warm-up
         result: dict[str, float | int] = {"torch_threads": 1, "tokens_per_answer": args.tokens}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from evaluation.server_process import ServerProcess
+from evaluation.server_process import quiet_server
 
 SHORT = {"model": "m", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
 LONG = {"model": "m", "prompt": "x " * 1990, "max_tokens": 1, "temperature": 0}
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        ServerProcess(Path(tmp), args.model_cache, SOLA_API_KEYS="", SOLA_TORCH_THREADS="1") as server,
+        quiet_server(Path(tmp), args.model_cache, model=None, threads=1) as server,
         httpx.Client(base_url=server.url, timeout=600) as client,
     ):
         for _ in range(2):  # warm-up
