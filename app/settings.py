@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1)  # generate requests decoded together in one forward pass
     # Prompt tokens one turn of the model thread prefills: a long prompt is prefilled in stretches of this
     # size between decode steps, so it delays the other rows by about one stretch (editors/batch.py).
-    prefill_tokens: int = Field(256, ge=16)
+    prefill_tokens: int = Field(96, ge=16)  # editors/batch.py PREFILL_TOKENS says why 96
     # The longest prompt, in tokens after the chat template, and the most prompt tokens one request may send
     # (a list of completion prompts counts all of them): characters bound nothing (combining marks).
     max_prompt_tokens: int = Field(2048, ge=16)

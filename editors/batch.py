@@ -57,7 +57,10 @@ from routing.key_index import Route
 if TYPE_CHECKING:
     from editors.engine import EditingEngine
 
-PREFILL_TOKENS = 256  # prompt tokens one turn prefills: what a long prompt may delay the others by
+# Prompt tokens one turn prefills: what a long prompt may delay the others by. 96, not 256, since chat prefixes
+# are reused: a short request's idle TTFT fell to ~0.2 s, and one 256-token stretch made it wait 4.5x that
+# (scripts/prefill_fairness.py, docs/benchmarks.md).
+PREFILL_TOKENS = 96
 
 
 @dataclass
@@ -166,9 +169,10 @@ class ContinuousBatch:
     def _prefill_whole(self, group: list[RowState], prompt_format: PromptFormat, use_edits: bool) -> None:
         """Whole prompts of one format in one forward; a forward that fails is retried row by row, so one bad
         row fails alone."""
+        prefix = group[0].prefix  # the group shares it (or has none)
         try:
             out = self.runner.prefill(
-                [s.request.prompt for s in group], [s.prompt for s in group], prompt_format, use_edits, group[0].prefix
+                [s.request.prompt for s in group], [s.prompt for s in group], prompt_format, use_edits, prefix
             )
         except Exception as exc:
             if len(group) == 1:
@@ -186,8 +190,8 @@ class ContinuousBatch:
             delta = out.layer_input[i, width - n :].clone() if out.layer_input is not None else None
             if not self._route(state, route, delta, prompt_format):
                 continue
-            if out.from_prefix and state.slot is not None and delta is not None:
-                try:  # the prefix's positions got no delta: the edited layer and above again, with it
+            if prefix is not None and state.slot is not None and delta is not None:
+                try:  # the cached prefix holds no delta: the edited layer and above again, with it
                     upper, out.logits[i] = self.runner.upper(delta[None], state.slot)
                     self._splice(out.kv, i, upper)
                 except Exception as exc:

@@ -35,7 +35,6 @@ class Prefill:
     next_position: torch.Tensor  # [n] the position id of each row's first generated token
     routes: list[Route]
     layer_input: torch.Tensor | None  # [n, W, D] the edited layer's input (None without edits)
-    from_prefix: bool = False  # after a cached prefix: the edited layer and above hold no delta at its positions
 
 
 @dataclass
@@ -133,7 +132,6 @@ class ModelRunner:
             out.next_position,
             out.routes,
             layer_input,
-            from_prefix=True,
         )
 
     def _prefill(
